@@ -1,0 +1,64 @@
+"""The built-in variant catalogue (the TOML files of ``variants/``) and user spec files.
+
+The catalogue is the one list of variants: the CLI, the docs and the report read it.
+In a source checkout the specs are read from the top-level ``variants/`` folder; an
+installed wheel carries the same files as ``gruablate/_catalogue/``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from .spec import SpecError, Variant
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def catalogue_dir() -> Path:
+    """Folder holding the built-in specs (installed copy first, then the checkout)."""
+    for candidate in (_PACKAGE_DIR / "_catalogue", _PACKAGE_DIR.parent / "variants"):
+        if candidate.is_dir() and any(candidate.glob("*.toml")):
+            return candidate
+    raise RuntimeError(
+        "gruablate's variant catalogue is missing: neither gruablate/_catalogue nor"
+        " variants/ holds any spec (a broken install?)"
+    )
+
+
+@lru_cache(maxsize=1)
+def _builtins() -> dict[str, Variant]:
+    out: dict[str, Variant] = {}
+    for path in sorted(catalogue_dir().glob("*.toml")):
+        variant = Variant.from_toml(path)
+        if variant.name != path.stem:
+            raise SpecError(f"built-in spec {path} is named {variant.name!r}, not {path.stem!r}")
+        out[variant.name] = variant
+    return out
+
+
+def list_variants() -> list[str]:
+    """Names of the built-in variants, in catalogue order (alphabetical)."""
+    return list(_builtins())
+
+
+def get_variant(name_or_path: str | Path | Variant) -> Variant:
+    """A built-in variant by name, or a user's spec file by path (``*.toml``).
+
+    A :class:`Variant` is passed through, so every API that takes a variant takes any
+    of the three.
+    """
+    if isinstance(name_or_path, Variant):
+        return name_or_path
+    key = str(name_or_path)
+    builtins = _builtins()
+    if key in builtins:
+        return builtins[key]
+    path = Path(key)
+    if path.suffix == ".toml" or path.exists():
+        if not path.exists():
+            raise SpecError(f"variant spec file not found: {path}")
+        return Variant.from_toml(path)
+    raise SpecError(
+        f"unknown variant {key!r}; built-ins: {', '.join(builtins)} (or a path to a .toml spec)"
+    )

@@ -1,0 +1,470 @@
+"""The `Variant` type: one point of the ablation space of gated recurrent cells.
+
+A variant is data. From its switches everything else is derived here, in one place:
+the gate blocks and their parameter names and shapes, which products see the input or
+the state, the FLOP count, and the rendered equations. The kernels, the reference, the
+docs and the report all read these derivations; none of them keeps a second copy.
+
+The equations and sign conventions are those of ``VARIANTS.md`` (shipped as
+``docs/VARIANTS.md``): the GRU update gate ``u`` is a *keep* gate
+(``h' = u ⊙ h + (1 − u) ⊙ ĥ``); the MGU's single gate ``f`` is a *write* gate that also
+resets; minGRU is written in the keep convention (``u = 1 − z`` of Feng et al. 2024).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+FAMILIES = ("gru", "lstm", "rnn")
+RESETS = ("before", "after", "none", "tied")
+UPDATES = ("coupled", "uncoupled")
+GATE_INPUTS = ("xhb", "hb", "h", "b", "xb")
+CANDIDATE_INPUTS = ("xh", "x")
+ACTIVATIONS = ("tanh", "relu", "identity")
+
+# Which switches each family has, and their defaults when a spec leaves them out.
+_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gru": {
+        "reset": "before",
+        "update": "coupled",
+        "gate_inputs": "xhb",
+        "candidate_inputs": "xh",
+        "candidate_activation": "tanh",
+    },
+    "lstm": {
+        "gate_inputs": "xhb",
+        "candidate_inputs": "xh",
+        "candidate_activation": "tanh",
+        "coupled_input_forget": False,
+        "forget_bias": 1.0,
+    },
+    "rnn": {
+        "candidate_inputs": "xh",
+        "candidate_activation": "tanh",
+    },
+}
+_TEXT_KEYS = ("name", "description", "citation")
+_SWITCH_KEYS = (
+    "reset",
+    "update",
+    "gate_inputs",
+    "candidate_inputs",
+    "candidate_activation",
+    "coupled_input_forget",
+    "forget_bias",
+)
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "family": FAMILIES,
+    "reset": RESETS,
+    "update": UPDATES,
+    "gate_inputs": GATE_INPUTS,
+    "candidate_inputs": CANDIDATE_INPUTS,
+    "candidate_activation": ACTIVATIONS,
+}
+
+
+class SpecError(ValueError):
+    """A variant spec that is malformed or contradicts itself."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One H-row block of pre-activations: a sigmoid gate or the candidate.
+
+    ``role`` names what the block does: ``reset``, ``keep`` (coupled or uncoupled
+    update), ``write`` (uncoupled write gate, or the tied MGU gate), ``input``,
+    ``forget``, ``output`` (LSTM) or ``candidate``.
+    """
+
+    name: str
+    role: str
+    sees_x: bool
+    sees_h: bool
+    has_bias: bool
+
+    @property
+    def is_candidate(self) -> bool:
+        return self.role == "candidate"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A validated point of the ablation space (see ``VARIANTS.md``).
+
+    Build one with :func:`Variant.from_dict` or :func:`gruablate.get_variant`; both check
+    every key and refuse contradictory switches with a message naming them.
+    """
+
+    name: str
+    family: str
+    description: str = ""
+    citation: str = ""
+    reset: str | None = None
+    update: str | None = None
+    gate_inputs: str | None = None
+    candidate_inputs: str = "xh"
+    candidate_activation: str = "tanh"
+    coupled_input_forget: bool | None = None
+    forget_bias: float | None = None
+    source: str = field(default="", compare=False)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "") -> Variant:
+        """Validate a spec mapping (as read from TOML) and build the variant."""
+        where = f" in {source}" if source else ""
+        data = dict(data)
+        known = {"family", *_TEXT_KEYS, *_SWITCH_KEYS}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(
+                f"unknown key {unknown[0]!r}{where}; known keys: {', '.join(sorted(known))}"
+            )
+        if "name" not in data:
+            raise SpecError(f"missing key 'name'{where}")
+        if "family" not in data:
+            raise SpecError(f"missing key 'family'{where}; one of {', '.join(FAMILIES)}")
+        for key in _TEXT_KEYS:
+            if key in data and not isinstance(data[key], str):
+                raise SpecError(f"key {key!r}{where} must be a string, got {data[key]!r}")
+        family = data["family"]
+        _check_choice("family", family, where)
+        defaults = _FAMILY_DEFAULTS[family]
+        for key in _SWITCH_KEYS:
+            if key in data and key not in defaults:
+                raise SpecError(
+                    f"key {key!r}{where} does not apply to family {family!r}"
+                    f" (its switches: {', '.join(defaults)})"
+                )
+        values = {**defaults, **{k: data[k] for k in _SWITCH_KEYS if k in data}}
+        for key, value in values.items():
+            if key in _CHOICES:
+                _check_choice(key, value, where)
+        if "coupled_input_forget" in values and not isinstance(
+            values["coupled_input_forget"], bool
+        ):
+            raise SpecError(
+                f"key 'coupled_input_forget'{where} must be true or false,"
+                f" got {values['coupled_input_forget']!r}"
+            )
+        if "forget_bias" in values:
+            fb = values["forget_bias"]
+            if isinstance(fb, bool) or not isinstance(fb, int | float):
+                raise SpecError(f"key 'forget_bias'{where} must be a number, got {fb!r}")
+            values["forget_bias"] = float(fb)
+        variant = cls(
+            name=data["name"],
+            family=family,
+            description=data.get("description", ""),
+            citation=data.get("citation", ""),
+            source=source,
+            **values,
+        )
+        variant._check_clashes(where)
+        return variant
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Variant:
+        """Read and validate a spec file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SpecError(f"cannot read variant spec {path}: {exc.strerror}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError(f"malformed TOML in {path}: {exc}") from None
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as a plain mapping (only the keys that apply to its family)."""
+        out: dict[str, Any] = {"name": self.name, "family": self.family}
+        for key in ("description", "citation"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        for key in _FAMILY_DEFAULTS[self.family]:
+            out[key] = getattr(self, key)
+        return out
+
+    def to_toml(self) -> str:
+        """The spec as TOML text that :meth:`from_toml` reads back to an equal variant."""
+        lines = []
+        for key, value in self.to_dict().items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, float):
+                text = repr(value)
+            else:
+                text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            lines.append(f"{key} = {text}")
+        return "\n".join(lines) + "\n"
+
+    def _check_clashes(self, where: str) -> None:
+        def clash(msg: str) -> SpecError:
+            return SpecError(f"contradictory spec{where}: {msg}")
+
+        if self.candidate_inputs == "x":
+            if self.family == "rnn":
+                raise clash(
+                    "family 'rnn' with candidate_inputs 'x' has no recurrence at all"
+                )
+            if self.family == "gru" and self.reset != "none":
+                raise clash(
+                    f"reset {self.reset!r} needs a candidate that sees the state, but"
+                    " candidate_inputs is 'x'; use reset = \"none\""
+                )
+        if self.family == "gru" and self.reset == "tied" and self.update == "uncoupled":
+            raise clash(
+                "reset 'tied' makes one gate both reset and write, which leaves no"
+                " separate write gate for update 'uncoupled'"
+            )
+
+    # ------------------------------------------------------------- derivations
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """The recurrent state: ``("h",)`` or ``("h", "c")`` for the LSTM family."""
+        return ("h", "c") if self.family == "lstm" else ("h",)
+
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        """Pre-activation blocks in packing order: the gates, then the candidate last.
+
+        The candidate is last so that the blocks seeing ``x`` (or ``h``) are always a
+        contiguous range, which keeps every product one BLAS call on a packed matrix.
+        """
+        gx, gh, gb = (
+            ("x" in (self.gate_inputs or "")),
+            ("h" in (self.gate_inputs or "")),
+            ("b" in (self.gate_inputs or "")),
+        )
+        if self.family == "gru":
+            if self.reset == "tied":
+                gates = [("f", "write")]
+            else:
+                gates = [("r", "reset")] if self.reset in ("before", "after") else []
+                gates.append(("u", "keep"))
+                if self.update == "uncoupled":
+                    gates.append(("w", "write"))
+            cand = "c"
+        elif self.family == "lstm":
+            gates = [] if self.coupled_input_forget else [("i", "input")]
+            gates += [("f", "forget"), ("o", "output")]
+            cand = "g"
+        else:
+            gates, cand = [], "c"
+        out = [Block(n, role, gx, gh, gb) for n, role in gates]
+        out.append(Block(cand, "candidate", True, self.candidate_inputs == "xh", True))
+        return tuple(out)
+
+    @property
+    def gates(self) -> tuple[Block, ...]:
+        return tuple(b for b in self.blocks if not b.is_candidate)
+
+    @property
+    def candidate(self) -> Block:
+        return self.blocks[-1]
+
+    @property
+    def reset_gate(self) -> str | None:
+        """Name of the gate that resets the state in the candidate, if any."""
+        if self.family != "gru" or self.reset == "none":
+            return None
+        return "f" if self.reset == "tied" else "r"
+
+    @property
+    def reset_placement(self) -> str:
+        """``before`` (also for tied), ``after`` or ``none``."""
+        if self.family != "gru" or self.reset == "none":
+            return "none"
+        return "after" if self.reset == "after" else "before"
+
+    @property
+    def x_blocks(self) -> tuple[Block, ...]:
+        """Blocks with an input weight ``W_*``, in packing order (rows of ``W``)."""
+        return tuple(b for b in self.blocks if b.sees_x)
+
+    @property
+    def h_blocks(self) -> tuple[Block, ...]:
+        """Blocks with a recurrent weight ``U_*``, in packing order (rows of ``U``)."""
+        return tuple(b for b in self.blocks if b.sees_h)
+
+    @property
+    def b_names(self) -> tuple[str, ...]:
+        """Bias vectors in packing order (segments of ``b``)."""
+        names = [f"b_{b.name}" for b in self.blocks if b.has_bias]
+        if self.reset_placement == "after":
+            names.append("b_hc")
+        return tuple(names)
+
+    @property
+    def is_linear_recurrence(self) -> bool:
+        """True when ``h_t`` is affine in ``h_{t-1}`` (minGRU): computable by a scan."""
+        return (
+            self.family == "gru"
+            and self.reset == "none"
+            and self.candidate_inputs == "x"
+            and not any(g.sees_h for g in self.gates)
+        )
+
+    def param_shapes(self, input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
+        """Named parameter shapes: ``W_*`` (H×I), ``U_*`` (H×H), ``b_*`` (H,)."""
+        I, H = input_size, hidden_size
+        shapes: dict[str, tuple[int, ...]] = {}
+        for b in self.x_blocks:
+            shapes[f"W_{b.name}"] = (H, I)
+        for b in self.h_blocks:
+            shapes[f"U_{b.name}"] = (H, H)
+        for name in self.b_names:
+            shapes[name] = (H,)
+        return shapes
+
+    def param_count(self, input_size: int, hidden_size: int) -> int:
+        """Number of trainable scalars of one layer."""
+        total = 0
+        for shape in self.param_shapes(input_size, hidden_size).values():
+            n = 1
+            for s in shape:
+                n *= s
+            total += n
+        return total
+
+    def flops(self, input_size: int, hidden_size: int, batch: int, seq_len: int,
+              mode: str = "inference") -> float:
+        """Floating-point operations of one layer over a sequence.
+
+        Counts the multiply-adds of every product (2 FLOPs each), as benchmarks
+        conventionally do; the element-wise gate work is O(B·H) per step and left out.
+        ``mode="train"`` is forward plus backward: the backward pass does two products
+        for each forward one (input/state gradient and weight gradient).
+        """
+        I, H, B, T = input_size, hidden_size, batch, seq_len
+        per_step = 2 * B * H * (I * len(self.x_blocks) + H * len(self.h_blocks))
+        forward = float(per_step) * T
+        if mode == "inference":
+            return forward
+        if mode == "train":
+            return 3.0 * forward
+        raise ValueError(f"mode must be 'inference' or 'train', got {mode!r}")
+
+    # --------------------------------------------------------------- equations
+    def equations(self, style: str = "text") -> list[str]:
+        """The cell's equations, generated from the switches.
+
+        ``style`` is ``"text"`` (Unicode) or ``"latex"``.
+        """
+        if style not in ("text", "latex"):
+            raise ValueError(f"style must be 'text' or 'latex', got {style!r}")
+        return _render(self, style == "latex")
+
+
+def _check_choice(key: str, value: Any, where: str) -> None:
+    choices = _CHOICES[key]
+    if value not in choices:
+        raise SpecError(
+            f"bad value {value!r} for key {key!r}{where}; choose one of {', '.join(choices)}"
+        )
+
+
+# ----------------------------------------------------------------- rendering
+def _render(v: Variant, latex: bool) -> list[str]:
+    if latex:
+        sig, dot, one = r"\sigma", r" \odot ", "1"
+        act_name = {"tanh": r"\tanh", "relu": r"\mathrm{ReLU}", "identity": ""}
+
+        def W(n: str) -> str:
+            return f"W_{{{n}}}"
+
+        def U(n: str) -> str:
+            return f"U_{{{n}}}"
+
+        def b(n: str) -> str:
+            return f"b_{{{n}}}"
+
+        def var(n: str) -> str:
+            return {"c_hat": r"\hat{h}", "h_new": "h'", "c_new": "c'"}.get(n, n)
+
+        arrow = " = "
+    else:
+        sig, dot, one = "σ", " ⊙ ", "1"
+        act_name = {"tanh": "tanh", "relu": "ReLU", "identity": ""}
+
+        def W(n: str) -> str:
+            return f"W_{n}"
+
+        def U(n: str) -> str:
+            return f"U_{n}"
+
+        def b(n: str) -> str:
+            return f"b_{n}"
+
+        def var(n: str) -> str:
+            return {"c_hat": "ĥ", "h_new": "h'", "c_new": "c'"}.get(n, n)
+
+        arrow = " = "
+
+    def wrap(fn: str, inner: str) -> str:
+        if not fn:
+            return inner
+        if latex:
+            return f"{fn}\\left({inner}\\right)"
+        return f"{fn}({inner})"
+
+    def pre(block: Block, h_term: str = "h") -> str:
+        terms = []
+        if block.sees_x:
+            terms.append(f"{W(block.name)} x")
+        if block.sees_h:
+            terms.append(f"{U(block.name)} {h_term}")
+        if block.has_bias:
+            terms.append(b(block.name))
+        return " + ".join(terms) if terms else "0"
+
+    lines = []
+    for g in v.gates:
+        lines.append(f"{g.name}{arrow}{wrap(sig, pre(g))}")
+    act = act_name[v.candidate_activation]
+    cand = v.candidate
+    placement = v.reset_placement
+    if placement == "before":
+        rg = v.reset_gate
+        inner = pre(cand, h_term=f"({rg}{dot}h)")
+    elif placement == "after":
+        left = " + ".join([f"{W(cand.name)} x", b(cand.name)])
+        inner = f"{left} + r{dot}({U(cand.name)} h + {b('hc')})"
+    else:
+        inner = pre(cand)
+    if v.family == "lstm":
+        lines.append(f"g{arrow}{wrap(act, inner)}")
+        if v.coupled_input_forget:
+            lines.insert(len(lines) - 1, f"i{arrow}{one} {'-' if latex else '−'} f")
+        lines.append(f"{var('c_new')}{arrow}f{dot}c + i{dot}g")
+        tanh = r"\tanh" if latex else "tanh"
+        lines.append(f"{var('h_new')}{arrow}o{dot}{wrap(tanh, var('c_new'))}")
+        return lines
+    if v.family == "rnn":
+        lines.append(f"{var('h_new')}{arrow}{wrap(act, inner)}")
+        return lines
+    minus = "-" if latex else "−"
+    lines.append(f"{var('c_hat')}{arrow}{wrap(act, inner)}")
+    ch = var("c_hat")
+    if v.reset == "tied":
+        combine = f"({one} {minus} f){dot}h + f{dot}{ch}"
+    elif v.update == "uncoupled":
+        combine = f"u{dot}h + w{dot}{ch}"
+    else:
+        combine = f"u{dot}h + ({one} {minus} u){dot}{ch}"
+    lines.append(f"{var('h_new')}{arrow}{combine}")
+    return lines
+
+
+def spec_fields() -> tuple[str, ...]:
+    """All keys a spec file may hold."""
+    return tuple(f.name for f in fields(Variant) if f.name != "source")
