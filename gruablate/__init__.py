@@ -5,9 +5,11 @@
 """
 
 from .catalogue import get_variant, list_variants
+from .layer import RecurrentLayer
 from .spec import SpecError, Variant
 
 __all__ = [
+    "RecurrentLayer",
     "SpecError",
     "Variant",
     "get_variant",

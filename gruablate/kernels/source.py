@@ -1,0 +1,69 @@
+"""Turning generated kernel source into importable, disk-cached modules.
+
+Each (variant switches, dtype, backend) gets its own small Python module written into
+the kernel cache folder under a name that is the hash of its source. Numba's
+``cache=True`` keys its on-disk cache on the module file, so a module is written once
+(atomically) and never rewritten: a second process imports it and loads the compiled
+machine code instead of compiling again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+
+def cache_dir() -> Path:
+    """Folder of generated kernel modules (``$GRUABLATE_CACHE_DIR`` overrides)."""
+    env = os.environ.get("GRUABLATE_CACHE_DIR")
+    if env:
+        base = Path(env)
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gruablate"
+    return base / "kernels"
+
+
+def load_module(prefix: str, source: str) -> ModuleType:
+    """Import ``source`` as a module stored in the cache folder (written if absent)."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:20]
+    name = f"_gruablate_{prefix}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.py"
+    if not path.exists() or path.read_text() != source:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(source)
+        os.replace(tmp, path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def substitute(lines: list[str], table: dict[str, str], indent: str) -> str:
+    """Replace the cell-code placeholders (see ``cellgen``) and indent the lines.
+
+    ``table`` maps a placeholder to its replacement; placeholders that take a block
+    index, like ``XP(3)``, are written ``"XP(k)"`` with ``{k}`` in the replacement.
+    """
+    out = []
+    for line in lines:
+        for key, repl in table.items():
+            if key.endswith("(k)"):
+                head = r"\b" + re.escape(key[:-3])
+                line = re.sub(head + r"\((\d+)\)", lambda m, r=repl: r.format(k=m.group(1)), line)
+            else:
+                line = re.sub(r"\b" + re.escape(key) + r"\b", repl, line)
+        out.append(indent + line)
+    return "\n".join(out)
