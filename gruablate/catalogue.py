@@ -62,3 +62,17 @@ def get_variant(name_or_path: str | Path | Variant) -> Variant:
     raise SpecError(
         f"unknown variant {key!r}; built-ins: {', '.join(builtins)} (or a path to a .toml spec)"
     )
+
+
+def markdown_table(input_size: int = 32, hidden_size: int = 64) -> str:
+    """The catalogue as a Markdown table with the rendered equations (used by the README)."""
+    lines = [
+        f"| variant | equations | params (I={input_size}, H={hidden_size}) | source |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name in list_variants():
+        v = get_variant(name)
+        eqs = "<br>".join(f"`{e}`" for e in v.equations("text"))
+        count = v.param_count(input_size, hidden_size)
+        lines.append(f"| `{name}` | {eqs} | {count} | {v.citation} |")
+    return "\n".join(lines)

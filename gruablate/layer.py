@@ -110,7 +110,7 @@ class RecurrentLayer:
         rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(self.hidden_size)
         self.flat_params[:] = rng.uniform(-bound, bound, self.flat_params.size)
-        if self.variant.family == "lstm":
+        if self.variant.family == "lstm" and "b_f" in self.params:
             self.params["b_f"][:] = self.variant.forget_bias
         if self.backend != "cpu" and getattr(self, "_impl", None) is not None:
             self._impl.params_changed()
@@ -139,7 +139,10 @@ class RecurrentLayer:
         if S == 2 and not (isinstance(state, tuple | list) and len(state) == 2):
             raise ValueError(f"{name} of an LSTM-family layer must be a tuple (h, c)")
         return np.stack(
-            [self._check_array(f"{name}[{k}]", s, (B, H)) for k, s in zip(self.variant.state_names, parts, strict=True)]
+            [
+                self._check_array(f"{name}[{k}]", s, (B, H))
+                for k, s in zip(self.variant.state_names, parts, strict=True)
+            ]
         )
 
     def _unpack_state(self, s: np.ndarray) -> State:
@@ -227,9 +230,7 @@ class _CpuImpl:
         x, s0, y, acts, aux = saved
         dx = np.empty_like(x)
         ds0 = np.empty_like(s0)
-        self.k.backward(
-            x, s0, L.W, L.U, L.b, y, acts, aux, dy, dsT, dx, ds0, L._dW, L._dU, L._db
-        )
+        self.k.backward(x, s0, L.W, L.U, L.b, y, acts, aux, dy, dsT, dx, ds0, L._dW, L._dU, L._db)
         return dx, ds0
 
     def params_changed(self) -> None:  # parameters are read in place on the CPU

@@ -213,9 +213,7 @@ class Variant:
 
         if self.candidate_inputs == "x":
             if self.family == "rnn":
-                raise clash(
-                    "family 'rnn' with candidate_inputs 'x' has no recurrence at all"
-                )
+                raise clash("family 'rnn' with candidate_inputs 'x' has no recurrence at all")
             if self.family == "gru" and self.reset != "none":
                 raise clash(
                     f"reset {self.reset!r} needs a candidate that sees the state, but"
@@ -336,8 +334,9 @@ class Variant:
             total += n
         return total
 
-    def flops(self, input_size: int, hidden_size: int, batch: int, seq_len: int,
-              mode: str = "inference") -> float:
+    def flops(
+        self, input_size: int, hidden_size: int, batch: int, seq_len: int, mode: str = "inference"
+    ) -> float:
         """Floating-point operations of one layer over a sequence.
 
         Counts the multiply-adds of every product (2 FLOPs each), as benchmarks

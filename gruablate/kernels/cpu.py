@@ -26,7 +26,7 @@ Signatures (identical for every variant; the layer allocates the outputs):
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from types import ModuleType
 
 from ..spec import Variant
@@ -113,7 +113,7 @@ def _loop(body: str) -> str:
     return "        for bi in range(B):\n            for j in range(H):\n" + body
 
 
-@lru_cache(maxsize=None)
+@cache
 def kernel_source(variant: Variant, dtype: str) -> str:
     """The generated module text for ``variant`` in ``dtype``."""
     if dtype not in DTYPES:
@@ -232,7 +232,7 @@ def _indent(lines: list[str], n: int) -> str:
     return "\n".join(" " * n + line for line in lines)
 
 
-@lru_cache(maxsize=None)
+@cache
 def kernels(variant: Variant, dtype: str) -> ModuleType:
     """The compiled kernel module (``forward_train``, ``forward_infer``, ``backward``)."""
     return load_module(f"cpu_{dtype}", kernel_source(variant, dtype))

@@ -1,0 +1,88 @@
+"""``gruablate variants list|show``: the catalogue on the command line."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..catalogue import get_variant, list_variants
+from ..spec import SpecError, Variant
+
+
+def _load(name_or_path: str) -> Variant:
+    try:
+        return get_variant(name_or_path)
+    except SpecError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _switches(v: Variant) -> dict:
+    d = v.to_dict()
+    for key in ("name", "description", "citation"):
+        d.pop(key, None)
+    return d
+
+
+@click.group()
+def variants() -> None:
+    """List and show the variants (built-in or your own spec files)."""
+
+
+@variants.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--input-size", default=32, show_default=True, help="I for the parameter count.")
+@click.option("--hidden", default=64, show_default=True, help="H for the parameter count.")
+def list_cmd(as_json: bool, input_size: int, hidden: int) -> None:
+    """Table of the built-in variants with their equations."""
+    rows = []
+    for name in list_variants():
+        v = get_variant(name)
+        rows.append(
+            {
+                "name": name,
+                "family": v.family,
+                "switches": _switches(v),
+                "params": v.param_count(input_size, hidden),
+                "equations": v.equations("text"),
+                "description": v.description,
+                "citation": v.citation,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"gruablate variants (params at I={input_size}, H={hidden})")
+    for col in ("name", "params", "equations", "description"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["name"], str(r["params"]), "\n".join(r["equations"]), r["description"])
+    Console().print(table)
+
+
+@variants.command("show")
+@click.argument("name_or_file")
+@click.option("--input-size", default=32, show_default=True, help="I for the parameter count.")
+@click.option("--hidden", default=64, show_default=True, help="H for the parameter count.")
+@click.option("--latex", is_flag=True, help="Print the equations as LaTeX.")
+def show_cmd(name_or_file: str, input_size: int, hidden: int, latex: bool) -> None:
+    """Equations, switches and parameter count of one variant (name or .toml file)."""
+    v = _load(name_or_file)
+    click.echo(f"{v.name} — {v.description}" if v.description else v.name)
+    if v.citation:
+        click.echo(f"source: {v.citation}")
+    click.echo("\nequations:")
+    for line in v.equations("latex" if latex else "text"):
+        click.echo(f"  {line}")
+    click.echo("\nswitches:")
+    for key, value in _switches(v).items():
+        click.echo(f"  {key} = {value}")
+    click.echo(f"\nparameters at I={input_size}, H={hidden}:")
+    for pname, shape in v.param_shapes(input_size, hidden).items():
+        click.echo(f"  {pname:6s} {'×'.join(map(str, shape))}")
+    click.echo(f"  total  {v.param_count(input_size, hidden)}")
+    if v.is_linear_recurrence:
+        click.echo("\nthe recurrence is linear in h: computable by a scan over time")

@@ -1,0 +1,28 @@
+"""Shared helpers for the test suite."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gruablate
+
+BUILTINS = gruablate.list_variants()
+
+
+def random_state(layer: gruablate.RecurrentLayer, B: int, rng: np.random.Generator, scale=1.0):
+    """A random initial state of the layer's form: h, or (h, c) for the LSTM family."""
+    H = layer.hidden_size
+    parts = tuple(
+        (scale * rng.standard_normal((B, H))).astype(layer.dtype) for _ in layer.variant.state_names
+    )
+    return parts if len(parts) == 2 else parts[0]
+
+
+def as_tuple(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+@pytest.fixture(params=BUILTINS)
+def variant_name(request) -> str:
+    return request.param
