@@ -5,8 +5,13 @@
 """
 
 from .catalogue import get_variant, list_variants
+from .execute import run_study
 from .layer import RecurrentLayer
 from .spec import SpecError, Variant
+from .store import load_curves, load_results
+from .study import load_study
+from .tasks import list_tasks
+from .train import train
 
 __all__ = [
     "RecurrentLayer",
@@ -14,5 +19,23 @@ __all__ = [
     "Variant",
     "get_variant",
     "list_variants",
+    "list_tasks",
+    "train",
+    "load_results",
+    "load_curves",
+    "load_study",
+    "run_study",
+    "write_report",
 ]
+
+
+def __getattr__(name: str):
+    # The report pulls in matplotlib and seaborn: load it on first use only.
+    if name == "write_report":
+        from .report import write_report
+
+        return write_report
+    raise AttributeError(f"module 'gruablate' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"

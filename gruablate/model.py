@@ -231,8 +231,11 @@ class Model:
             raise ValueError("backward needs a preceding forward")
         top, dz, (T, B) = self._saved
         H = self.hidden
-        np.dot(dz.reshape(-1, self.output_size).T, top.reshape(-1, H), out=self._dV)
-        self._dc[:] = dz.reshape(-1, self.output_size).sum(axis=0)
+        dz2 = dz.reshape(-1, self.output_size)
+        # A contiguous copy of dz^T first: OpenBLAS took ~30x longer on the transposed
+        # view of this tall, narrow matrix (measured: 5 ms against 0.16 ms).
+        self._dV[...] = np.ascontiguousarray(dz2.T) @ top.reshape(-1, H)
+        self._dc[:] = dz2.sum(axis=0)
         dtop = dz @ self.V
         if self.readout == "every":
             dy = np.ascontiguousarray(dtop)

@@ -21,7 +21,8 @@ Public API (used by the sweep and by the benchmark)::
 A record is a flat-ish JSON mapping. ``kind`` says what it is: ``"train"`` (the default,
 one trained model of a sweep) or ``"bench"`` (one timing of ``gruablate run bench``).
 Scalars become columns; dict and list values become JSON text columns, except the
-learning ``curve`` (see :func:`load_curves`) and ``versions`` (see ``env.json``).
+learning ``curve`` (see :func:`load_curves`), ``versions`` (see ``env.json``) and a
+failed cell's ``traceback`` (in its file).
 
 Why the files look like this: one file per cell, written to a temporary name, flushed to
 disk and renamed over the final name, means a sweep killed at any moment (even SIGKILL)
@@ -41,9 +42,10 @@ import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas loads on first use: workers and `import gruablate` skip it
+    import pandas as pd
 
 STUDY_FILE = "study.json"
 ENV_FILE = "env.json"
@@ -61,7 +63,7 @@ BENCH_COLUMNS = (
     "dtype", "threads", "median_ms", "gflops",
 )
 _LEADING = ("run", "id", "kind")
-_DROPPED = ("curve", "versions")
+_DROPPED = ("curve", "versions", "traceback")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}$")
 _TMP_PREFIX = ".tmp-"
 
@@ -346,6 +348,8 @@ def load_results(run_dirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     train_seconds``; bench records ``variant, impl, backend, mode, hidden, batch,
     seq_len, input_size, dtype, threads, median_ms, gflops``. A missing number is NaN.
     """
+    import pandas as pd
+
     rows = []
     for d in _as_dirs(run_dirs):
         run = attach(d)
@@ -374,6 +378,8 @@ def load_curves(run_dirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     Columns ``run, id, variant, task, hidden, layers, seed, backend, status`` and the
     curve's own fields (``step, train_loss, val_metric``).
     """
+    import pandas as pd
+
     keys = ("variant", "task", "hidden", "layers", "seed", "backend", "status")
     rows = []
     for d in _as_dirs(run_dirs):
@@ -390,3 +396,26 @@ def load_curves(run_dirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = pd.Series(dtype=float)
     return df[cols + [c for c in df.columns if c not in cols]]
+
+
+EXPORT_FORMATS = ("csv", "parquet")
+
+
+def export_results(run_dir: str | Path, fmt: str, path: str | Path | None = None) -> Path:
+    """Write :func:`load_results` of a run directory as ``results.csv`` or
+    ``results.parquet`` inside it (or at ``path``); returns where."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    df = load_results(run_dir)
+    target = Path(path) if path is not None else Path(run_dir) / f"results.{fmt}"
+    tmp = target.with_name(f"{_TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{target.name}")
+    try:
+        if fmt == "csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return target

@@ -1,0 +1,465 @@
+"""Run a study's cells: in this process, in local processes, or on a dask cluster.
+
+:func:`run_study` is the whole sweep: resolve the cells, skip those already recorded,
+claim each cell before running it (so two sweeps on one run directory share the work
+instead of doing it twice), run it on the chosen executor, and write its record the
+moment it finishes. Only this process — the client — writes the run directory; workers
+only compute and return records. A cell that raises is recorded as ``failed`` and the
+sweep goes on.
+
+Executors:
+
+- ``jobs=1``: cells run one after another in this process.
+- ``jobs=N``: N worker processes started with *spawn* (never fork: forking after
+  Numba's threading layer has started can deadlock), each given ``cores // N`` Numba
+  and BLAS threads so the workers together do not oversubscribe the cores.
+- ``executor="dask"``: the cells are submitted to an existing ``dask.distributed``
+  scheduler (``scheduler`` address or ``scheduler_file``); size the workers' threads
+  there (``dask worker --nthreads 1`` plus ``NUMBA_NUM_THREADS``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import multiprocessing
+import os
+import socket
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .envinfo import capture_environment, usable_cores
+from .store import RunDir, attach, is_run_dir, open_run
+from .study import Cell, Study, StudyError, load_study, settings_conflict
+
+EXECUTORS = ("local", "dask")
+_THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "MKL_NUM_THREADS")
+
+
+# ---------------------------------------------------------------- one cell
+def run_cell(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Train one cell (``gruablate.train(**kwargs)``) and return its record.
+
+    Never raises for a bad cell: an exception becomes a ``failed`` record carrying the
+    error text, so one cell cannot stop a sweep. Runs on workers; writes nothing.
+    """
+    from .train import train
+
+    start = time.perf_counter()
+    try:
+        record = train(**kwargs, progress=False)
+    except Exception as exc:  # a cell that raises is a result, not a crash
+        record = {
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=8),
+        }
+    record["cell_seconds"] = time.perf_counter() - start
+    record["host"] = socket.gethostname()
+    return record
+
+
+def _failed(error: str) -> dict[str, Any]:
+    return {"status": "failed", "error": error}
+
+
+def _assemble(cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
+    """The stored record: the cell's configuration under everything train reported,
+    so even a cell that failed before training has its variant, task, seed..."""
+    base = {k: v for k, v in cell.config.items()}
+    base.update({"metric_name": None, "metric": None, "baseline": None, "params": None,
+                 "train_seconds": None})
+    return {**base, **result, "kind": "train", "id": cell.id}
+
+
+# --------------------------------------------------------------- executors
+class _Serial:
+    """Runs each cell at submit time, in this process."""
+
+    name = "serial"
+
+    def capacity(self) -> int:
+        return 1
+
+    def submit(self, kwargs: dict[str, Any]) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        fut.set_result(run_cell(kwargs))
+        return fut
+
+    def wait_any(self, futures: list[Any]) -> set[Any]:
+        return set(futures)
+
+    def result(self, fut: Any) -> dict[str, Any]:
+        return fut.result()
+
+    def close(self, cancel: bool = False) -> None:
+        pass
+
+
+def _watch_parent(parent: int) -> None:
+    """Worker initializer: exit when the sweep that started us is gone (even after a
+    SIGKILL, which gives the parent no chance to stop its workers)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="gruablate-parent-watch").start()
+
+
+@contextlib.contextmanager
+def _worker_threads(n: int) -> Iterator[None]:
+    # Numba reads NUMBA_NUM_THREADS once, at import: the spawned workers inherit it from
+    # our environment at start-up. Our own Numba was configured long ago, so setting
+    # it here changes nothing for this process; it is restored afterwards anyway.
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update({k: str(n) for k in _THREAD_VARS})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class _Processes:
+    """N spawned worker processes with ``threads`` Numba/BLAS threads each."""
+
+    name = "processes"
+
+    def __init__(self, jobs: int, threads: int) -> None:
+        self.jobs, self.threads = jobs, threads
+        self._env = _worker_threads(threads)
+        self._env.__enter__()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(
+            max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_watch_parent, initargs=(os.getpid(),),
+        )
+
+    def capacity(self) -> int:
+        return self.jobs
+
+    def submit(self, kwargs: dict[str, Any]) -> cf.Future:
+        try:
+            return self._pool.submit(run_cell, kwargs)
+        except cf.process.BrokenProcessPool:
+            # A worker died (killed, out of memory, crashed in native code): the pool
+            # is unusable, so start a fresh one and carry on.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            return self._pool.submit(run_cell, kwargs)
+
+    def wait_any(self, futures: list[Any]) -> set[Any]:
+        done, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+        return done
+
+    def result(self, fut: Any) -> dict[str, Any]:
+        try:
+            return fut.result()
+        except cf.process.BrokenProcessPool as exc:
+            return _failed(f"worker process died while running this cell or one beside"
+                           f" it ({exc}); rerun with --rerun-failed")
+        except Exception as exc:
+            return _failed(f"{type(exc).__name__}: {exc}")
+
+    def close(self, cancel: bool = False) -> None:
+        try:
+            self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        finally:
+            self._env.__exit__(None, None, None)
+
+
+class _Dask:
+    """An existing dask.distributed cluster; the cells are its tasks."""
+
+    name = "dask"
+
+    def __init__(self, scheduler: str | None, scheduler_file: str | None) -> None:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise StudyError("--executor dask needs the 'distributed' package "
+                             "(pip install gruablate[dask])") from None
+        where = scheduler or f"scheduler file {scheduler_file}"
+        if scheduler_file is not None and not Path(scheduler_file).is_file():
+            raise StudyError(f"dask scheduler file not found: {scheduler_file}")
+        try:
+            self.client = Client(address=scheduler, scheduler_file=scheduler_file,
+                                 timeout="20s", set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise StudyError(f"cannot reach the dask scheduler at {where}: {exc}") from None
+        from distributed import as_completed
+
+        self._completed = as_completed(loop=self.client.loop)
+
+    def capacity(self) -> int:
+        # Enough tasks queued to keep every worker thread busy, not the whole grid:
+        # each submitted cell holds a claim in the run directory.
+        return max(1, 2 * sum(self.client.nthreads().values()))
+
+    def submit(self, kwargs: dict[str, Any]) -> Any:
+        fut = self.client.submit(run_cell, kwargs, pure=False)
+        self._completed.add(fut)
+        return fut
+
+    def wait_any(self, futures: list[Any]) -> set[Any]:
+        # as_completed rather than distributed.wait: wait() looks for a default client,
+        # and this one is deliberately not made the process's default.
+        done = {next(self._completed)}
+        done.update(self._completed.next_batch(block=False))
+        return done
+
+    def result(self, fut: Any) -> dict[str, Any]:
+        try:
+            return fut.result()
+        except Exception as exc:  # KilledWorker, CancelledError, lost connection...
+            return _failed(f"dask: {type(exc).__name__}: {exc}")
+
+    def worker_environments(self) -> dict[str, Any]:
+        return self.client.run(capture_environment)
+
+    def close(self, cancel: bool = False) -> None:
+        self.client.close()
+
+
+# ------------------------------------------------------------------ the sweep
+@dataclass
+class SweepEvent:
+    """What happened, for a progress display: ``kind`` is ``plan``, ``start``,
+    ``finish``, ``skip`` (done meanwhile by another sweep), ``wait`` (cells another
+    sweep is running) or ``end``."""
+
+    kind: str
+    summary: SweepSummary
+    cell: Cell | None = None
+    record: dict[str, Any] | None = None
+
+
+@dataclass
+class SweepSummary:
+    """Counts of a sweep, kept up to date while it runs."""
+
+    run_dir: Path
+    study: str
+    total: int = 0  # cells in the study
+    skipped: int = 0  # already recorded before this sweep
+    to_run: int = 0  # cells this sweep set out to run
+    ok: int = 0
+    diverged: int = 0
+    failed: int = 0
+    by_others: int = 0  # recorded meanwhile by another sweep on the same directory
+    running: int = 0
+    waiting: int = 0  # claimed by another sweep right now
+    failed_ids: list[str] = field(default_factory=list)
+    diverged_ids: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+    executor: str = ""
+
+    @property
+    def finished(self) -> int:
+        return self.ok + self.diverged + self.failed + self.by_others
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every cell has a usable record, 1 when some failed, 130 if interrupted."""
+        if self.interrupted:
+            return 130
+        return 1 if self.failed else 0
+
+    def line(self) -> str:
+        """The closing one-line summary."""
+        parts = [f"{self.ok} ok", f"{self.diverged} diverged", f"{self.failed} failed"]
+        if self.skipped:
+            parts.append(f"{self.skipped} already done")
+        if self.by_others:
+            parts.append(f"{self.by_others} done by another sweep")
+        state = "interrupted" if self.interrupted else "finished"
+        return (f"sweep {self.study!r} {state}: {self.total} cells — {', '.join(parts)}"
+                f" in {self.seconds:.1f}s; results in {self.run_dir}")
+
+
+def _needs_run(run: RunDir, cell: Cell, force: bool, rerun_failed: bool,
+               started_ids: set[str]) -> bool:
+    if cell.id in started_ids:
+        return False
+    rec = run.read_record(cell.id)
+    if rec is None:
+        return True
+    if force:
+        return True
+    return rerun_failed and rec.get("status") == "failed"
+
+
+def cell_states(study: Study, out: str | Path | None = None) -> list[tuple[Cell, str]]:
+    """Each cell of ``study`` with its recorded status in its run directory, or
+    ``"todo"`` when it has no record yet."""
+    run_dir = Path(out) if out is not None else Path("runs") / study.name
+    run = attach(run_dir) if is_run_dir(run_dir) else None
+    out_states = []
+    for cell in study.cells():
+        rec = run.read_record(cell.id) if run else None
+        out_states.append((cell, (rec or {}).get("status", "todo")))
+    return out_states
+
+
+def run_study(
+    study: Study | str | Path | None = None,
+    *,
+    out: str | Path | None = None,
+    jobs: int | None = None,
+    executor: str = "local",
+    scheduler: str | None = None,
+    scheduler_file: str | None = None,
+    rerun_failed: bool = False,
+    force: bool = False,
+    on_event: Callable[[SweepEvent], None] | None = None,
+) -> SweepSummary:
+    """Run every cell of ``study`` that has no record yet in its run directory.
+
+    ``study`` is a :class:`Study`, a path to a study TOML file, or None for the default
+    quick study. ``out`` defaults to ``runs/<study name>``. ``rerun_failed`` also reruns
+    cells recorded as failed, ``force`` reruns every cell. ``on_event`` receives a
+    :class:`SweepEvent` at every step (the CLI's progress display). Returns the
+    :class:`SweepSummary`; its ``exit_code`` is non-zero when a cell failed.
+    """
+    if not isinstance(study, Study):
+        study = load_study(study)
+    if executor not in EXECUTORS:
+        raise StudyError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    if executor == "local" and (scheduler or scheduler_file):
+        raise StudyError("--scheduler/--scheduler-file need --executor dask")
+    if executor == "dask" and not (scheduler or scheduler_file):
+        raise StudyError("--executor dask needs --scheduler ADDRESS or --scheduler-file FILE")
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise StudyError(f"jobs must be a positive integer, got {jobs!r}")
+    run_dir = Path(out) if out is not None else Path("runs") / study.name
+    if is_run_dir(run_dir):
+        why = settings_conflict(attach(run_dir).study(), study)
+        if why:
+            raise StudyError(
+                f"{run_dir} holds another study's cells: {why}; give this study its own"
+                " --out (or --name), or delete that directory"
+            )
+
+    cells = study.cells()
+    summary = SweepSummary(run_dir=run_dir, study=study.name, total=len(cells))
+    emit = on_event or (lambda event: None)
+    start = time.perf_counter()
+
+    pool: Any
+    env = capture_environment()
+    if executor == "dask":
+        pool = _Dask(scheduler, scheduler_file)
+        env["executor"] = {"kind": "dask", "scheduler": pool.client.scheduler.address}
+        with contextlib.suppress(Exception):  # a report nicety, not worth failing over
+            env["workers"] = pool.worker_environments()
+    else:
+        pool = None  # started below, once we know how many cells are left
+    try:
+        previous = attach(run_dir).environment() if is_run_dir(run_dir) else None
+        run = open_run(run_dir, study.to_dict(), env=previous or env)
+        todo = [c for c in cells if _needs_run(run, c, force, rerun_failed, set())]
+        summary.skipped = len(cells) - len(todo)
+        summary.to_run = len(todo)
+        if pool is None:
+            n = min(jobs or usable_cores(), max(1, len(todo)))
+            threads = max(1, usable_cores() // n)
+            pool = _Serial() if n == 1 else _Processes(n, threads)
+            env["executor"] = {"kind": "local", "jobs": n,
+                               "threads_per_worker": threads if n > 1 else None}
+        if todo:
+            # env.json describes the sweep that last ran cells, not a no-op rerun.
+            run.write_environment(env)
+        summary.executor = pool.name
+        emit(SweepEvent("plan", summary))
+        _drive(run, pool, todo, force, rerun_failed, summary, emit)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        if pool is not None:
+            pool.close(cancel=True)
+            pool = None
+    finally:
+        if pool is not None:
+            pool.close()
+        summary.seconds = time.perf_counter() - start
+        summary.running = 0
+    emit(SweepEvent("end", summary))
+    return summary
+
+
+def _drive(run: RunDir, pool: Any, todo: list[Cell], force: bool, rerun_failed: bool,
+           summary: SweepSummary, emit: Callable[[SweepEvent], None]) -> None:
+    """The client loop: claim, submit, collect, write — until every cell is settled."""
+    pending: deque[Cell] = deque(todo)
+    started: set[str] = set()
+    in_flight: dict[Any, tuple[Cell, int]] = {}
+    elsewhere: list[Cell] = []
+    waited: set[str] = set()  # cells another sweep held: its record now counts as done
+    try:
+        while pending or in_flight or elsewhere:
+            while pending and len(in_flight) < pool.capacity():
+                cell = pending.popleft()
+                fd = run.acquire(cell.id)
+                if fd is None:  # another sweep is running it right now
+                    elsewhere.append(cell)
+                    summary.waiting = len(elsewhere)
+                    continue
+                # Checked again under the claim: it may have been finished meanwhile.
+                if not _needs_run(run, cell, force and cell.id not in waited,
+                                  rerun_failed and cell.id not in waited, started):
+                    run.release(fd)
+                    summary.by_others += 1
+                    emit(SweepEvent("skip", summary, cell))
+                    continue
+                started.add(cell.id)
+                summary.running += 1
+                emit(SweepEvent("start", summary, cell))
+                in_flight[pool.submit(cell.train_kwargs())] = (cell, fd)
+            if in_flight:
+                for fut in pool.wait_any(list(in_flight)):
+                    cell, fd = in_flight.pop(fut)
+                    record = _assemble(cell, pool.result(fut))
+                    try:
+                        run.write_record(cell.id, record)
+                    finally:
+                        run.release(fd)
+                    summary.running -= 1
+                    status = record.get("status")
+                    if status == "ok":
+                        summary.ok += 1
+                    elif status == "diverged":
+                        summary.diverged += 1
+                        summary.diverged_ids.append(cell.id)
+                    else:
+                        summary.failed += 1
+                        summary.failed_ids.append(cell.id)
+                    emit(SweepEvent("finish", summary, cell, record))
+            elif elsewhere:
+                # Nothing of ours is running: wait for the other sweep's cells, then
+                # look again (it may have died, leaving them to us).
+                emit(SweepEvent("wait", summary))
+                for cell in elsewhere:
+                    run.release(run.acquire(cell.id, wait=True))
+                    waited.add(cell.id)
+                    pending.append(cell)
+                elsewhere.clear()
+                summary.waiting = 0
+    finally:
+        for fut, (_, fd) in in_flight.items():
+            with contextlib.suppress(Exception):
+                fut.cancel()
+            run.release(fd)

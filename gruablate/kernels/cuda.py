@@ -1,0 +1,368 @@
+"""The CUDA backend: ``numba.cuda`` kernels for every variant, forward and backward.
+
+The kernel text comes from :mod:`gruablate.kernels.cuda_source` (the element-wise cell
+code of :mod:`cellgen` pasted into CUDA loop templates, like the CPU backend) and is
+loaded as a disk-cached module. The shape of the computation is that of the fast RNN
+libraries (cuDNN, haste):
+
+- forward: one tiled product ``x W^T`` for the input projections of all steps, then
+  one *persistent* cooperative kernel that loops over time; per step every block
+  computes tiles of the recurrent product and runs the fused gate code on them, and a
+  grid-wide sync separates the steps (no launch per step);
+- backward: one persistent kernel walks time backwards, storing the pre-activation
+  gradients of every step; after it, one product each for ``dx``, ``dW`` and ``dU``
+  and a column sum for ``db`` (no float atomics anywhere);
+- a variant without recurrent weights (minGRU: linear in ``h``) runs as a scan over
+  time, one thread per (batch row, hidden unit), with no synchronisation at all.
+
+Parameters, activations and gradients stay in device arrays cached on the
+:class:`CudaImpl`; the layer's host parameters are uploaded by :meth:`CudaImpl.params_changed`.
+
+``numba-cuda`` is optional: this module imports it only when a CUDA layer is built,
+and a missing package or GPU gives one clear :class:`CudaUnavailableError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..spec import Variant
+from .cuda_source import (
+    CELL_KERNELS,
+    COMMON_KERNELS,
+    DEFAULT_GEOMETRY,
+    SIM_GEOMETRY,
+    Geometry,
+    cell_source,
+    common_source,
+    signatures,
+)
+from .source import load_module
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..layer import RecurrentLayer
+
+__all__ = [
+    "CudaImpl",
+    "CudaUnavailableError",
+    "compile_ptx",
+    "cuda_available",
+    "geometry",
+    "kernels",
+]
+
+
+class CudaUnavailableError(RuntimeError):
+    """``backend="cuda"`` was asked for, but numba-cuda or a CUDA GPU is missing."""
+
+
+def _numba_cuda() -> Any:
+    """``numba.cuda``, or a one-line error saying what to install."""
+    try:
+        from numba import cuda
+    except ImportError as exc:  # numba-cuda is an optional dependency
+        raise CudaUnavailableError(
+            "backend='cuda' needs the numba-cuda package, which is not installed"
+            f" ({exc}); install it with: pip install 'gruablate[cuda]'"
+        ) from None
+    return cuda
+
+
+def simulator_enabled() -> bool:
+    """True when numba runs CUDA kernels in its Python simulator (``NUMBA_ENABLE_CUDASIM=1``)."""
+    cuda = _numba_cuda()
+    return bool(getattr(cuda, "simulator_enabled", False)) or (
+        os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+    )
+
+
+def cuda_available() -> bool:
+    """Whether a CUDA layer can run here (numba-cuda and a GPU, or the simulator)."""
+    try:
+        return bool(_numba_cuda().is_available())
+    except CudaUnavailableError:
+        return False
+
+
+def require_cuda() -> Any:
+    """``numba.cuda`` if a GPU (or the simulator) is usable, else :class:`CudaUnavailableError`."""
+    cuda = _numba_cuda()
+    try:
+        ok = cuda.is_available()
+    except Exception as exc:  # a broken driver install raises instead of answering False
+        raise CudaUnavailableError(
+            f"backend='cuda' needs a working CUDA driver and GPU: {exc}"
+        ) from None
+    if not ok:
+        raise CudaUnavailableError(
+            "backend='cuda' needs an NVIDIA GPU with a working driver, and numba.cuda"
+            " found none on this machine; use backend='cpu' (or set NUMBA_ENABLE_CUDASIM=1"
+            " to run the kernels in numba's slow simulator)"
+        )
+    return cuda
+
+
+def geometry() -> Geometry:
+    """The launch geometry used here: small tiles under the simulator, else the GPU default."""
+    return SIM_GEOMETRY if simulator_enabled() else DEFAULT_GEOMETRY
+
+
+@cache
+def kernels(variant: Variant, dtype: str, geo: Geometry | None = None) -> ModuleType:
+    """The generated kernel module of a variant (``forward``, ``backward``); the kernels
+    compile lazily on first launch and are cached on disk."""
+    _numba_cuda()
+    geo = geo or geometry()
+    return load_module(f"cuda_{dtype}", cell_source(variant, dtype, geo))
+
+
+@cache
+def common_kernels(dtype: str, geo: Geometry | None = None) -> ModuleType:
+    """The variant-independent kernels (``matmul``, ``colsum``, ``transpose``)."""
+    _numba_cuda()
+    geo = geo or geometry()
+    return load_module(f"cudacommon_{dtype}", common_source(dtype, geo))
+
+
+def compile_ptx(
+    variant: Variant | None,
+    dtype: str,
+    cc: tuple[int, int] = (9, 0),
+    geo: Geometry | None = None,
+) -> dict[str, str]:
+    """PTX of the kernels of ``variant`` (``forward``, ``backward``), or with ``None`` of
+    the variant-independent ones (``matmul``, ``colsum``, ``transpose``), compiled by
+    NVVM for compute capability ``cc``.
+
+    Needs numba-cuda's compiler libraries but no GPU. Raises whatever the compiler
+    raises, so a kernel that only the simulator accepts fails here.
+    """
+    cuda = _numba_cuda()
+    geo = geo or DEFAULT_GEOMETRY
+    sigs = signatures(dtype)
+    if variant is None:
+        mod, names = common_kernels(dtype, geo), COMMON_KERNELS
+    else:
+        mod, names = kernels(variant, dtype, geo), CELL_KERNELS
+    out: dict[str, str] = {}
+    with _target_cc_without_gpu(cuda, cc):
+        for name in names:
+            ptx, _ = cuda.compile_ptx(getattr(mod, name).py_func, sigs[name], cc=cc)
+            out[name] = ptx
+    return out
+
+
+@contextmanager
+def _target_cc_without_gpu(cuda: Any, cc: tuple[int, int]) -> Iterator[None]:
+    """Let ``compile_ptx`` compile grid-synchronising kernels on a machine without a GPU.
+
+    numba-cuda (0.30) implements ``cuda.cg.this_grid()`` and ``GridGroup.sync()`` as
+    overloads, and compiles an overload's body as a device function for the compute
+    capability of the *current device*, asking the driver for it even inside
+    ``compile_ptx(cc=...)``; without a driver that raises. When there is no GPU we
+    answer that question with the ``cc`` being compiled for; with a GPU nothing is
+    changed.
+    """
+    if cuda.is_available():
+        yield
+        return
+    from numba.cuda import dispatcher
+
+    class _Target:
+        compute_capability = cc
+
+    saved = dispatcher.get_current_device
+    dispatcher.get_current_device = _Target
+    try:
+        yield
+    finally:
+        dispatcher.get_current_device = saved
+
+
+# ----------------------------------------------------------------------- layer
+class CudaImpl:
+    """Runs a :class:`~gruablate.layer.RecurrentLayer` on the GPU.
+
+    Keeps the packed parameters (and a transposed copy of ``U`` for coalesced loads in
+    the forward product), the packed gradients and the work buffers in device memory.
+    ``forward`` and ``backward`` take and return host arrays, as the layer's API does;
+    the activations they pass between them stay on the device.
+    """
+
+    def __init__(self, layer: RecurrentLayer) -> None:
+        self.cuda = require_cuda()
+        self.layer = layer
+        self.plan = layer.plan
+        self.geo = geometry()
+        self.sim = simulator_enabled()
+        self.dt = np.dtype(layer.dtype)
+        self.k = kernels(layer.variant, layer.dtype, self.geo)
+        self.m = common_kernels(layer.dtype, self.geo)
+        self._sigs = signatures(layer.dtype)
+        self._coop: dict[str, int] = {}
+        self._buf: dict[str, Any] = {}
+        I, H, p = layer.input_size, layer.hidden_size, self.plan
+        self.n_w, self.n_u, self.n_b = p.nx * H * I, p.nh * H * H, p.nb * H
+        n = self.n_w + self.n_u + self.n_b
+        #: packed parameters and gradients on the device, laid out like ``flat_params``
+        self.d_params = self.cuda.device_array(n, dtype=self.dt)
+        self.d_grads = self.cuda.device_array(n, dtype=self.dt)
+        self._dummy = self.cuda.device_array(1, dtype=self.dt)
+        self.d_U = self.d_params[self.n_w : self.n_w + self.n_u] if self.n_u else self._dummy
+        self.d_b = self.d_params[self.n_w + self.n_u :]
+        self.d_UT = self.cuda.device_array(max(self.n_u, 1), dtype=self.dt)
+        self.params_changed()
+
+    # ------------------------------------------------------------- parameters
+    def params_changed(self) -> None:
+        """Upload the layer's host parameters (call after changing them on the host)."""
+        self.d_params.copy_to_device(self.layer.flat_params)
+        self.device_params_changed()
+
+    def device_params_changed(self) -> None:
+        """Refresh what derives from :attr:`d_params` after it changed on the device."""
+        if self.n_u:
+            H = self.layer.hidden_size
+            R, C = self.plan.nh * H, H
+            ew = self.geo.ew_threads
+            self.m.transpose[_blocks(R * C, ew), ew](R, C, self.d_params, self.n_w, self.d_UT)
+
+    # ---------------------------------------------------------------- buffers
+    def _get(self, name: str, size: int) -> Any:
+        """A cached flat device buffer of ``size`` elements (reallocated on a size change)."""
+        size = max(int(size), 1)
+        buf = self._buf.get(name)
+        if buf is None or buf.size != size:
+            buf = self.cuda.device_array(size, dtype=self.dt)
+            self._buf[name] = buf
+        return buf
+
+    def _upload(self, name: str, host: np.ndarray) -> Any:
+        buf = self._get(name, host.size)
+        buf.copy_to_device(np.ascontiguousarray(host).reshape(-1))
+        return buf
+
+    # ---------------------------------------------------------------- launches
+    def _matmul(self, M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc) -> None:
+        """``C = A B`` with strided operands (see the ``matmul`` kernel)."""
+        g = self.geo
+        grid = (_blocks(N, g.mm_tile), _blocks(M, g.mm_tile))
+        self.m.matmul[grid, (g.mm_side, g.mm_side)](
+            M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc
+        )
+
+    def _launch_cell(self, name: str, B: int, args: tuple) -> None:
+        """Launch a cell kernel: cooperative and persistent if the variant recurs."""
+        H = self.layer.hidden_size
+        kern = getattr(self.k, name)
+        if self.plan.nh == 0:
+            ew = self.geo.ew_threads
+            kern[_blocks(B * H, ew), ew](*args)
+            return
+        nt = self.geo.threads
+        tiles = _blocks(B, self.geo.nw) * _blocks(H, self.geo.jt)
+        kern[min(tiles, self._coop_blocks(name, kern, nt)), nt](*args)
+
+    def _coop_blocks(self, name: str, kern: Any, nt: int) -> int:
+        """Most blocks that can be co-resident (a grid sync deadlocks beyond that)."""
+        if name not in self._coop:
+            if self.sim:
+                # The simulator runs blocks one after another, so a grid sync works
+                # only with a single block.
+                self._coop[name] = 1
+            else:
+                overload = kern.compile(self._sigs[name])
+                self._coop[name] = max(1, int(overload.max_cooperative_grid_blocks(nt)))
+        return self._coop[name]
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: np.ndarray, s0: np.ndarray, keep: bool):
+        """Run over the sequence: ``(y, sT, saved)`` with ``saved`` the device arrays
+        :meth:`backward` needs (empty when ``keep`` is False)."""
+        L, p = self.layer, self.plan
+        T, B, I = x.shape
+        H = L.hidden_size
+        BH = B * H
+        lstm = L.variant.family == "lstm"
+        xd = self._upload("x", x)
+        xp = self._get("xp", T * B * p.nx * H)
+        # Input projections of all steps at once: (T*B, I) x (I, NX*H), W read transposed.
+        self._matmul(T * B, p.nx * H, I, xd, 0, I, 1, self.d_params, 0, 1, I, xp, 0, p.nx * H)
+        hs = self._get("hs", (T + 1) * BH)  # hs[0] = h0, hs[t + 1] = y_t
+        hs[:BH].copy_to_device(s0[0].reshape(-1))
+        if keep:
+            cs = self._get("cs", (T + 1) * BH if lstm else 1)
+            acts = self._get("acts", T * B * p.na * H)
+            aux = self._get("aux", T * BH if (p.uses_aux and not lstm) else 1)
+        else:  # one step's worth: inference keeps no history
+            cs = self._get("cs_inf", BH if lstm else 1)
+            acts = self._get("acts_inf", B * p.na * H)
+            aux = self._get("aux_inf", BH if (p.uses_aux and not lstm) else 1)
+        if lstm:
+            cs[:BH].copy_to_device(s0[1].reshape(-1))
+        self._launch_cell(
+            "forward", B, (T, B, H, int(keep), xp, self.d_b, self.d_UT, hs, cs, acts, aux)
+        )
+        y = hs[BH:].copy_to_host().reshape(T, B, H)
+        sT = np.empty_like(s0)
+        sT[0] = y[T - 1]
+        if lstm:
+            sT[1] = (cs[T * BH :] if keep else cs).copy_to_host().reshape(B, H)
+        if not keep:
+            return y, sT, ()
+        return y, sT, (xd, hs, cs, acts, aux)
+
+    # --------------------------------------------------------------- backward
+    def backward(self, saved: tuple, dy: np.ndarray, dsT: np.ndarray):
+        """Gradients given ``dy`` and ``dsT``: returns ``(dx, ds0)`` and writes the packed
+        weight gradients into the layer's ``flat_grads``."""
+        L, p = self.layer, self.plan
+        _, _, _, xd, hs, cs, acts, aux = saved
+        T, B, _ = dy.shape
+        I, H = L.input_size, L.hidden_size
+        BH, TB = B * H, T * B
+        lstm = L.variant.family == "lstm"
+        nxh, nhmh = p.nx * H, p.nhm * H
+        before = p.reset_before
+        dyd = self._upload("dy", dy)
+        dgx = self._get("dgx", TB * nxh)
+        dgh = self._get("dgh", TB * nhmh)
+        dgc = self._get("dgc", TB * H if before else 1)
+        dgb = self._get("dgb", TB * p.nb * H)
+        dhd = self._upload("dhd", dsT[0])
+        dc = self._upload("dc", dsT[1]) if lstm else self._get("dc", 1)
+        gp = self._get("gp", BH if L.variant.reset == "tied" else 1)
+        ds0 = self._get("ds0", p.n_states * BH)
+        self._launch_cell(
+            "backward",
+            B,
+            (T, B, H, self.d_U, hs, cs, acts, aux, dyd, dgx, dgh, dgc, dgb, dhd, dc, gp, ds0),
+        )
+        # Input and weight gradients: one product each over all steps.
+        dx = self._get("dx", TB * I)
+        self._matmul(TB, I, nxh, dgx, 0, nxh, 1, self.d_params, 0, I, 1, dx, 0, I)
+        g = self.d_grads
+        self._matmul(nxh, I, TB, dgx, 0, 1, nxh, xd, 0, I, 1, g, 0, I)
+        if nhmh:  # dU_main = dgh^T [h_0 .. h_{T-1}]
+            self._matmul(nhmh, H, TB, dgh, 0, 1, nhmh, hs, 0, H, 1, g, self.n_w, H)
+        if before and L.variant.candidate.sees_h:  # dU_c = dgc^T (r * h)
+            self._matmul(H, H, TB, dgc, 0, 1, H, aux, 0, H, 1, g, self.n_w + nhmh * H, H)
+        nbh = p.nb * H
+        self.m.colsum[_blocks(nbh, self.geo.jt), self.geo.threads](
+            TB, nbh, dgb, g, self.n_w + self.n_u
+        )
+        g.copy_to_host(L.flat_grads)
+        dxh = dx.copy_to_host().reshape(T, B, I)
+        ds0h = ds0.copy_to_host().reshape(p.n_states, B, H)
+        return dxh, ds0h
+
+
+def _blocks(n: int, per: int) -> int:
+    return max(1, -(-int(n) // int(per)))

@@ -1,0 +1,616 @@
+"""Source generation for the CUDA kernels (pure text: importing this needs no GPU).
+
+Like :mod:`gruablate.kernels.cpu`, the CUDA backend pastes the element-wise cell code of
+:mod:`gruablate.kernels.cellgen` into loop templates, one module per (variant, dtype,
+launch geometry); :mod:`gruablate.kernels.cuda` loads the text as a disk-cached module.
+Keeping the text generation here, away from ``numba.cuda``, lets the tests and the docs
+read the generated source on a machine without numba-cuda.
+
+Two modules are generated per dtype and geometry:
+
+``common`` (shared by all variants)
+    ``matmul`` — a shared-memory tiled product ``C = A B`` of strided operands read
+    from flat arrays (numba-cuda has no cuBLAS binding); ``colsum`` — column sums
+    (the bias gradients, reduced without atomics); ``transpose``.
+
+``cell`` (one per variant)
+    ``forward`` (training or, with ``keep = 0``, inference: one kernel, so one
+    compilation) and ``backward``, with the same signatures for every variant. When the variant has a recurrent weight they are *persistent*
+    cooperative kernels: one launch loops over time, each block owning tiles of
+    (batch rows × hidden units) of the recurrent product and the fused gate pass that
+    follows it, with a grid-wide sync between dependent phases. When it has none
+    (minGRU: the recurrence is linear in ``h`` and nothing crosses hidden units) the
+    kernels are a scan over time, one thread per (batch row, hidden unit), with no
+    sync at all.
+
+All arrays are flat (1-D, C-contiguous) device arrays and all sizes are ``int64``, so
+every kernel has exactly one signature per dtype (:func:`signatures`), which the tests
+compile to PTX for a real GPU architecture without needing one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from ..spec import Variant
+from .cellgen import generate
+from .plan import KernelPlan, make_plan
+from .source import substitute
+
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Launch geometry baked into the generated kernels as constants.
+
+    ``jt``
+        hidden units per tile of the recurrent kernels; one per lane of a warp, so a
+        warp's loads of a weight row are coalesced.
+    ``nw``
+        warps per block of the recurrent kernels. In a product each warp sums one slice
+        of the reduction dimension (split-K, so small batches still keep every warp
+        busy); in the gate pass warp ``w`` handles batch row ``r0 + w`` of the tile,
+        so a tile is ``nw`` batch rows by ``jt`` hidden units, one element per thread.
+    ``mm_tile``, ``mm_bk``, ``mm_side``
+        the tiled product: ``mm_tile``² outputs per block, ``mm_bk`` deep shared-memory
+        tiles, ``mm_side``² threads, each computing (``mm_tile``/``mm_side``)² outputs
+        held in registers.
+    ``ew_threads``
+        block size of the element-wise kernels (scan path, transpose).
+    """
+
+    jt: int = 32
+    nw: int = 8
+    mm_tile: int = 64
+    mm_bk: int = 16
+    mm_side: int = 16
+    ew_threads: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("jt", "nw", "mm_tile", "mm_bk", "mm_side", "ew_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Geometry.{name} must be positive")
+        if self.mm_tile % self.mm_side:
+            raise ValueError("Geometry.mm_tile must be a multiple of mm_side")
+
+    @property
+    def threads(self) -> int:
+        """Threads per block of the recurrent kernels."""
+        return self.jt * self.nw
+
+    @property
+    def key(self) -> str:
+        return (
+            f"j{self.jt}w{self.nw}t{self.mm_tile}k{self.mm_bk}"
+            f"s{self.mm_side}e{self.ew_threads}"
+        )
+
+
+#: What a GPU runs: 256-thread blocks, warp-wide tiles.
+DEFAULT_GEOMETRY = Geometry()
+#: Tiny tiles for the simulator: it runs every thread as a Python thread, and small
+#: tiles make tiny test sizes span several tiles, which exercises the tiling logic.
+SIM_GEOMETRY = Geometry(jt=2, nw=2, mm_tile=4, mm_bk=2, mm_side=2, ew_threads=4)
+
+CELL_KERNELS = ("forward", "backward")
+COMMON_KERNELS = ("matmul", "colsum", "transpose")
+
+# Argument lists, identical for every variant (unused arrays get a 1-element dummy).
+_FORWARD_ARGS = ("T", "B", "H", "keep", "xp", "b", "UT", "hs", "cs", "acts", "aux")
+_BACKWARD_ARGS = (
+    "T", "B", "H", "U", "hs", "cs", "acts", "aux", "dy",
+    "dgx", "dgh", "dgc", "dgb", "dhd", "dc", "gp", "ds0",
+)  # fmt: skip
+_ARGS = {
+    "forward": _FORWARD_ARGS,
+    "backward": _BACKWARD_ARGS,
+    "matmul": (
+        "M", "N", "K", "a", "a_off", "sam", "sak", "bm", "b_off", "sbk", "sbn",
+        "cm", "c_off", "ldc",
+    ),  # fmt: skip
+    "colsum": ("R", "N", "src", "dst", "d_off"),
+    "transpose": ("R", "C", "src", "s_off", "dst"),
+}
+_INT_ARGS = {
+    "T", "B", "H", "keep", "M", "N", "K", "R", "C",
+    "a_off", "sam", "sak", "b_off", "sbk", "sbn", "c_off", "ldc", "d_off", "s_off",
+}  # fmt: skip
+
+
+def signatures(dtype: str) -> dict[str, tuple]:
+    """The one argument-type tuple of every kernel, for ``compile_ptx`` and launches."""
+    from numba.core import types
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    arr = types.Array(getattr(types, dtype), 1, "C")
+    return {
+        name: tuple(types.int64 if a in _INT_ARGS else arr for a in args)
+        for name, args in _ARGS.items()
+    }
+
+
+class _Code:
+    """A list of source lines with an indentation level."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.level = 0
+
+    def __call__(self, *lines: str) -> None:
+        for line in lines:
+            self.lines.append("    " * self.level + line if line else "")
+
+    def block(self, text: str) -> None:
+        """Append already indented text (from :func:`substitute`) at the current level."""
+        pad = "    " * self.level
+        for line in text.split("\n"):
+            self.lines.append(pad + line)
+
+    def indent(self) -> None:
+        self.level += 1
+
+    def dedent(self) -> None:
+        self.level -= 1
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _header(kind: str, what: str, dtype: str, geo: Geometry) -> list[str]:
+    return [
+        f"# Generated by gruablate.kernels.cuda_source ({kind}) for {what} ({dtype},",
+        f"# geometry {geo.key}). Do not edit: the file name is the hash of this text, and",
+        "# numba caches the compiled kernels beside it.",
+        "import math",
+        "",
+        "import numpy as np",
+        "from numba import cuda",
+        f"from numba import {dtype} as NBT",
+        "",
+        f"DT = np.{dtype}",
+        "ONE = DT(1.0)",
+        "ZERO = DT(0.0)",
+        f"JT = {geo.jt}",
+        f"NW = {geo.nw}",
+        f"BM = {geo.nw}",
+        f"NT = {geo.threads}",
+        f"TM = {geo.mm_tile}",
+        f"BK = {geo.mm_bk}",
+        f"TH = {geo.mm_side}",
+        f"EW = {geo.ew_threads}",
+        # Shared-array shapes must be literal constants for numba, not expressions.
+        f"TM1 = {geo.mm_tile + 1}",
+    ]
+
+
+# ---------------------------------------------------------------------- common
+@cache
+def common_source(dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
+    """Module text of the variant-independent kernels (``matmul``, ``colsum``, ``transpose``)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    c = _Code()
+    c(*_header("common", "all variants", dtype, geo))
+    rm = geo.mm_tile // geo.mm_side
+    c(
+        "",
+        "",
+        "@cuda.jit(cache=True)",
+        "def matmul(M, N, K, a, a_off, sam, sak, bm, b_off, sbk, sbn, cm, c_off, ldc):",
+    )
+    c.indent()
+    c(
+        '"""cm[c_off + m*ldc + n] = sum_k A[m, k] B[k, n] with A[m, k] = a[a_off + m*sam +',
+        "k*sak] and B[k, n] = bm[b_off + k*sbk + n*sbn]: one kernel serves the products",
+        'A B, A B^T and A^T B of the layer by strides alone."""',
+        "# k-major tiles, padded by one column so the transposing stores do not all",
+        "# hit one shared-memory bank.",
+        "As = cuda.shared.array((BK, TM1), NBT)",
+        "Bs = cuda.shared.array((BK, TM1), NBT)",
+        "tx = cuda.threadIdx.x",
+        "ty = cuda.threadIdx.y",
+        "tid = ty * TH + tx",
+        "m0 = cuda.blockIdx.y * TM",
+        "n0 = cuda.blockIdx.x * TM",
+    )
+    for i in range(rm):
+        c(" = ".join(f"acc_{i}_{j}" for j in range(rm)) + " = ZERO")
+    c("for k0 in range(0, K, BK):")
+    c.indent()
+    # The loads walk whichever index is contiguous in memory, so they coalesce for
+    # every transpose flavour (the branch is uniform across the block).
+    for tile, arr, off, s_o, s_k, lim, base, o_fast in (
+        ("As", "a", "a_off", "sam", "sak", "M", "m0", "sak != 1"),
+        ("Bs", "bm", "b_off", "sbn", "sbk", "N", "n0", "sbn == 1"),
+    ):
+        c(
+            "for e in range(tid, TM * BK, TH * TH):",
+            f"    if {o_fast}:",
+            "        oo = e % TM",
+            "        kk = e // TM",
+            "    else:",
+            "        kk = e % BK",
+            "        oo = e // BK",
+            f"    go = {base} + oo",
+            "    gk = k0 + kk",
+            "    v = ZERO",
+            f"    if go < {lim} and gk < K:",
+            f"        v = {arr}[{off} + go * {s_o} + gk * {s_k}]",
+            f"    {tile}[kk, oo] = v",
+        )
+    c("cuda.syncthreads()", "for kk in range(BK):")
+    c.indent()
+    for i in range(rm):
+        c(f"ra_{i} = As[kk, ty + {i * geo.mm_side}]")
+    for j in range(rm):
+        c(f"rb_{j} = Bs[kk, tx + {j * geo.mm_side}]")
+    for i in range(rm):
+        for j in range(rm):
+            c(f"acc_{i}_{j} += ra_{i} * rb_{j}")
+    c.dedent()
+    c("cuda.syncthreads()")
+    c.dedent()
+    for i in range(rm):
+        c(f"gm = m0 + ty + {i * geo.mm_side}", "if gm < M:")
+        c.indent()
+        for j in range(rm):
+            c(
+                f"gn = n0 + tx + {j * geo.mm_side}",
+                "if gn < N:",
+                f"    cm[c_off + gm * ldc + gn] = acc_{i}_{j}",
+            )
+        c.dedent()
+    c.dedent()
+    c(
+        "",
+        "",
+        "@cuda.jit(cache=True)",
+        "def colsum(R, N, src, dst, d_off):",
+        '    """dst[d_off + n] = sum_r src[r*N + n]: a block owns JT columns, its NW warps',
+        '    stride over the rows, and a shared-memory sum (not atomics) combines them."""',
+        "    red = cuda.shared.array(NT, NBT)",
+        "    lane = cuda.threadIdx.x % JT",
+        "    row = cuda.threadIdx.x // JT",
+        "    n = cuda.blockIdx.x * JT + lane",
+        "    s = ZERO",
+        "    if n < N:",
+        "        for r in range(row, R, NW):",
+        "            s += src[r * N + n]",
+        "    red[row * JT + lane] = s",
+        "    cuda.syncthreads()",
+        "    if row == 0 and n < N:",
+        "        tot = ZERO",
+        "        for w in range(NW):",
+        "            tot += red[w * JT + lane]",
+        "        dst[d_off + n] = tot",
+        "",
+        "",
+        "@cuda.jit(cache=True)",
+        "def transpose(R, C, src, s_off, dst):",
+        '    """dst (C x R) = src[s_off:] (R x C) transposed; one thread per output, so the',
+        '    stores coalesce (it runs once per parameter update, not per step)."""',
+        "    i = cuda.grid(1)",
+        "    if i < R * C:",
+        "        col = i // R",
+        "        row = i % R",
+        "        dst[i] = src[s_off + row * C + col]",
+    )
+    return c.text()
+
+
+# ------------------------------------------------------------------------ cell
+def _product(c: _Code, G: int, a: str, a_off: str, lda: str, bm: str, col: str, ldb: str,
+             K: str) -> None:
+    """Emit one tile of a recurrent product into the shared array ``hps``.
+
+    ``hps[w*GJT + g*JT + l] = sum_k a[a_off + (r0+w)*lda + k] * bm[col + g*H + j0+l + k*ldb]``
+    for the tile's batch rows ``r0 + w`` and hidden units ``j0 + l`` (``g < G`` selects
+    a gate's block of columns). Warp ``q_w`` sums the ``k`` of its slice for all BM rows
+    and G groups in the local arrays (constant trip counts: NVVM unrolls them into
+    registers; the tests check the PTX has no local memory); the A value is a
+    broadcast load, the B row a coalesced one reused across rows. The warps' partial
+    sums are then added through shared memory.
+    """
+    c(
+        f"q_kc = ({K} + NW - 1) // NW",
+        "q_kb = q_w * q_kc",
+        f"q_ke = min({K}, q_kb + q_kc)",
+        "q_jc = min(j, H - 1)  # clamped: lanes past H load valid data, never store it",
+        f"for q_i in range(BM * {G}):",
+        "    q_acc[q_i] = ZERO",
+        "for q_k in range(q_kb, q_ke):",
+        f"    q_kr = q_k * {ldb}",
+        f"    for q_g in range({G}):",
+        f"        q_y[q_g] = {bm}[{col} + q_g * H + q_jc + q_kr]",
+        "    for q_r in range(BM):",
+        f"        q_x = {a}[{a_off} + min(r0 + q_r, B - 1) * {lda} + q_k]",
+        f"        for q_g in range({G}):",
+        f"            q_acc[q_r * {G} + q_g] += q_x * q_y[q_g]",
+        f"for q_g in range({G}):",
+        "    for q_r in range(BM):",
+        f"        part[(q_w * BM + q_r) * JT + q_l] = q_acc[q_r * {G} + q_g]",
+        "    cuda.syncthreads()",
+        "    q_t = ZERO",
+        "    for q_v in range(NW):",
+        "        q_t += part[(q_v * BM + q_w) * JT + q_l]",
+        "    hps[q_w * GJT + q_g * JT + q_l] = q_t",
+        "    cuda.syncthreads()",
+    )
+
+
+def _consts(plan: KernelPlan, geo: Geometry) -> list[str]:
+    g = max(plan.nhm, 1)
+    return [
+        f"NX = {plan.nx}",
+        f"NH = {plan.nh}",
+        f"NHM = {plan.nhm}",
+        f"NA = {plan.na}",
+        f"NB = {plan.nb}",
+        # Shared and local array shapes must be literal constants for numba.
+        f"GJT = {g * geo.jt}",
+        f"HPS_N = {geo.nw * g * geo.jt}",
+        f"PART_N = {geo.nw * geo.nw * geo.jt}",
+        f"ACC_N = {geo.nw * g}",
+        f"GMAX = {g}",
+    ]
+
+
+def _rows(c: _Code, backward: bool) -> None:
+    """Row bases of the current (t, bi) in the flat buffers.
+
+    Training keeps every step (``acts``, ``aux``, the LSTM cell ``cs`` are (T, B, ·));
+    inference (``keep == 0``) overwrites one step's worth, (B, ·).
+    """
+    c(
+        "hrow = (t * B + bi) * H",
+        "xrow = (t * B + bi) * NXH",
+        "srow = bi * H",
+    )
+    if backward:
+        c(
+            "arow = (t * B + bi) * NAH",
+            "grow = (t * B + bi) * NHMH",
+            "brow = (t * B + bi) * NBH",
+            "krow = hrow",
+            "orow = hrow + BH",
+        )
+    else:
+        # keep is 0 or 1: arithmetic instead of branches keeps the kernel's control
+        # flow graph (and numba's compile time) small.
+        c(
+            "arow = (keep * t * B + bi) * NAH",
+            "krow = (keep * t * B + bi) * H  # hrow, or srow in inference",
+            "orow = (keep * (t + 1) * B + bi) * H  # hrow + BH, or srow in inference",
+        )
+
+
+def _table(plan: KernelPlan, backward: bool, recurrent: bool) -> dict[str, str]:
+    """Placeholder substitutions of :mod:`cellgen` for one kernel."""
+    lstm = plan.variant.family == "lstm"
+    t = {
+        "XP(k)": "xp[xrow + {k} * H + j]",
+        "HP(k)": "hps[q_w * GJT + {k} * JT + q_l]",
+        "CP": "hps[q_w * GJT + q_l]",
+        "B(k)": "b[{k} * H + j]",
+        "HPREV": "hs[hrow + j]",
+        "G(k)": "acts[arow + {k} * H + j]",
+        "HOUT": "hs[hrow + BH + j]",
+        "SIGMOID": "SIGMOID_",  # expanded inline by _cell(): see there
+        "TANH": "math.tanh",
+        # c_{t-1} and c_t of the LSTM; aux is r * h or U_c h + b_hc otherwise.
+        "AUX": "cs[orow + j]" if lstm else "aux[krow + j]",
+        "CPREV": "cs[krow + j]",
+        "COUT": "cs[orow + j]",
+    }
+    if backward:
+        dhr = " + hps[q_w * GJT + q_l]" if recurrent and plan.nhm else ""
+        t.update(
+            {
+                "DH": f"(dy[hrow + j] + dhd[srow + j]{dhr})",
+                "DC": "dc[srow + j]",
+                "DCPREV": "dc[srow + j]",
+                "DRH": "hps[q_w * GJT + q_l]",
+                "DX(k)": "dgx[xrow + {k} * H + j]",
+                "DHB(k)": "dgh[grow + {k} * H + j]",
+                "DCAND": "dgc[hrow + j]",
+                "DB(k)": "dgb[brow + {k} * H + j]",
+                "DHDIRECT": "dhd[srow + j]",
+                "GPART": "gp[srow + j]",
+            }
+        )
+    return t
+
+
+def _cell(lines: list[str], table: dict[str, str]) -> str:
+    """Substitute the placeholders and expand ``SIGMOID_(e)`` to ``ONE / (ONE + exp(-(e)))``.
+
+    The sigmoid is written out rather than called as a ``cuda.jit(device=True)``
+    function: numba-cuda compiles a device function for the GPU it finds, so calling
+    one would make ``compile_ptx`` fail on a machine without a GPU.
+    """
+    out = []
+    for line in substitute(lines, table, "").split("\n"):
+        while "SIGMOID_(" in line:
+            start = line.index("SIGMOID_(")
+            i, depth = start + len("SIGMOID_("), 1
+            while depth:
+                depth += {"(": 1, ")": -1}.get(line[i], 0)
+                i += 1
+            inner = line[start + len("SIGMOID_(") : i - 1]
+            line = f"{line[:start]}(ONE / (ONE + math.exp(-({inner})))){line[i:]}"
+        out.append(line)
+    return "\n".join(out)
+
+
+def _prelude(c: _Code, recurrent: bool) -> None:
+    c(
+        "BH = B * H",
+        "NXH = NX * H",
+        "NAH = NA * H",
+        "NHMH = NHM * H",
+        "NHH = NH * H",
+        "NBH = NB * H",
+    )
+    if recurrent:
+        c(
+            "grid = cuda.cg.this_grid()",
+            "hps = cuda.shared.array(HPS_N, NBT)",
+            "part = cuda.shared.array(PART_N, NBT)",
+            "q_acc = cuda.local.array(ACC_N, NBT)",
+            "q_y = cuda.local.array(GMAX, NBT)",
+            "q_w = cuda.threadIdx.x // JT",
+            "q_l = cuda.threadIdx.x % JT",
+            "ntj = (H + JT - 1) // JT",
+            "ntiles = ((B + BM - 1) // BM) * ntj",
+        )
+
+
+def _tile_loop(c: _Code) -> None:
+    c(
+        "for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):",
+        "    r0 = (tile // ntj) * BM",
+        "    j0 = (tile % ntj) * JT",
+        "    bi = r0 + q_w",
+        "    j = j0 + q_l",
+    )
+    c.indent()
+
+
+def _item(c: _Code, backward: bool, body: str, extra: tuple[str, ...] = ()) -> None:
+    c("if bi < B and j < H:")
+    c.indent()
+    _rows(c, backward)
+    c(*extra)
+    c.block(body)
+    c.dedent()
+
+
+@cache
+def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
+    """Module text of the ``forward`` and ``backward`` kernels of a variant."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    plan = make_plan(variant)
+    code = generate(plan)
+    recurrent = plan.nh > 0
+    lstm = variant.family == "lstm"
+    c = _Code()
+    c(*_header("cell", f"variant {variant.name!r}", dtype, geo))
+    c(*_consts(plan, geo))
+
+    # ------------------------------------------------------------------ forward
+    tab = _table(plan, False, recurrent)
+    c("", "", "@cuda.jit(cache=True)", f"def forward({', '.join(_FORWARD_ARGS)}):")
+    c.indent()
+    c(
+        '"""Forward over T steps: hs[t + 1] = h_t (hs[0] holds h_0), the gate values in',
+        "acts and r * h, U_c h + b_hc or the LSTM cell in aux / cs; every step's when",
+        "keep is 1 (training), only the current step's when it is 0 (inference).\"\"\"",
+    )
+    _prelude(c, recurrent)
+    if not recurrent:
+        # Scan over time: nothing crosses hidden units, so one thread per (bi, j)
+        # walks the sequence; h_{t-1} is what the same thread wrote a step before.
+        c("idx = cuda.grid(1)", "if idx < BH:")
+        c.indent()
+        c("bi = idx // H", "j = idx % H", "for t in range(T):")
+        c.indent()
+        _rows(c, False)
+        c.block(_cell(code.fwd1, tab))
+        c.dedent()
+        c.dedent()
+    else:
+        c("for t in range(T):")
+        c.indent()
+        _tile_loop(c)
+        if plan.nhm:
+            _product(c, plan.nhm, "hs", "t * BH", "H", "UT", "0", "NHH", "H")
+        _item(c, False, _cell(code.fwd1, tab))
+        c("cuda.syncthreads()  # hps is reused by the next tile")
+        c.dedent()
+        c("grid.sync()  # h_t (or r * h) complete before anyone reads a whole row")
+        if code.fwd2:
+            _tile_loop(c)
+            # The candidate's product on r * h, which needed every gate of the row.
+            _product(c, 1, "aux", "keep * t * BH", "H", "UT", "NHMH", "NHH", "H")
+            _item(c, False, _cell(code.fwd2, tab))
+            c("cuda.syncthreads()")
+            c.dedent()
+            c("grid.sync()")
+        c.dedent()
+    c.dedent()
+
+    # ------------------------------------------------------------------ backward
+    tab = _table(plan, True, recurrent)
+    zero_db = tuple(f"dgb[brow + {k} * H + j] = ZERO  # DB(k) accumulates" for k in range(plan.nb))
+    c("", "", "@cuda.jit(cache=True)", f"def backward({', '.join(_BACKWARD_ARGS)}):")
+    c.indent()
+    c(
+        '"""Backward through time: the pre-activation gradients of every step (dgx, dgh,',
+        "dgc, dgb) for the weight products after the loop, the state gradient into ds0.",
+        'dhd (the direct part of dh) and dc arrive holding the gradient on the last state."""',
+    )
+    _prelude(c, recurrent)
+    if not recurrent:
+        c("idx = cuda.grid(1)", "if idx < BH:")
+        c.indent()
+        c("bi = idx // H", "j = idx % H", "for t in range(T - 1, -1, -1):")
+        c.indent()
+        _rows(c, True)
+        c(*zero_db)
+        c.block(_cell(code.bwd1, tab))
+        c.dedent()
+        c("ds0[bi * H + j] = dhd[bi * H + j]")
+        if lstm:
+            c("ds0[BH + bi * H + j] = dc[bi * H + j]")
+        c.dedent()
+        c.dedent()
+        return c.text()
+    # Step t first forms the recurrent part of dh_t, dgh_{t+1} U (a product over the
+    # whole of dgh_{t+1}: hence the grid sync closing each step); the extra pass
+    # t = -1 forms dgh_0 U, the gradient into h_0.
+    c("for t in range(T - 1, -2, -1):")
+    c.indent()
+    _tile_loop(c)
+    if plan.nhm:
+        c("if t + 1 < T:")
+        c.indent()
+        _product(c, 1, "dgh", "(t + 1) * B * NHMH", "NHMH", "U", "0", "H", "NHMH")
+        c.dedent()
+        c("else:")
+        c("    hps[q_w * GJT + q_l] = ZERO")
+        c("    cuda.syncthreads()")
+    c("if bi < B and j < H:")
+    c.indent()
+    c("if t >= 0:")
+    c.indent()
+    _rows(c, True)
+    c(*zero_db)
+    c.block(_cell(code.bwd1, tab))
+    c.dedent()
+    c("else:")
+    dhr = " + hps[q_w * GJT + q_l]" if plan.nhm else ""
+    c(f"    ds0[bi * H + j] = dhd[bi * H + j]{dhr}")
+    if lstm:
+        c("    ds0[BH + bi * H + j] = dc[bi * H + j]")
+    c.dedent()
+    c("cuda.syncthreads()")
+    c.dedent()
+    c("grid.sync()")
+    if code.bwd2:
+        c("if t >= 0:")
+        c.indent()
+        _tile_loop(c)
+        # d(r * h) = dc_pre U_c: needs the candidate gradient of the whole row.
+        _product(c, 1, "dgc", "t * BH", "H", "U", "NHMH * H", "H", "H")
+        _item(c, True, _cell(code.bwd2, tab))
+        c("cuda.syncthreads()")
+        c.dedent()
+        c("grid.sync()")
+        c.dedent()
+    c.dedent()
+    c.dedent()
+    return c.text()

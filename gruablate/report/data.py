@@ -1,0 +1,173 @@
+"""What the report shows, as tables: read run directories and summarise them.
+
+Everything here is pandas: the figures, the HTML and the Markdown only lay these tables
+out. Intervals are Student-t 95% intervals of the mean over seeds (a bootstrap over two
+or three seeds would be far too narrow).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..store import attach, load_curves, load_results
+
+# The columns that make two bench measurements comparable (everything but the impl).
+BENCH_KEYS = ("variant", "backend", "mode", "hidden", "batch", "seq_len", "input_size",
+              "dtype", "threads")
+TRAIN_KEYS = ("task", "metric_name", "variant", "hidden", "layers", "backend")
+
+
+def t_interval(values: Any) -> tuple[float, float]:
+    """95% Student-t interval of the mean; (mean, mean) for fewer than two values."""
+    x = np.asarray(pd.Series(values).dropna(), dtype=float)
+    if len(x) == 0:
+        return (math.nan, math.nan)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return (mean, mean)
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return (mean - half, mean + half)
+
+
+@dataclass
+class ReportData:
+    """The run directories' records, split by kind, with their studies and environments."""
+
+    run_dirs: list[Path]
+    results: pd.DataFrame
+    train: pd.DataFrame
+    bench: pd.DataFrame
+    curves: pd.DataFrame
+    studies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    envs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def variants(self) -> list[str]:
+        """Every variant in the data, in one fixed order (by name)."""
+        names = set(self.train.get("variant", pd.Series(dtype=object)).dropna())
+        names |= set(self.bench.get("variant", pd.Series(dtype=object)).dropna())
+        return sorted(str(n) for n in names)
+
+
+def load(run_dirs: list[str | Path]) -> ReportData:
+    """Read one or more run directories (a :class:`~gruablate.store.NotARunDir` error
+    names the first bad one)."""
+    dirs = [Path(d) for d in run_dirs]
+    runs = [attach(d) for d in dirs]
+    names = [r.path.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ValueError("two run directories share the name "
+                         f"{next(n for n in names if names.count(n) > 1)!r}; rename one")
+    results = load_results(dirs)
+    kind = results["kind"].fillna("train")
+    train = results[kind == "train"].reset_index(drop=True)
+    bench = results[kind == "bench"].reset_index(drop=True)
+    if len(train):
+        sps = pd.to_numeric(train.get("steps_per_second"), errors="coerce")
+        train = train.assign(ms_per_step=1000.0 / sps.where(sps > 0))
+    return ReportData(
+        run_dirs=dirs, results=results, train=train, bench=bench,
+        curves=load_curves(dirs),
+        studies={r.path.name: r.study() for r in runs},
+        envs={r.path.name: r.environment() for r in runs},
+    )
+
+
+def status_counts(train: pd.DataFrame) -> dict[str, int]:
+    """Cells by status."""
+    if not len(train):
+        return {}
+    return {str(k): int(v) for k, v in train["status"].value_counts().sort_index().items()}
+
+
+def accuracy_table(train: pd.DataFrame) -> pd.DataFrame:
+    """One row per task × metric × variant × hidden × layers × backend.
+
+    Columns: ``seeds`` (cells), ``ok``, ``not_ok`` (failed or diverged), ``mean``,
+    ``ci_low``, ``ci_high`` (over the ok cells), ``baseline``, ``vs_baseline``
+    (mean / baseline), ``params``, ``ms_per_step``, ``lower_is_better``.
+    """
+    cols = [*TRAIN_KEYS, "seeds", "ok", "not_ok", "mean", "ci_low", "ci_high", "baseline",
+            "vs_baseline", "params", "ms_per_step", "lower_is_better"]
+    if not len(train):
+        return pd.DataFrame(columns=cols)
+    rows = []
+    df = train.assign(metric_name=train["metric_name"].fillna("?"))
+    for key, g in df.groupby(list(TRAIN_KEYS), sort=True, dropna=False):
+        ok = g[g["status"] == "ok"]
+        lo, hi = t_interval(ok["metric"])
+        mean = float(ok["metric"].mean()) if len(ok) else math.nan
+        base = float(g["baseline"].dropna().iloc[0]) if g["baseline"].notna().any() else math.nan
+        lib = g.get("lower_is_better")
+        rows.append({
+            **dict(zip(TRAIN_KEYS, key, strict=True)),
+            "seeds": len(g), "ok": len(ok), "not_ok": len(g) - len(ok), "mean": mean,
+            "ci_low": lo, "ci_high": hi, "baseline": base,
+            "vs_baseline": mean / base if base else math.nan,
+            "params": g["params"].dropna().iloc[0] if g["params"].notna().any() else math.nan,
+            "ms_per_step": float(ok["ms_per_step"].mean()) if len(ok) else math.nan,
+            "lower_is_better": bool(lib.dropna().iloc[0]) if lib is not None
+            and lib.notna().any() else True,
+        })
+    return pd.DataFrame(rows, columns=cols)
+
+
+def problem_cells(train: pd.DataFrame) -> pd.DataFrame:
+    """Cells that did not finish ``ok``, with their error text."""
+    cols = ["id", "status", "error"]
+    if not len(train):
+        return pd.DataFrame(columns=cols)
+    bad = train[train["status"] != "ok"]
+    out = bad.reindex(columns=cols).sort_values("id").reset_index(drop=True)
+    out["error"] = out["error"].fillna("").astype(str)
+    return out
+
+
+def standard_bench(bench: pd.DataFrame) -> pd.DataFrame:
+    """The bench rows of the most common setting (batch, seq_len, dtype, threads,
+    backend), with input size I = H where measured: the rows the speed figures plot."""
+    if not len(bench):
+        return bench
+    setting = ["batch", "seq_len", "dtype", "threads", "backend"]
+    b = bench.dropna(subset=["median_ms", "hidden"])
+    if not len(b):
+        return b
+    common = b.groupby(setting, dropna=False).size().sort_values(ascending=False).index[0]
+    mask = np.ones(len(b), dtype=bool)
+    for col, val in zip(setting, common, strict=True):
+        mask &= (b[col] == val).to_numpy() if not pd.isna(val) else b[col].isna().to_numpy()
+    b = b[mask]
+    square = b[b["input_size"] == b["hidden"]]
+    return (square if len(square) else b).reset_index(drop=True)
+
+
+def peer_table(bench: pd.DataFrame) -> pd.DataFrame:
+    """Each gruablate measurement beside its PyTorch peer: ``torch_ms / gruablate_ms``
+    (above 1: gruablate is faster)."""
+    cols = [*BENCH_KEYS, "gruablate_ms", "torch_ms", "ratio"]
+    if not len(bench) or "impl" not in bench:
+        return pd.DataFrame(columns=cols)
+    keys = list(BENCH_KEYS)
+    ours = bench[bench["impl"] == "gruablate"].groupby(keys, dropna=False)["median_ms"].median()
+    theirs = bench[bench["impl"] == "torch"].groupby(keys, dropna=False)["median_ms"].median()
+    both = pd.concat({"gruablate_ms": ours, "torch_ms": theirs}, axis=1, join="inner")
+    if not len(both):
+        return pd.DataFrame(columns=cols)
+    both["ratio"] = both["torch_ms"] / both["gruablate_ms"]
+    return both.reset_index()[cols].sort_values(keys).reset_index(drop=True)
+
+
+def bench_table(bench: pd.DataFrame) -> pd.DataFrame:
+    """Every bench measurement: setting, impl, median ms, GFLOP/s."""
+    cols = [*BENCH_KEYS, "impl", "median_ms", "gflops"]
+    if not len(bench):
+        return pd.DataFrame(columns=cols)
+    return bench.reindex(columns=cols).sort_values([*BENCH_KEYS, "impl"]).reset_index(drop=True)

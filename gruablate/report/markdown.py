@@ -1,0 +1,68 @@
+"""``report.md``: the summary in Markdown, figures linked beside it (PNG files)."""
+
+from __future__ import annotations
+
+from .data import ReportData, status_counts
+from .figures import FigureFile
+from .tables import (
+    accuracy_rows,
+    environment_rows,
+    peer_rows,
+    problem_rows,
+    study_rows,
+    variants_shown,
+)
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def table(head: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(_cell(h) for h in head) + " |",
+             "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(data: ReportData, figs: list[FigureFile]) -> str:
+    """The whole Markdown document."""
+    out = ["# gruablate report", ""]
+    out += [table(["run", "study", "records"], [list(r) for r in study_rows(data)]), ""]
+    counts = status_counts(data.train)
+    if counts:
+        out += ["Training cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".",
+                ""]
+    head, rows = problem_rows(data)
+    if rows:
+        out += ["## Cells that failed or diverged", "",
+                "Left out of means and intervals; marked in red in the accuracy figure.", "",
+                table(head, rows), ""]
+    if len(data.train):
+        head, rows = accuracy_rows(data)
+        out += ["## Accuracy", "", table(head, rows), ""]
+    if len(data.bench):
+        head, rows = peer_rows(data)
+        if rows:
+            out += ["## Beside PyTorch", "", "Ratio above 1: gruablate is faster.", "",
+                    table(head, rows), ""]
+    if figs:
+        out += ["## Figures", ""]
+        for f in figs:
+            out += [f"### {f.title}", "", f"![{f.title}]({f.name}.png)", "", f.caption, ""]
+    shown = variants_shown(data)
+    if shown:
+        out += ["## Variants", ""]
+        for v in shown:
+            out += [f"### {v.name}", ""]
+            if v.description:
+                out += [v.description, ""]
+            out += ["$$", "\\begin{aligned}",
+                    " \\\\\n".join(e.replace(" = ", " &= ", 1) for e in v.equations("latex")),
+                    "\\end{aligned}", "$$", ""]
+    out += ["## Environment", ""]
+    for name, env in data.envs.items():
+        out += [f"### {name}", "", table(["", ""], [list(r) for r in environment_rows(env)]),
+                ""]
+    return "\n".join(out)

@@ -1,0 +1,472 @@
+"""A study: a grid of training cells, from a TOML file and/or command-line options.
+
+The grid is variants × tasks × hidden sizes × layers × seeds × backends; every cell
+shares the training settings (steps, batch, learning rate, dtype, initialisation), which
+a task's table may override for that task, and each task has its options::
+
+    name = "evidence"
+    variants = ["gru", "lstm", "no_reset", "rnn"]   # names or paths to spec files
+    hidden = [64]
+    layers = [1]
+    seeds = "0-2"                                   # a list, or ranges as text
+    backends = ["cpu"]
+    steps = 2000
+    batch = 32
+    lr = 0.003
+
+    [tasks.adding]                                  # or: tasks = ["adding", "copy"]
+    seq_len = 100
+    [tasks.copy]
+    delay = 50
+    steps = 4000                                    # this task's own training length
+
+Every cell gets a deterministic id from its resolved configuration (task defaults
+filled in, the variant's switches included), so the same study always names the same
+cells and a rerun finds what is already done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from .catalogue import get_variant, list_variants
+from .spec import SpecError, Variant
+
+# Settings every cell of a task shares; a task's table may override them.
+SETTINGS = ("steps", "batch", "lr", "dtype", "init", "clip", "warmup", "decay")
+AXES = ("variants", "tasks", "hidden", "layers", "seeds", "backends")
+_TOP_KEYS = ("name", "description", *AXES, *SETTINGS)
+_INT_AXES = ("hidden", "layers", "seeds")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+# The quick study `gruablate run sweep` runs with no arguments: 40 cells small enough
+# that the grid takes a few minutes on 2 cores, yet long enough (600 steps at lr 0.01)
+# that the gated cells leave the trivial baseline far behind and the tanh rnn does not;
+# two hidden sizes so that the speed figure has a line to draw.
+DEFAULT_STUDY: dict[str, Any] = {
+    "name": "quick",
+    "description": "Quick look: five variants on two small memory tasks, two seeds each.",
+    "variants": ["gru", "no_reset", "lstm", "rnn", "mingru"],
+    "tasks": {"adding": {"seq_len": 30}, "copy": {"delay": 10, "symbols": 5}},
+    "hidden": [16, 32],
+    "layers": [1],
+    "seeds": [0, 1],
+    "backends": ["cpu"],
+    "steps": 600,
+    "batch": 32,
+    "lr": 0.01,
+    "dtype": "float32",
+    "init": "torch",
+    "clip": 1.0,
+    "warmup": 0,
+    "decay": "none",
+}
+
+
+class StudyError(ValueError):
+    """A study that cannot be built: bad key, value, range, variant or task."""
+
+
+# --------------------------------------------------------------------- parsing
+def parse_ints(text: str | int | list[Any], what: str) -> list[int]:
+    """``"0-2,5"`` → ``[0, 1, 2, 5]``; also ``"8-64:8"`` (step), an int, or a list.
+
+    Duplicates are dropped, first occurrence kept.
+    """
+    if isinstance(text, bool):
+        raise StudyError(f"{what}: expected integers, got {text!r}")
+    if isinstance(text, int):
+        items: list[Any] = [text]
+    elif isinstance(text, list):
+        items = text
+    elif isinstance(text, str):
+        items = [p.strip() for p in text.split(",")]
+    else:
+        raise StudyError(f"{what}: expected integers or ranges like 0-2, got {text!r}")
+    out: list[int] = []
+    for item in items:
+        if isinstance(item, bool):
+            raise StudyError(f"{what}: expected an integer, got {item!r}")
+        if isinstance(item, int):
+            values = [item]
+        elif isinstance(item, str):
+            values = _parse_range(item, what)
+        else:
+            raise StudyError(f"{what}: expected an integer or a range like 0-2, got {item!r}")
+        out.extend(v for v in values if v not in out)
+    if not out:
+        raise StudyError(f"{what}: empty list")
+    return out
+
+
+def _parse_range(item: str, what: str) -> list[int]:
+    m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*(?::\s*(\d+)\s*)?)?", item)
+    if not m:
+        raise StudyError(
+            f"{what}: malformed value {item!r}; use integers and ranges like 0-2 or 8-64:8"
+        )
+    start = int(m.group(1))
+    if m.group(2) is None:
+        return [start]
+    stop, step = int(m.group(2)), int(m.group(3) or 1)
+    if stop < start:
+        raise StudyError(f"{what}: malformed range {item!r} (it ends before it starts)")
+    if step < 1:
+        raise StudyError(f"{what}: malformed range {item!r} (step must be at least 1)")
+    return list(range(start, stop + 1, step))
+
+
+def parse_names(text: str | list[Any], what: str) -> list[str]:
+    """``"gru, lstm"`` or a list → unique names in order."""
+    if isinstance(text, str):
+        items = [p.strip() for p in text.split(",")]
+    elif isinstance(text, list):
+        items = text
+    else:
+        raise StudyError(f"{what}: expected a comma list or a list of names, got {text!r}")
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise StudyError(f"{what}: expected non-empty names, got {item!r} in {text!r}")
+        if item not in out:
+            out.append(item)
+    if not out:
+        raise StudyError(f"{what}: empty list")
+    return out
+
+
+def parse_option_value(text: str) -> Any:
+    """A task option from the command line, read as a TOML value (``5``, ``0.1``,
+    ``true``, ``"x"``); anything else is taken as a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+# ----------------------------------------------------------------------- study
+@dataclass(frozen=True)
+class Cell:
+    """One trained model of a study: its id, its configuration, and its variant."""
+
+    id: str
+    config: dict[str, Any]
+    variant: Variant = field(compare=False)
+
+    def train_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`gruablate.train` for this cell."""
+        c = self.config
+        kwargs = {k: c[k] for k in ("task", "hidden", "layers", "seed", "backend", *SETTINGS)}
+        return {"variant": self.variant, **kwargs, **c["task_options"]}
+
+
+@dataclass(frozen=True)
+class Study:
+    """A resolved, validated study. Build it with :func:`load_study` or
+    :meth:`Study.from_dict`; :meth:`cells` lists its grid."""
+
+    name: str
+    variants: tuple[Variant, ...]
+    tasks: dict[str, dict[str, Any]]  # task → resolved options, in order
+    task_settings: dict[str, dict[str, Any]]  # task → resolved SETTINGS
+    hidden: tuple[int, ...]
+    layers: tuple[int, ...]
+    seeds: tuple[int, ...]
+    backends: tuple[str, ...]
+    description: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "", base_dir: Path | None = None
+                  ) -> Study:
+        """Validate a study mapping (as read from TOML, or built from options).
+
+        Relative spec-file paths in ``variants`` are resolved against ``base_dir``.
+        """
+        at = f" in {where}" if where else ""
+        unknown = sorted(set(data) - set(_TOP_KEYS))
+        if unknown:
+            raise StudyError(
+                f"unknown study key {unknown[0]!r}{at}; known keys: {', '.join(_TOP_KEYS)}"
+            )
+        full = {**DEFAULT_STUDY, **data}
+        name = full["name"]
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise StudyError(
+                f"study name {name!r}{at} must be letters, digits, '.', '_' or '-'"
+                " (it names the run directory)"
+            )
+        variants = _resolve_variants(full["variants"], at, base_dir)
+        tasks_raw = _task_table(full["tasks"], at)
+        ints = {a: tuple(parse_ints(full[a], f"{a}{at}")) for a in _INT_AXES}
+        for axis, lo in (("hidden", 1), ("layers", 1), ("seeds", 0)):
+            bad = [v for v in ints[axis] if v < lo]
+            if bad:
+                raise StudyError(f"{axis}{at}: values must be at least {lo}, got {bad[0]}")
+        backends = tuple(parse_names(full["backends"], f"backends{at}"))
+        for b in backends:
+            if b not in _BACKENDS:
+                raise StudyError(
+                    f"unknown backend {b!r}{at}; choose from {', '.join(_BACKENDS)}"
+                )
+        base = {k: full[k] for k in SETTINGS}
+        tasks: dict[str, dict[str, Any]] = {}
+        settings: dict[str, dict[str, Any]] = {}
+        for task, table in tasks_raw.items():
+            own = {k: table[k] for k in SETTINGS if k in table}
+            opts = {k: v for k, v in table.items() if k not in SETTINGS}
+            settings[task] = _check_settings({**base, **own}, f"task {task!r}{at}")
+            tasks[task] = _resolve_task_options(task, opts, at)
+        description = full.get("description", "")
+        if not isinstance(description, str):
+            raise StudyError(f"description{at} must be a string")
+        return cls(
+            name=name, variants=variants, tasks=tasks, task_settings=settings,
+            hidden=ints["hidden"], layers=ints["layers"], seeds=ints["seeds"],
+            backends=backends, description=description,
+        )
+
+    # ------------------------------------------------------------------ cells
+    def cells(self) -> list[Cell]:
+        """Every cell of the grid, in a fixed order (task, variant, hidden, layers,
+        backend, seed)."""
+        out = []
+        for task, options in self.tasks.items():
+            for v in self.variants:
+                for hidden in self.hidden:
+                    for layers in self.layers:
+                        for backend in self.backends:
+                            for seed in self.seeds:
+                                config = {
+                                    "variant": v.name, "task": task, "hidden": hidden,
+                                    "layers": layers, "seed": seed, "backend": backend,
+                                    **self.task_settings[task], "task_options": options,
+                                }
+                                out.append(Cell(cell_id(config, v), config, v))
+        return out
+
+    def cell_settings(self) -> dict[str, dict[str, Any]]:
+        """What every cell of a task shares (settings and options), by task."""
+        return {t: {**self.task_settings[t], "task_options": self.tasks[t]} for t in self.tasks}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved study as JSON-ready data (the run directory's ``study.json``)."""
+        return {
+            "kind": "sweep",
+            "name": self.name,
+            "description": self.description,
+            "variants": [v.name for v in self.variants],
+            "variant_specs": {v.name: v.to_dict() for v in self.variants},
+            "tasks": {t: dict(o) for t, o in self.tasks.items()},
+            "hidden": list(self.hidden),
+            "layers": list(self.layers),
+            "seeds": list(self.seeds),
+            "backends": list(self.backends),
+            "cell_settings": self.cell_settings(),
+            "cells": len(self.cells()),
+        }
+
+
+def cell_id(config: dict[str, Any], variant: Variant) -> str:
+    """Readable prefix plus a hash of everything that determines the result.
+
+    The variant's switches are hashed, not only its name, so an edited spec file
+    never reuses the results of its old equations.
+    """
+    switches = {k: v for k, v in variant.to_dict().items() if k not in ("description",
+                                                                         "citation")}
+    blob = json.dumps({"config": config, "spec": switches}, sort_keys=True)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+    c = config
+    return (f"{c['variant']}-{c['task']}-h{c['hidden']}-l{c['layers']}-s{c['seed']}"
+            f"-{c['backend']}-{digest}")
+
+
+_BACKENDS = ("cpu", "cuda")
+
+
+def _resolve_variants(value: Any, at: str, base_dir: Path | None) -> tuple[Variant, ...]:
+    names = parse_names(value, f"variants{at}")
+    if names == ["all"]:
+        names = list_variants()
+    out: list[Variant] = []
+    for name in names:
+        ref = name
+        if base_dir is not None and (name.endswith(".toml") or "/" in name):
+            p = Path(name)
+            ref = str(p if p.is_absolute() else base_dir / p)
+        try:
+            v = get_variant(ref)
+        except SpecError as exc:
+            raise StudyError(f"{exc}{at}" if at and at not in str(exc) else str(exc)) from None
+        if any(o.name == v.name for o in out):
+            raise StudyError(f"two variants named {v.name!r}{at}; names must be unique")
+        out.append(v)
+    return tuple(out)
+
+
+def _task_table(value: Any, at: str) -> dict[str, dict[str, Any]]:
+    if isinstance(value, dict):
+        out = {}
+        for task, table in value.items():
+            if not isinstance(table, dict):
+                raise StudyError(f"[tasks.{task}]{at} must be a table of options")
+            out[task] = dict(table)
+        if not out:
+            raise StudyError(f"tasks{at}: empty list")
+        return out
+    return {t: {} for t in parse_names(value, f"tasks{at}")}
+
+
+def _check_settings(s: dict[str, Any], where: str) -> dict[str, Any]:
+    from .init import SCHEMES
+    from .layer import DTYPES
+    from .optim import DECAYS
+
+    for key, lo in (("steps", 1), ("batch", 1), ("warmup", 0)):
+        v = s[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise StudyError(f"{key} for {where} must be an integer of at least {lo}, got {v!r}")
+    lr = s["lr"]
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
+        raise StudyError(f"lr for {where} must be a positive number, got {lr!r}")
+    # TOML has no null: `clip = false` (or 0) turns clipping off.
+    clip = s["clip"]
+    if clip is False or clip == 0:
+        clip = None
+    elif clip is True or not isinstance(clip, int | float) or not clip > 0:
+        raise StudyError(f"clip for {where} must be a positive number or false, got {clip!r}")
+    for key, choices in (("dtype", DTYPES), ("init", SCHEMES), ("decay", DECAYS)):
+        if s[key] not in choices:
+            raise StudyError(
+                f"{key} for {where} must be one of {', '.join(choices)}, got {s[key]!r}"
+            )
+    return {"steps": s["steps"], "batch": s["batch"], "lr": float(lr), "dtype": s["dtype"],
+            "init": s["init"], "clip": None if clip is None else float(clip),
+            "warmup": s["warmup"], "decay": s["decay"]}
+
+
+def _resolve_task_options(task: str, options: dict[str, Any], at: str) -> dict[str, Any]:
+    """Build the task once: an unknown task or a bad option fails here, in one line,
+    before any cell runs; the defaults it fills in become part of the cell ids."""
+    from . import tasks as registry
+
+    known = registry.list_tasks()
+    if task not in known:
+        raise StudyError(f"unknown task {task!r}{at}; tasks: {', '.join(known)}")
+    try:
+        return dict(registry.make_task(task, **options).config())
+    except (TypeError, ValueError) as exc:
+        raise StudyError(f"{exc}{at}") from None
+
+
+# ------------------------------------------------------------------- loading
+def read_config(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """A study TOML file as a mapping, and the folder relative paths start from."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StudyError(f"study config not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StudyError(f"cannot read study config {p}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyError(f"malformed TOML in study config {p}: {exc}") from None
+    data.setdefault("name", p.stem)
+    return data, p.resolve().parent
+
+
+def load_study(
+    config: str | Path | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    task_options: dict[str, dict[str, Any]] | None = None,
+) -> Study:
+    """Resolve a study: the TOML ``config`` (or the default quick study), then
+    ``overrides`` (study keys, values as lists or comma/range text), then
+    ``task_options`` (``{task: {option: value}}``).
+
+    Without a config, an overridden default study gets a name of its own
+    (``sweep-<hash>``) unless ``overrides`` names it, so that it does not mix with
+    the quick study's run directory.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    task_options = task_options or {}
+    if config is not None:
+        data, base_dir = read_config(config)
+        where = str(config)
+    else:
+        data, base_dir, where = dict(DEFAULT_STUDY), None, ""
+    data = dict(data)
+    tasks = _task_table(data.get("tasks", DEFAULT_STUDY["tasks"]), f" in {where}" if where
+                        else "")
+    if "tasks" in overrides:
+        chosen = parse_names(overrides.pop("tasks"), "--tasks")
+        tasks = {t: tasks.get(t, {}) for t in chosen}
+    for task, opts in task_options.items():
+        if task not in tasks:
+            raise StudyError(
+                f"task option for {task!r}, which is not among the study's tasks"
+                f" ({', '.join(tasks)})"
+            )
+        tasks[task] = {**tasks[task], **opts}
+    # A setting given on the command line wins over every task's own value.
+    for key in SETTINGS:
+        if key in overrides:
+            for opts in tasks.values():
+                opts.pop(key, None)
+    data["tasks"] = tasks
+    changed = bool(overrides or task_options)
+    data.update(overrides)
+    study = Study.from_dict(data, where=where, base_dir=base_dir)
+    if config is None and changed and "name" not in overrides:
+        digest = hashlib.sha256(
+            json.dumps(study.to_dict(), sort_keys=True).encode()
+        ).hexdigest()[:8]
+        study = Study(**{**study.__dict__, "name": f"sweep-{digest}"})
+    return study
+
+
+def settings_conflict(old: dict[str, Any], new: Study) -> str | None:
+    """Why a run directory's existing study cannot share it with ``new`` (or None).
+
+    A study may grow (more variants, seeds, tasks...) in its run directory, but the
+    cells of one task there must share their training settings and task options, or
+    the report would average results that are not comparable.
+    """
+    old_settings = old.get("cell_settings") or {}
+    for task, want in new.cell_settings().items():
+        have = old_settings.get(task)
+        if have is None:
+            continue
+        for key in sorted(set(have) | set(want)):
+            if have.get(key) != want.get(key):
+                return (f"task {task!r} was run there with {key} = {have.get(key)!r},"
+                        f" this study has {want.get(key)!r}")
+    return None
+
+
+__all__ = [
+    "DEFAULT_STUDY",
+    "Cell",
+    "Study",
+    "StudyError",
+    "cell_id",
+    "load_study",
+    "parse_ints",
+    "parse_names",
+    "parse_option_value",
+    "read_config",
+    "settings_conflict",
+]

@@ -1,0 +1,309 @@
+"""The CUDA backend, proven without a GPU and, where there is one, on it.
+
+Three kinds of evidence, each meaningful on a machine with no GPU:
+
+1. **Real compiler.** Every kernel of every built-in variant, both dtypes, compiled by
+   NVVM to PTX for ``sm_90`` (``numba.cuda.compile_ptx`` needs no GPU). A kernel only
+   the simulator accepts fails here. The PTX must use no local memory: the
+   per-thread accumulators are meant to live in registers.
+2. **Simulator.** ``NUMBA_ENABLE_CUDASIM=1`` runs the kernels in Python; it must be set
+   before ``numba.cuda`` is first imported, so it runs in subprocesses (this file is
+   also their script: ``python tests/test_cuda.py --compare NAME ...``). Forward
+   (training and inference) and backward of every built-in variant, and of user specs
+   that reach the other code paths, are compared with the float64 CPU backend.
+3. **Unavailability.** Without a GPU, or without numba-cuda, asking for
+   ``backend="cuda"`` gives one clear error and the rest of gruablate still works.
+
+On a machine with a GPU, :func:`test_gpu_matches_cpu` runs the same comparison for
+real, at sizes that span several tiles and blocks (``benchmarks/gpu.sh`` runs this
+file there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gruablate
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILTINS = gruablate.list_variants()
+
+# User specs that reach code paths no built-in does: an LSTM with no recurrent weight
+# (the scan kernels with a cell state) and a GRU whose gates see only the state, with
+# an uncoupled update, reset after the product and a ReLU candidate.
+USER_SPECS = {
+    "user_lstm_scan": {
+        "name": "user_lstm_scan",
+        "family": "lstm",
+        "gate_inputs": "xb",
+        "candidate_inputs": "x",
+        "candidate_activation": "identity",
+    },
+    "user_gru_hb_after": {
+        "name": "user_gru_hb_after",
+        "family": "gru",
+        "reset": "after",
+        "update": "uncoupled",
+        "gate_inputs": "hb",
+        "candidate_activation": "relu",
+    },
+}
+
+# Tolerances against the float64 CPU backend: float64 differs only by summation order;
+# float32 by its rounding, on values of order one over a few steps.
+TOL = {"float64": (1e-10, 1e-12), "float32": (2e-4, 2e-5)}
+
+
+def _variant(name: str) -> gruablate.Variant:
+    if name in USER_SPECS:
+        return gruablate.Variant.from_dict(USER_SPECS[name])
+    return gruablate.get_variant(name)
+
+
+def compare_with_cpu(
+    name: str, dtype: str, T: int, B: int, I: int, H: int, seed: int = 0
+) -> list[str]:
+    """Run ``name`` on the CUDA backend and on the float64 CPU backend; list the mismatches.
+
+    The CUDA layer holds ``dtype`` parameters and inputs; the CPU layer gets the same
+    values in float64, so a float32 run is judged against exact arithmetic.
+    """
+    variant = _variant(name)
+    gpu = gruablate.RecurrentLayer(variant, I, H, seed=seed, dtype=dtype, backend="cuda")
+    cpu = gruablate.RecurrentLayer(variant, I, H, dtype="float64")
+    cpu.flat_params[:] = gpu.flat_params
+    rng = np.random.default_rng(seed + 1)
+    S = len(variant.state_names)
+
+    def draw(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(dtype)
+
+    def state(parts: list[np.ndarray]):
+        return tuple(parts) if S == 2 else parts[0]
+
+    x, dy = draw(T, B, I), draw(T, B, H)
+    s0 = [draw(B, H) for _ in range(S)]
+    dsT = [draw(B, H) for _ in range(S)]
+    up = [a.astype("float64") for a in s0]
+    dup = [a.astype("float64") for a in dsT]
+
+    y_ref, sT_ref = cpu.forward(x.astype("float64"), state(up))
+    dx_ref, ds0_ref, g_ref = cpu.backward(dy.astype("float64"), state(dup))
+    y_inf, sT_inf = gpu.forward(x, state(s0), keep=False)
+    y, sT = gpu.forward(x, state(s0))
+    dx, ds0, g = gpu.backward(dy, state(dsT))
+
+    def pairs(a, b):
+        a = a if isinstance(a, tuple) else (a,)
+        b = b if isinstance(b, tuple) else (b,)
+        return zip(a, b, strict=True)
+
+    checks = [
+        ("y", y, y_ref),
+        ("y (inference)", y_inf, y_ref),
+        *((f"last state[{k}]", p, q) for k, (p, q) in enumerate(pairs(sT, sT_ref))),
+        *((f"last state[{k}] (inference)", p, q) for k, (p, q) in enumerate(pairs(sT_inf, sT_ref))),
+        ("dx", dx, dx_ref),
+        *((f"dstate0[{k}]", p, q) for k, (p, q) in enumerate(pairs(ds0, ds0_ref))),
+        *((f"grad {k}", g[k], g_ref[k]) for k in g_ref),
+    ]
+    rtol, atol = TOL[dtype]
+    bad = []
+    for what, got, ref in checks:
+        if got.dtype != np.dtype(dtype) or got.shape != ref.shape:
+            bad.append(f"{name} {dtype} {what}: got {got.dtype}{got.shape}, want {ref.shape}")
+            continue
+        err = np.abs(got.astype("float64") - ref)
+        lim = atol + rtol * np.abs(ref)
+        if not np.all(err <= lim):
+            bad.append(
+                f"{name} {dtype} {what}: max abs error {err.max():.3g}"
+                f" (allowed {atol:.1g} + {rtol:.1g}·|ref|)"
+            )
+    return bad
+
+
+# --------------------------------------------------------------- 1. real compiler
+def _assert_sm90(ptx: dict[str, str], expect: tuple[str, ...]) -> None:
+    assert sorted(ptx) == sorted(expect)
+    for name, text in ptx.items():
+        assert ".target sm_90" in text, name
+        assert f"{name}" in text, name
+        # Accumulators and gate values must stay in registers.
+        assert ".local" not in text, f"{name} uses local memory"
+
+
+@pytest.fixture(scope="module")
+def real_cuda():
+    """numba.cuda in its real (not simulated) mode, with its compiler libraries."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        pytest.skip("this process runs numba's CUDA simulator; PTX needs the real compiler")
+    cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
+    return cuda
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_common_kernels_compile_to_ptx(real_cuda, dtype):
+    from gruablate.kernels.cuda import compile_ptx
+    from gruablate.kernels.cuda_source import COMMON_KERNELS
+
+    _assert_sm90(compile_ptx(None, dtype, cc=(9, 0)), COMMON_KERNELS)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_variant_kernels_compile_to_ptx(real_cuda, name):
+    from gruablate.kernels.cuda import compile_ptx
+    from gruablate.kernels.cuda_source import CELL_KERNELS
+
+    variant = gruablate.get_variant(name)
+    for dtype in ("float32", "float64"):
+        ptx = compile_ptx(variant, dtype, cc=(9, 0))
+        _assert_sm90(ptx, CELL_KERNELS)
+        # Variants with recurrent weights run one persistent cooperative kernel per
+        # pass, which must synchronise the grid; the scan needs no sync.
+        recurrent = bool(variant.h_blocks)
+        for kernel in CELL_KERNELS:
+            assert ("cudaCGSynchronize" in ptx[kernel]) == recurrent, (name, dtype, kernel)
+
+
+# ------------------------------------------------------------------- 2. simulator
+# The simulator work is split in a few subprocesses so pytest-xdist can spread them.
+SIM_CHUNKS = [BUILTINS[i::3] for i in range(3)] + [sorted(USER_SPECS)]
+
+
+def _sim_env() -> dict[str, str]:
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.mark.parametrize("names", SIM_CHUNKS, ids=lambda names: "+".join(names))
+def test_simulator_matches_cpu(names):
+    """Forward, inference and backward of each variant in the simulator, both dtypes."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--compare", *names],
+        env=_sim_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert sorted(report["ran"]) == sorted(f"{n} {d}" for n in names for d in TOL)
+    assert not report["bad"], "\n".join(report["bad"])
+
+
+# ------------------------------------------------------------ 3. no GPU / no package
+def test_clear_error_without_gpu(real_cuda):
+    from gruablate.kernels.cuda import CudaUnavailableError
+
+    if real_cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(CudaUnavailableError, match=r"^backend='cuda' needs an NVIDIA GPU") as e:
+        gruablate.RecurrentLayer("gru", 3, 4, backend="cuda")
+    assert isinstance(e.value, RuntimeError)
+    assert "\n" not in str(e.value)
+    # The CPU backend is unaffected, and a CPU layer refuses to move with the same error.
+    layer = gruablate.RecurrentLayer("gru", 3, 4)
+    with pytest.raises(CudaUnavailableError):
+        layer.to("cuda")
+
+
+_NO_NUMBA_CUDA = """
+import sys
+sys.modules["numba.cuda"] = None  # as if numba-cuda were not installed
+import numpy as np
+import gruablate
+from gruablate.kernels.cuda import CudaUnavailableError, cuda_available
+assert not cuda_available()
+layer = gruablate.RecurrentLayer("lstm", 3, 4)
+y, _ = layer.forward(np.zeros((2, 1, 3), dtype="float32"))
+assert y.shape == (2, 1, 4)
+try:
+    gruablate.RecurrentLayer("lstm", 3, 4, backend="cuda")
+except CudaUnavailableError as exc:
+    print(exc)
+else:
+    raise SystemExit("no error")
+"""
+
+
+def test_clear_error_without_numba_cuda():
+    env = dict(os.environ)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_NUMBA_CUDA], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    message = proc.stdout.strip()
+    assert message.startswith("backend='cuda' needs the numba-cuda package"), message
+    assert "pip install 'gruablate[cuda]'" in message
+
+
+# --------------------------------------------------------------------- 4. real GPU
+def _gpu_present() -> bool:
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        return False
+    try:
+        from numba import cuda
+    except ImportError:
+        return False
+    return bool(cuda.is_available())
+
+
+gpu_only = pytest.mark.skipif(not _gpu_present(), reason="no CUDA GPU here")
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", BUILTINS + sorted(USER_SPECS))
+def test_gpu_matches_cpu(name, dtype):
+    # Sizes off the tile multiples, several tiles per step, and (H = 300, B = 37) more
+    # tiles than one block runs, so the grid-stride loops and grid syncs all work.
+    bad = compare_with_cpu(name, dtype, T=7, B=5, I=6, H=40)
+    bad += compare_with_cpu(name, dtype, T=5, B=37, I=33, H=300, seed=3)
+    assert not bad, "\n".join(bad)
+
+
+@gpu_only
+def test_gpu_buffers_follow_shape_changes():
+    """Cached device buffers are resized when T or B changes, and parameters re-uploaded."""
+    layer = gruablate.RecurrentLayer("gru", 4, 8, dtype="float64", backend="cuda")
+    cpu = layer.to("cpu")
+    rng = np.random.default_rng(0)
+    for T, B in ((3, 2), (6, 5), (3, 2)):
+        x = rng.standard_normal((T, B, 4))
+        np.testing.assert_allclose(layer.forward(x)[0], cpu.forward(x)[0], atol=1e-12)
+    layer.params["U_c"][:] = 0.5
+    cpu.params["U_c"][:] = 0.5
+    layer.reset_parameters(seed=4)
+    cpu.reset_parameters(seed=4)
+    x = rng.standard_normal((3, 2, 4))
+    np.testing.assert_allclose(layer.forward(x)[0], cpu.forward(x)[0], atol=1e-12)
+
+
+# -------------------------------------------------------- subprocess entry point
+def _main(argv: list[str]) -> int:
+    """``--compare NAME ...``: compare each variant with the CPU backend, print a JSON line."""
+    if not argv or argv[0] != "--compare":
+        print("usage: test_cuda.py --compare NAME [NAME ...]", file=sys.stderr)
+        return 2
+    ran, bad = [], []
+    for name in argv[1:]:
+        for dtype in TOL:
+            bad += compare_with_cpu(name, dtype, T=3, B=3, I=3, H=5)
+            ran.append(f"{name} {dtype}")
+    print(json.dumps({"ran": ran, "bad": bad}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))
