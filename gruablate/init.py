@@ -49,8 +49,9 @@ def initialise(layer: RecurrentLayer, scheme: str = "torch", *, seed: int = 0,
             if name.startswith("U_"):
                 p[...] = orthogonal(p.shape[0], rng)
     elif scheme == "chrono":
-        _chrono(layer, int(tmax), rng)  # type: ignore[arg-type]
+        _chrono(layer, int(tmax), rng)  # type: ignore[arg-type]  (checked above)
     if layer.backend != "cpu":
+        # Device copies are uploaded from the host buffer only when told (no public hook).
         layer._impl.params_changed()
 
 
@@ -60,20 +61,16 @@ def orthogonal(n: int, rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def _chrono_gates(layer: RecurrentLayer) -> dict[str, str]:
-    """Role of each gate with a bias that chrono sets: ``{"b_u": "keep", ...}``."""
-    return {
-        f"b_{b.name}": b.role
-        for b in layer.variant.gates
-        if b.has_bias and b.role in ("keep", "write", "forget", "input")
-    }
+def _memory_bias(layer: RecurrentLayer) -> str | None:
+    """The bias chrono sets: the keep gate's, the LSTM forget gate's or the MGU's tied
+    write gate's; None when the variant has no such gate with a bias."""
+    v = layer.variant
+    name = "b_f" if v.family == "lstm" or v.reset == "tied" else "b_u"
+    return name if v.family != "rnn" and name in layer.params else None
 
 
 def _check_chrono(layer: RecurrentLayer, tmax: int | None) -> None:
-    roles = set(_chrono_gates(layer).values())
-    if not roles & {"keep", "forget"} and not (
-        layer.variant.reset == "tied" and "write" in roles
-    ):
+    if _memory_bias(layer) is None:
         raise ValueError(
             f"init 'chrono' needs a keep, forget or tied write gate with a bias;"
             f" variant {layer.variant.name!r} has none"
@@ -83,18 +80,11 @@ def _check_chrono(layer: RecurrentLayer, tmax: int | None) -> None:
 
 
 def _chrono(layer: RecurrentLayer, tmax: int, rng: np.random.Generator) -> None:
-    H = layer.hidden_size
-    gates = _chrono_gates(layer)
-    timescales = np.log(rng.uniform(1.0, tmax - 1.0, H))
     p = layer.params
-    if layer.variant.family == "lstm":
-        p["b_f"][:] = timescales
-        if "b_i" in gates:
-            p["b_i"][:] = -timescales
-        return
-    if layer.variant.reset == "tied":  # MGU: f is a write gate, so the sign flips
-        p["b_f"][:] = -timescales
-        return
-    p["b_u"][:] = timescales
-    if "b_w" in gates:
-        p["b_w"][:] = -timescales
+    timescales = np.log(rng.uniform(1.0, tmax - 1.0, layer.hidden_size))
+    memory = _memory_bias(layer)
+    # A tied MGU gate f is a write gate (f near 1 overwrites): its sign flips.
+    p[memory][:] = -timescales if layer.variant.reset == "tied" else timescales
+    for writer in ("b_i", "b_w"):  # LSTM input gate, uncoupled GRU write gate
+        if writer in p:
+            p[writer][:] = -timescales

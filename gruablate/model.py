@@ -23,7 +23,6 @@ dtype, so the reported loss does not depend on the float32 rounding of a sum.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
@@ -174,6 +173,17 @@ class Model:
         out.append((self.readout_params, self.readout_grads))
         return out
 
+    def params_changed(self) -> None:
+        """Tell the layers their host parameters changed (after an optimiser step).
+
+        A no-op on the CPU, where kernels read the host buffers; the CUDA backend keeps a
+        device copy that must be re-uploaded. (``RecurrentLayer`` has no public hook for
+        this yet, hence the private call.)
+        """
+        for layer in self.layers:
+            if layer.backend != "cpu":
+                layer._impl.params_changed()
+
     @property
     def param_count(self) -> int:
         """Trainable scalars of the whole model."""
@@ -193,7 +203,7 @@ class Model:
             return out
         return np.ascontiguousarray(x, dtype=self.dtype)
 
-    def _run(self, x: np.ndarray, state: list | None, keep: bool) -> tuple[np.ndarray, list]:
+    def _run(self, x: np.ndarray, state: list | None, keep: bool) -> tuple[tuple, list]:
         h = self._encode(x)
         states = state if state is not None else [None] * len(self.layers)
         last = []
@@ -245,9 +255,3 @@ class Model:
         for layer in reversed(self.layers):
             dy, _, _ = layer.backward(dy)
         self._saved = None
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "variant": self.variant.name, "layers": len(self.layers), "hidden": self.hidden,
-            "readout": self.readout, "loss": self.loss_kind, "params": self.param_count,
-        }

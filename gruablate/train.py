@@ -20,11 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numba
 import numpy as np
+
+# Numba's np.dot calls scipy's BLAS, which is otherwise loaded by the first kernel call;
+# threadpoolctl caps only libraries already loaded, so without this the first run in a
+# process ran on the default thread count: slower, and rounded differently from the next.
+import scipy.linalg.cython_blas  # noqa: F401
 from threadpoolctl import threadpool_limits
 
 from .catalogue import get_variant
+from .envinfo import package_versions
 from .init import SCHEMES
 from .layer import BACKENDS, DTYPES
 from .model import Model, NonFiniteError
@@ -42,11 +47,9 @@ def _positive_int(name: str, value: Any) -> int:
 
 
 def versions() -> dict[str, str]:
-    """Versions of what produced a record."""
-    from . import __version__
-
-    return {"python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__, "gruablate": __version__}
+    """Versions of what produced a record (the full environment is envinfo's job)."""
+    return {"python": platform.python_version(),
+            **package_versions(("numpy", "numba", "gruablate"))}
 
 
 def train(
@@ -173,6 +176,7 @@ def _fit(record: dict[str, Any], task: Task, model: Model, opt: Adam,
         norm = opt.step()
         if not math.isfinite(norm):
             raise NonFiniteError(f"the gradient norm is {norm}")
+        model.params_changed()
         if step > 1:  # the first step loads (or compiles) the kernels: not throughput
             clock["steps"] += time.perf_counter() - t0
         record["steps_done"] = step

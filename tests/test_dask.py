@@ -26,6 +26,19 @@ STUDY = ["--variants", "gru,lstm", "--tasks", "adding,copy", "-o", "adding.seq_l
          "--batch", "8", "--seeds", "0", "--no-report"]
 _NOT_COMPARED = {"train_seconds", "steps_per_second", "cell_seconds", "host"}
 ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 300  # generous: a cold Numba cache on a busy 2-core machine is slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_kernel_cache():
+    """Compile this study's kernels once into Numba's on-disk cache, so the dask worker
+    and the local workers load them rather than each compiling its own."""
+    import gruablate
+
+    for variant in ("gru", "lstm"):
+        gruablate.train(variant=variant, task="adding", hidden=8, steps=2, batch=4, seq_len=4)
+        gruablate.train(variant=variant, task="copy", hidden=8, steps=2, batch=4, delay=2,
+                        symbols=1)
 
 
 def _dask_cmd(*args: str) -> list[str]:
@@ -89,7 +102,7 @@ def test_dask_cluster_run_equals_local_run(cluster, tmp_path):
     dask_out, local_out = tmp_path / "dask", tmp_path / "local"
     res = subprocess.run(
         [*CLI, "run", "sweep", *STUDY, "--out", str(dask_out), "--executor", "dask",
-         "--scheduler", address], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+         "--scheduler", address], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
     assert res.returncode == 0, res.stderr + res.stdout
     assert "4 ok, 0 diverged, 0 failed" in res.stdout
     env = json.loads((dask_out / "env.json").read_text())
@@ -101,7 +114,7 @@ def test_dask_cluster_run_equals_local_run(cluster, tmp_path):
     # Same cells locally, with the same single thread per worker process.
     res = subprocess.run([*CLI, "run", "sweep", *STUDY, "--out", str(local_out),
                           "--jobs", "2"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=240)
+                         timeout=TIMEOUT)
     assert res.returncode == 0, res.stderr
     a, b = _records(dask_out), _records(local_out)
     assert a.keys() == b.keys() and len(a) == 4

@@ -191,3 +191,12 @@ def test_eval_splits_do_not_depend_on_anything_but_options():
         for u, v in zip(a.split(split), b.split(split), strict=True):
             np.testing.assert_array_equal(u, v)
     assert not np.array_equal(a.split("val")[0], a.split("test")[0])
+
+
+def test_training_docs_cover_every_task_and_option():
+    # The docs describe the registry; this keeps them from silently falling behind it.
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "TRAINING.md").read_text()
+    for name, cls in TASKS.items():
+        assert f"`{name}`" in docs, name
+        for opt in cls.options:
+            assert "--" + opt.name.replace("_", "-") in docs, (name, opt.name)

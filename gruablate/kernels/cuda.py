@@ -77,10 +77,12 @@ def _numba_cuda() -> Any:
 
 def simulator_enabled() -> bool:
     """True when numba runs CUDA kernels in its Python simulator (``NUMBA_ENABLE_CUDASIM=1``)."""
-    cuda = _numba_cuda()
-    return bool(getattr(cuda, "simulator_enabled", False)) or (
-        os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
-    )
+    _numba_cuda()
+    try:  # what numba.cuda itself read when it was imported
+        from numba.cuda.core import config
+    except ImportError:  # pragma: no cover - other numba-cuda layouts
+        return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+    return bool(config.ENABLE_CUDASIM)
 
 
 def cuda_available() -> bool:
@@ -279,24 +281,45 @@ class CudaImpl:
                 self._coop[name] = 1
             else:
                 overload = kern.compile(self._sigs[name])
-                self._coop[name] = max(1, int(overload.max_cooperative_grid_blocks(nt)))
+                blocks = int(overload.max_cooperative_grid_blocks(nt))
+                if blocks < 1:
+                    raise CudaUnavailableError(
+                        "backend='cuda' needs cooperative kernel launches (grid-wide"
+                        " sync), which this GPU or driver does not offer"
+                    )
+                self._coop[name] = blocks
         return self._coop[name]
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: np.ndarray, s0: np.ndarray, keep: bool):
         """Run over the sequence: ``(y, sT, saved)`` with ``saved`` the device arrays
         :meth:`backward` needs (empty when ``keep`` is False)."""
+        T, B, _ = x.shape
+        BH = B * self.layer.hidden_size
+        saved = self.forward_device(self._upload("x", x), self._upload("s0", s0), T, B, keep)
+        xd, hs, cs, acts, aux = saved
+        y = hs[BH:].copy_to_host().reshape(x.shape[:2] + (-1,))
+        sT = np.empty_like(s0)
+        sT[0] = y[T - 1]
+        if s0.shape[0] == 2:
+            sT[1] = (cs[T * BH :] if keep else cs[:BH]).copy_to_host().reshape(B, -1)
+        return y, sT, (saved if keep else ())
+
+    def forward_device(self, xd: Any, s0d: Any, T: int, B: int, keep: bool) -> tuple:
+        """The forward pass on device arrays: ``xd`` the flat (T, B, I) input, ``s0d`` the
+        flat (S, B, H) initial state. Returns ``(xd, hs, cs, acts, aux)``, device arrays
+        with ``hs[B*H:]`` the flat output ``y`` (T, B, H) and ``hs[T*B*H:]`` the last
+        ``h``; the LSTM's last ``c`` is ``cs[T*B*H:]`` (``cs[:B*H]`` when not ``keep``).
+        They are cached buffers, overwritten by the next call."""
         L, p = self.layer, self.plan
-        T, B, I = x.shape
-        H = L.hidden_size
+        I, H = L.input_size, L.hidden_size
         BH = B * H
         lstm = L.variant.family == "lstm"
-        xd = self._upload("x", x)
         xp = self._get("xp", T * B * p.nx * H)
         # Input projections of all steps at once: (T*B, I) x (I, NX*H), W read transposed.
         self._matmul(T * B, p.nx * H, I, xd, 0, I, 1, self.d_params, 0, 1, I, xp, 0, p.nx * H)
         hs = self._get("hs", (T + 1) * BH)  # hs[0] = h0, hs[t + 1] = y_t
-        hs[:BH].copy_to_device(s0[0].reshape(-1))
+        hs[:BH].copy_to_device(s0d[:BH])
         if keep:
             cs = self._get("cs", (T + 1) * BH if lstm else 1)
             acts = self._get("acts", T * B * p.na * H)
@@ -306,38 +329,47 @@ class CudaImpl:
             acts = self._get("acts_inf", B * p.na * H)
             aux = self._get("aux_inf", BH if (p.uses_aux and not lstm) else 1)
         if lstm:
-            cs[:BH].copy_to_device(s0[1].reshape(-1))
+            cs[:BH].copy_to_device(s0d[BH:])
         self._launch_cell(
             "forward", B, (T, B, H, int(keep), xp, self.d_b, self.d_UT, hs, cs, acts, aux)
         )
-        y = hs[BH:].copy_to_host().reshape(T, B, H)
-        sT = np.empty_like(s0)
-        sT[0] = y[T - 1]
-        if lstm:
-            sT[1] = (cs[T * BH :] if keep else cs).copy_to_host().reshape(B, H)
-        if not keep:
-            return y, sT, ()
-        return y, sT, (xd, hs, cs, acts, aux)
+        return xd, hs, cs, acts, aux
 
     # --------------------------------------------------------------- backward
     def backward(self, saved: tuple, dy: np.ndarray, dsT: np.ndarray):
         """Gradients given ``dy`` and ``dsT``: returns ``(dx, ds0)`` and writes the packed
         weight gradients into the layer's ``flat_grads``."""
-        L, p = self.layer, self.plan
-        _, _, _, xd, hs, cs, acts, aux = saved
         T, B, _ = dy.shape
+        dx, ds0 = self.backward_device(
+            saved[3:], self._upload("dy", dy), self._upload("dsT", dsT), T, B
+        )
+        self.d_grads.copy_to_host(self.layer.flat_grads)
+        return (
+            dx.copy_to_host().reshape(T, B, -1),
+            ds0.copy_to_host().reshape(dsT.shape),
+        )
+
+    def backward_device(self, saved: tuple, dyd: Any, dsTd: Any, T: int, B: int) -> tuple:
+        """Backward on device arrays after :meth:`forward_device` with ``keep``: ``dyd``
+        flat (T, B, H), ``dsTd`` flat (S, B, H). Returns device ``(dx, ds0)`` and leaves
+        the packed weight gradients in :attr:`d_grads`."""
+        L, p = self.layer, self.plan
+        xd, hs, cs, acts, aux = saved
         I, H = L.input_size, L.hidden_size
         BH, TB = B * H, T * B
         lstm = L.variant.family == "lstm"
         nxh, nhmh = p.nx * H, p.nhm * H
         before = p.reset_before
-        dyd = self._upload("dy", dy)
         dgx = self._get("dgx", TB * nxh)
         dgh = self._get("dgh", TB * nhmh)
         dgc = self._get("dgc", TB * H if before else 1)
         dgb = self._get("dgb", TB * p.nb * H)
-        dhd = self._upload("dhd", dsT[0])
-        dc = self._upload("dc", dsT[1]) if lstm else self._get("dc", 1)
+        # The kernel updates dhd and dc in place: copies, not the caller's dsT.
+        dhd = self._get("dhd", BH)
+        dhd.copy_to_device(dsTd[:BH])
+        dc = self._get("dc", BH if lstm else 1)
+        if lstm:
+            dc.copy_to_device(dsTd[BH:])
         gp = self._get("gp", BH if L.variant.reset == "tied" else 1)
         ds0 = self._get("ds0", p.n_states * BH)
         self._launch_cell(
@@ -358,10 +390,7 @@ class CudaImpl:
         self.m.colsum[_blocks(nbh, self.geo.jt), self.geo.threads](
             TB, nbh, dgb, g, self.n_w + self.n_u
         )
-        g.copy_to_host(L.flat_grads)
-        dxh = dx.copy_to_host().reshape(T, B, I)
-        ds0h = ds0.copy_to_host().reshape(p.n_states, B, H)
-        return dxh, ds0h
+        return dx, ds0
 
 
 def _blocks(n: int, per: int) -> int:

@@ -15,8 +15,9 @@ Two modules are generated per dtype and geometry:
 
 ``cell`` (one per variant)
     ``forward`` (training or, with ``keep = 0``, inference: one kernel, so one
-    compilation) and ``backward``, with the same signatures for every variant. When the variant has a recurrent weight they are *persistent*
-    cooperative kernels: one launch loops over time, each block owning tiles of
+    compilation) and ``backward``, with the same signatures for every variant. When
+    the variant has a recurrent weight they are *persistent* cooperative kernels:
+    one launch loops over time, each block owning tiles of
     (batch rows × hidden units) of the recurrent product and the fused gate pass that
     follows it, with a grid-wide sync between dependent phases. When it has none
     (minGRU: the recurrence is linear in ``h`` and nothing crosses hidden units) the
@@ -82,10 +83,7 @@ class Geometry:
 
     @property
     def key(self) -> str:
-        return (
-            f"j{self.jt}w{self.nw}t{self.mm_tile}k{self.mm_bk}"
-            f"s{self.mm_side}e{self.ew_threads}"
-        )
+        return f"j{self.jt}w{self.nw}t{self.mm_tile}k{self.mm_bk}s{self.mm_side}e{self.ew_threads}"
 
 
 #: What a GPU runs: 256-thread blocks, warp-wide tiles.
@@ -100,23 +98,69 @@ COMMON_KERNELS = ("matmul", "colsum", "transpose")
 # Argument lists, identical for every variant (unused arrays get a 1-element dummy).
 _FORWARD_ARGS = ("T", "B", "H", "keep", "xp", "b", "UT", "hs", "cs", "acts", "aux")
 _BACKWARD_ARGS = (
-    "T", "B", "H", "U", "hs", "cs", "acts", "aux", "dy",
-    "dgx", "dgh", "dgc", "dgb", "dhd", "dc", "gp", "ds0",
-)  # fmt: skip
+    "T",
+    "B",
+    "H",
+    "U",
+    "hs",
+    "cs",
+    "acts",
+    "aux",
+    "dy",
+    "dgx",
+    "dgh",
+    "dgc",
+    "dgb",
+    "dhd",
+    "dc",
+    "gp",
+    "ds0",
+)
 _ARGS = {
     "forward": _FORWARD_ARGS,
     "backward": _BACKWARD_ARGS,
     "matmul": (
-        "M", "N", "K", "a", "a_off", "sam", "sak", "bm", "b_off", "sbk", "sbn",
-        "cm", "c_off", "ldc",
-    ),  # fmt: skip
+        "M",
+        "N",
+        "K",
+        "a",
+        "a_off",
+        "sam",
+        "sak",
+        "bm",
+        "b_off",
+        "sbk",
+        "sbn",
+        "cm",
+        "c_off",
+        "ldc",
+    ),
     "colsum": ("R", "N", "src", "dst", "d_off"),
     "transpose": ("R", "C", "src", "s_off", "dst"),
 }
-_INT_ARGS = {
-    "T", "B", "H", "keep", "M", "N", "K", "R", "C",
-    "a_off", "sam", "sak", "b_off", "sbk", "sbn", "c_off", "ldc", "d_off", "s_off",
-}  # fmt: skip
+_INT_ARGS = frozenset(
+    (
+        "T",
+        "B",
+        "H",
+        "keep",
+        "M",
+        "N",
+        "K",
+        "R",
+        "C",
+        "a_off",
+        "sam",
+        "sak",
+        "b_off",
+        "sbk",
+        "sbn",
+        "c_off",
+        "ldc",
+        "d_off",
+        "s_off",
+    )
+)
 
 
 def signatures(dtype: str) -> dict[str, tuple]:
@@ -302,8 +346,9 @@ def common_source(dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
 
 
 # ------------------------------------------------------------------------ cell
-def _product(c: _Code, G: int, a: str, a_off: str, lda: str, bm: str, col: str, ldb: str,
-             K: str) -> None:
+def _product(
+    c: _Code, G: int, a: str, a_off: str, lda: str, bm: str, col: str, ldb: str, K: str
+) -> None:
     """Emit one tile of a recurrent product into the shared array ``hps``.
 
     ``hps[w*GJT + g*JT + l] = sum_k a[a_off + (r0+w)*lda + k] * bm[col + g*H + j0+l + k*ldb]``
@@ -508,7 +553,7 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) 
     c(
         '"""Forward over T steps: hs[t + 1] = h_t (hs[0] holds h_0), the gate values in',
         "acts and r * h, U_c h + b_hc or the LSTM cell in aux / cs; every step's when",
-        "keep is 1 (training), only the current step's when it is 0 (inference).\"\"\"",
+        'keep is 1 (training), only the current step\'s when it is 0 (inference)."""',
     )
     _prelude(c, recurrent)
     if not recurrent:

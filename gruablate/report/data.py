@@ -21,6 +21,7 @@ from ..store import attach, load_curves, load_results
 BENCH_KEYS = ("variant", "backend", "mode", "hidden", "batch", "seq_len", "input_size",
               "dtype", "threads")
 TRAIN_KEYS = ("task", "metric_name", "variant", "hidden", "layers", "backend")
+_TRAIN_EXTRA = ("steps_per_second", "lower_is_better", "task_options", "error", "batch")
 
 
 def t_interval(values: Any) -> tuple[float, float]:
@@ -70,9 +71,13 @@ def load(run_dirs: list[str | Path]) -> ReportData:
     kind = results["kind"].fillna("train")
     train = results[kind == "train"].reset_index(drop=True)
     bench = results[kind == "bench"].reset_index(drop=True)
-    if len(train):
-        sps = pd.to_numeric(train.get("steps_per_second"), errors="coerce")
-        train = train.assign(ms_per_step=1000.0 / sps.where(sps > 0))
+    # Cells that failed before training lack what train reports; give every column the
+    # figures read a value (NaN / None) so that such a run still reports.
+    for col in _TRAIN_EXTRA:
+        if col not in train:
+            train[col] = pd.Series([None] * len(train), dtype=object)
+    sps = pd.to_numeric(train["steps_per_second"], errors="coerce")
+    train = train.assign(ms_per_step=1000.0 / sps.where(sps > 0))
     return ReportData(
         run_dirs=dirs, results=results, train=train, bench=bench,
         curves=load_curves(dirs),
@@ -100,7 +105,10 @@ def accuracy_table(train: pd.DataFrame) -> pd.DataFrame:
     if not len(train):
         return pd.DataFrame(columns=cols)
     rows = []
-    df = train.assign(metric_name=train["metric_name"].fillna("?"))
+    # A cell that failed before training has no metric name: take its task's.
+    known = train.groupby("task")["metric_name"].transform(
+        lambda s: s.dropna().iloc[0] if s.notna().any() else "?")
+    df = train.assign(metric_name=train["metric_name"].fillna(known))
     for key, g in df.groupby(list(TRAIN_KEYS), sort=True, dropna=False):
         ok = g[g["status"] == "ok"]
         lo, hi = t_interval(ok["metric"])

@@ -72,8 +72,11 @@ def _log_axis(ax, axis: str = "y", ticks: list | None = None) -> None:
         which.set_ticks(ticks, [f"{t:g}" for t in ticks])
         which.set_minor_formatter(NullFormatter())
     else:
-        which.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        which.set_minor_formatter(NullFormatter())
+        plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+        which.set_major_formatter(plain)
+        lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+        # Within a decade there may be no major tick at all: label the minor ones.
+        which.set_minor_formatter(plain if lo > 0 and hi / lo < 10 else NullFormatter())
 
 
 def _log_if_wide(ax, values: pd.Series, axis: str = "y") -> None:
@@ -87,6 +90,16 @@ def _metric_label(name: str, lower: bool) -> str:
     return f"{name} ({'lower' if lower else 'higher'} is better)"
 
 
+def _size_label(h) -> str:
+    return f"H = {int(h)}"
+
+
+def _size_palette(hiddens: list) -> dict[str, tuple]:
+    """Distinct colours for hidden sizes (a sequential map makes the small one vanish)."""
+    colours = sns.color_palette("colorblind", len(hiddens))
+    return {_size_label(h): c for h, c in zip(sorted(hiddens), colours, strict=True)}
+
+
 def palette(variants: list[str]) -> dict[str, tuple]:
     """One colour per variant, the same in every figure."""
     colours = sns.color_palette("tab20" if len(variants) > 10 else "tab10", len(variants))
@@ -98,27 +111,33 @@ def accuracy(data: ReportData, pal: dict) -> FigureFile | None:
     """Test metric per variant and task: seeds' mean with a 95% t-interval, the
     trivial baseline dotted, cells that failed or diverged written under the axis."""
     train = data.train
-    if not len(train) or not train["metric_name"].notna().any():
+    if not len(train):
         return None
     tasks = sorted(train["task"].dropna().unique())
     fig, axes = _panels(len(tasks))
     hiddens = sorted(train["hidden"].dropna().unique())
+    multi = len(hiddens) > 1
+    hpal = _size_palette(hiddens)
     for ax, task in zip(axes, tasks, strict=True):
-        sub = train[train["task"] == task]
+        sub = train[train["task"] == task].assign(H=lambda d: d["hidden"].map(_size_label))
         ok = sub[sub["status"] == "ok"]
         order = [v for v in data.variants if v in set(sub["variant"])]
         if len(ok):
-            sns.pointplot(
-                data=ok, x="variant", y="metric", order=order,
-                hue="hidden" if len(hiddens) > 1 else "variant",
-                palette=None if len(hiddens) > 1 else pal, errorbar=t_interval,
-                linestyle="none", dodge=0.4 if len(hiddens) > 1 else False,
-                capsize=0.15, markers="o", ax=ax, legend=len(hiddens) > 1,
-            )
-            # The seeds themselves, small and grey: with two or three seeds the
-            # interval alone hides how few numbers stand behind it.
-            sns.stripplot(data=ok, x="variant", y="metric", order=order, color="0.45",
-                          size=3, jitter=False, ax=ax, legend=False, zorder=1)
+            hue = dict(hue="H", hue_order=list(hpal), palette=hpal) if multi else dict(
+                hue="variant", hue_order=order, palette=pal)
+            # Dodge the means exactly as far as stripplot dodges the seeds below.
+            sns.pointplot(data=ok, x="variant", y="metric", order=order, **hue,
+                          errorbar=t_interval, linestyle="none",
+                          dodge=0.8 - 0.8 / len(hiddens) if multi else False,
+                          capsize=0.15, markers="o", ax=ax, legend=multi)
+            # The seeds themselves, small: with two or three seeds the interval alone
+            # hides how few numbers stand behind it.
+            sns.stripplot(data=ok, x="variant", y="metric", order=order, **hue,
+                          dodge=multi, size=3, jitter=False, alpha=0.6, edgecolor="0.2",
+                          linewidth=0.5, ax=ax, legend=False, zorder=1)
+        if not len(ok):
+            ax.text(0.5, 0.5, "no cell of this task finished", transform=ax.transAxes,
+                    ha="center", va="center", color=_FAIL_COLOR)
         for base in sorted(sub["baseline"].dropna().unique()):
             ax.axhline(base, **_BASELINE, label="trivial baseline")
         labels = []
@@ -127,22 +146,29 @@ def accuracy(data: ReportData, pal: dict) -> FigureFile | None:
             labels.append(f"{v}\n✗ {len(bad)} {'/'.join(sorted(set(bad['status'])))}"
                           if len(bad) else v)
         ax.set_xticks(range(len(order)), labels, rotation=30, ha="right")
+        ax.set_xlim(-0.5, len(order) - 0.5)
         for tick, v in zip(ax.get_xticklabels(), order, strict=True):
             if (sub[(sub["variant"] == v)]["status"] != "ok").any():
                 tick.set_color(_FAIL_COLOR)
-        lower = bool(sub["lower_is_better"].dropna().iloc[0]) if (
-            "lower_is_better" in sub and sub["lower_is_better"].notna().any()) else True
-        ax.set_ylabel(_metric_label(str(sub["metric_name"].dropna().iloc[0]), lower))
+        ax.set_ylabel(_metric_label(_first(sub, "metric_name", "metric"),
+                                    bool(_first(sub, "lower_is_better", True))))
         ax.set_xlabel("")
         ax.set_title(f"{task}  ({_options(sub)})", fontsize=10)
         _log_if_wide(ax, pd.concat([ok["metric"], sub["baseline"]]))
-        ax.legend(fontsize=8, title="hidden" if len(hiddens) > 1 else None)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, title="hidden size" if multi else None)
     png, svg = _render(fig)
     return FigureFile("accuracy", "Accuracy per variant and task",
                       "Test metric: mean over seeds with 95% t-intervals, grey dots the "
                       "seeds; dotted: the task's trivial baseline. Red labels: cells that "
                       "failed or diverged (left out).",
                       png, svg)
+
+
+def _first(df: pd.DataFrame, col: str, default):
+    """The column's first known value (cells that failed early may lack it)."""
+    vals = df[col].dropna() if col in df else pd.Series(dtype=object)
+    return vals.iloc[0] if len(vals) else default
 
 
 def _options(sub: pd.DataFrame) -> str:
@@ -161,7 +187,6 @@ def curves(data: ReportData, pal: dict) -> FigureFile | None:
     c = data.curves
     if not len(c) or not c["val_metric"].notna().any():
         return None
-    meta = data.train.drop_duplicates("task").set_index("task")
     tasks = sorted(c["task"].dropna().unique())
     fig, axes = _panels(len(tasks))
     multi_h = c["hidden"].nunique() > 1
@@ -174,7 +199,7 @@ def curves(data: ReportData, pal: dict) -> FigureFile | None:
         base = data.train.loc[data.train["task"] == task, "baseline"].dropna().unique()
         for b in sorted(base):
             ax.axhline(b, **_BASELINE, label="trivial baseline")
-        name = meta.loc[task, "metric_name"] if task in meta.index else "metric"
+        name = _first(data.train[data.train["task"] == task], "metric_name", "metric")
         ax.set_ylabel(f"validation {name}")
         ax.set_title(task, fontsize=10)
         _log_if_wide(ax, pd.concat([sub["val_metric"], pd.Series(base)]))
@@ -185,7 +210,8 @@ def curves(data: ReportData, pal: dict) -> FigureFile | None:
             top = max([means.quantile(0.9), *base]) * 1.3
             low = float(means.min())
             ax.set_ylim(bottom=0.9 * low if low > 0 else 1.1 * low, top=top)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     png, svg = _render(fig)
     return FigureFile("curves", "Learning curves",
                       "Validation metric during training: mean over seeds, band from the "
@@ -254,7 +280,8 @@ def _bench_speed(data: ReportData, pal: dict) -> FigureFile | None:
         ax.set_xlabel("hidden size H")
         ax.set_ylabel("median ms")
         ax.set_title(mode, fontsize=10)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     png, svg = _render(fig)
     return FigureFile(
         "speed", "Speed against hidden size",
@@ -285,7 +312,8 @@ def speed_ratio(data: ReportData, pal: dict) -> FigureFile | None:
         ax.set_xlabel("hidden size H")
         ax.set_ylabel("PyTorch time / gruablate time")
         ax.set_title(mode, fontsize=10)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     png, svg = _render(fig)
     return FigureFile("speed_ratio", "Speed relative to the PyTorch peer",
                       "Ratio of median times, same shapes and threads; above the dotted "
@@ -315,7 +343,8 @@ def tradeoff(data: ReportData, pal: dict) -> FigureFile | None:
         ax.set_ylabel(str(sub["metric_name"].iloc[0]))
         ax.set_title(task, fontsize=10)
         _log_if_wide(ax, pd.concat([sub["metric"], sub["baseline"]]))
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     png, svg = _render(fig)
     return FigureFile("tradeoff", "Speed–accuracy trade-off",
                       "Mean test metric against mean step time; best is toward the corner "
@@ -353,9 +382,11 @@ def params(data: ReportData, pal: dict) -> FigureFile | None:
         sub = df[df["task"] == task]
         order = [v for v in data.variants if v in set(sub["variant"])]
         multi = sub["hidden"].nunique() > 1
-        sns.barplot(data=sub, x="variant", y="params", order=order,
-                    hue="hidden" if multi else "variant", palette=None if multi else pal,
-                    legend=multi, ax=ax)
+        hpal = _size_palette(sorted(sub["hidden"].unique()))
+        sns.barplot(data=sub.assign(H=sub["hidden"].map(_size_label)), x="variant",
+                    y="params", order=order, hue="H" if multi else "variant",
+                    hue_order=list(hpal) if multi else order,
+                    palette=hpal if multi else pal, legend=multi, ax=ax)
         if multi:
             _log_axis(ax, "y")
         ax.tick_params(axis="x", rotation=30)

@@ -1,0 +1,133 @@
+"""Markdown tables and target checks for ``benchmarks/RESULTS.md`` from ``cpu.sh`` runs.
+
+    python benchmarks/cpu_tables.py runs/cpu-bench > /tmp/tables.md
+
+Reads the three run directories that ``benchmarks/cpu.sh`` writes (``standard``,
+``fastrnns``, ``stream``) with :func:`gruablate.load_results` and prints, for each, the
+measured numbers and every target of the speed issue marked met or not met, computed
+from the numbers (nothing here is typed in by hand).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from gruablate import get_variant, load_results
+from gruablate.store import attach
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    return "—" if pd.isna(v) else f"{v:.{digits}g}"
+
+
+def _mark(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+def _pivot(bench: pd.DataFrame, mode: str) -> pd.DataFrame:
+    sub = bench[bench["mode"] == mode]
+    return sub.pivot_table(index=["variant", "impl"], columns="hidden", values="median_ms")
+
+
+def ratio_table(bench: pd.DataFrame, title: str) -> list[str]:
+    """gruablate and PyTorch times and their ratio for the two peered variants."""
+    lines = [f"#### {title}", "",
+             "| variant | mode | H | gruablate ms | PyTorch ms | PyTorch / gruablate "
+             "| gruablate GFLOP/s | % of peak |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    ours = bench[(bench["impl"] == "gruablate") & bench["torch_ratio"].notna()]
+    for _, r in ours.sort_values(["variant", "mode", "hidden"]).iterrows():
+        peer = r["median_ms"] * r["torch_ratio"]
+        lines.append(
+            f"| `{r['variant']}` | {r['mode']} | {int(r['hidden'])} | {_fmt(r['median_ms'])} "
+            f"| {_fmt(peer)} | {_fmt(r['torch_ratio'])} | {_fmt(r['gflops'])} "
+            f"| {_fmt(100 * r['peak_fraction'], 2) if pd.notna(r.get('peak_fraction')) else '—'} |"
+        )
+    return lines + [""]
+
+
+def variant_table(bench: pd.DataFrame) -> list[str]:
+    """Every variant's time against ``gru``'s, beside what the FLOP counts predict."""
+    lines = ["| variant | mode | H | ms | time / gru | FLOPs / gru's | target |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    ours = bench[bench["impl"] == "gruablate"]
+    gru = ours[ours["variant"] == "gru"].set_index(["mode", "hidden"])["median_ms"]
+    for _, r in ours.sort_values(["mode", "hidden", "variant"]).iterrows():
+        key = (r["mode"], r["hidden"])
+        if r["variant"] == "gru" or key not in gru.index:
+            continue
+        v, g = get_variant(r["variant"]), get_variant("gru")
+        fm = "train" if r["mode"] == "train" else "inference"
+        shape = (int(r["input_size"]), int(r["hidden"]), int(r["batch"]), int(r["seq_len"]), fm)
+        flop_ratio = v.flops(*shape) / g.flops(*shape)
+        t_ratio = r["median_ms"] / gru[key]
+        target = t_ratio <= flop_ratio
+        if r["variant"] == "mingru":
+            target = target and t_ratio < 1.0
+        lines.append(
+            f"| `{r['variant']}` | {r['mode']} | {int(r['hidden'])} | {_fmt(r['median_ms'])} "
+            f"| {_fmt(t_ratio)} | {_fmt(flop_ratio)} | {_mark(target)} |"
+        )
+    return lines + [""]
+
+
+def targets(bench: pd.DataFrame) -> list[str]:
+    """The peer targets of the issue, each cell marked."""
+    out = []
+    ours = bench[(bench["impl"] == "gruablate") & bench["torch_ratio"].notna()]
+    for _, r in ours.sort_values(["variant", "mode", "batch", "hidden"]).iterrows():
+        H, ratio = int(r["hidden"]), r["torch_ratio"]
+        if r["variant"] == "gru_reset_after":
+            need = 3.0 if (r["mode"] == "train" and H <= 64) else 1.0
+        elif r["mode"] == "train":
+            need = 1.0
+        else:
+            need = 1.0 if H <= 128 else 0.8
+        out.append(f"| `{r['variant']}` | {r['mode']} | B={int(r['batch'])} H={H} "
+                   f"| {_fmt(ratio)} | ≥ {need} | {_mark(ratio >= need)} |")
+    return ["| variant | mode | shape | PyTorch / gruablate | target | |",
+            "| --- | --- | --- | ---: | ---: | --- |", *out, ""]
+
+
+def peak_lines(df: pd.DataFrame) -> list[str]:
+    peaks = df[df["kind"] == "peak"]
+    if not len(peaks):
+        return []
+    parts = [f"{r['impl']} {r['gflops']:.1f}" for _, r in peaks.iterrows()]
+    return [f"Matrix-product peak ({int(peaks['size'].iloc[0])}³ float32, "
+            f"{int(peaks['threads'].iloc[0])} threads), GFLOP/s: " + ", ".join(parts), ""]
+
+
+def main(root: str) -> None:
+    base = Path(root)
+    for name in ("standard", "fastrnns", "stream"):
+        path = base / name
+        if not path.is_dir():
+            continue
+        df = load_results(path)
+        env = attach(path).environment()
+        bench = df[df["kind"] == "bench"]
+        print(f"### {name} ({env.get('cpu', '?')}, {env.get('cores', '?')} cores)\n")
+        loads = bench["loadavg"].dropna()
+        if len(loads):
+            print(f"Load average while measuring: {loads.min():.2f}–{loads.max():.2f}.\n")
+        print("\n".join(peak_lines(df)))
+        print("\n".join(ratio_table(bench, "gruablate beside PyTorch")))
+        print("\n".join(targets(bench)))
+        if name != "stream" and (bench["variant"] == "gru").any():
+            print("\n".join(variant_table(bench)))
+        if name == "stream":
+            s = bench[bench["mode"] == "stream"][["variant", "impl", "step_us", "median_ms"]]
+            print("| variant | impl | per-step latency (µs) | sequence of 100 steps (ms) |")
+            print("| --- | --- | ---: | ---: |")
+            for _, r in s.iterrows():
+                print(f"| `{r['variant']}` | {r['impl']} | {_fmt(r['step_us'])} "
+                      f"| {_fmt(r['median_ms'])} |")
+            print()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/cpu-bench")

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One command on a machine with an NVIDIA GPU:
+#   1. runs the CUDA test suite for real (tests/test_cuda.py: PTX for sm_90, the
+#      simulator comparisons, and the on-GPU comparisons with the CPU backend that are
+#      skipped everywhere else);
+#   2. if it passes, times gruablate's CUDA kernels against cuDNN (torch.nn.GRU/LSTM)
+#      and writes the Markdown tables to benchmarks/gpu_results.md (or to $1).
+#
+# Needs the project installed with numba-cuda (pip install -e '.[cuda,test,torch]',
+# torch built with CUDA for the peer columns). GPU_BENCH_ARGS passes extra options to
+# gpu_bench.py, e.g. GPU_BENCH_ARGS=--quick for a smoke run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-benchmarks/gpu_results.md}"
+
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "gpu.sh: no NVIDIA GPU visible (nvidia-smi failed); nothing measured" >&2
+    exit 1
+fi
+# The real device, never the simulator, for the tests run in this process.
+unset NUMBA_ENABLE_CUDASIM
+nvidia-smi -L
+python -c "from numba import cuda; import sys; sys.exit(0 if cuda.is_available() else 'numba.cuda sees no GPU')"
+
+echo "== CUDA test suite =="
+python -m pytest tests/test_cuda.py -q -rs
+
+echo "== benchmarks -> $out =="
+# shellcheck disable=SC2086  # GPU_BENCH_ARGS is a list of options on purpose
+python benchmarks/gpu_bench.py --out "$out" ${GPU_BENCH_ARGS:-}

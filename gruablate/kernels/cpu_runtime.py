@@ -1,0 +1,682 @@
+"""The CPU kernels' runtime: SIMD matrix products, a thread launcher, a small C ABI.
+
+Compiled once per dtype and cached; the per-variant modules that :mod:`cpu` generates
+call it through exported symbols, not by linking it in. Why each piece exists:
+
+**Products, not BLAS.** The recurrent product of one step is small (``B × H`` by
+``H × 3H``) and a BLAS call on it repacks the weights every step; on the 2-core AMD
+EPYC of ``benchmarks/RESULTS.md`` scipy's OpenBLAS ran such a product at about 30
+GFLOP/s, against about 68 for the micro-kernel below on weights packed once per
+sequence. BLAS also brings a second thread pool, which competes with Numba's threads
+for the cores. The micro-kernel is a Numba ``@intrinsic`` emitting LLVM vector code
+(Numba turns LLVM's SLP vectoriser off, so unrolled scalar code stays scalar):
+``MR`` rows × ``NR`` columns of ``C`` in ``MR × 3`` vector registers of 32 bytes
+(``NR`` = 24 for float32, 12 for float64); per ``k`` one broadcast of ``A`` per row
+and three vector loads of the packed ``B`` panel. ``fmul``/``fadd`` carry LLVM's
+``contract`` flag: FMA where the CPU has it, still correct where it does not.
+
+**Exported symbols.** Numba links every callee's LLVM module into each caller and
+optimises and emits it again there; with the products and a ``prange`` in every
+variant's three kernels, a cold compile took 20-30 s per variant and dtype. Here the
+runtime (products, packing, the parallel launcher) is compiled once into ``cfunc``s
+whose addresses are registered with LLVM under fixed names (``llvmlite``'s
+``add_symbol``, as Numba does for its own helpers). Kernels call them by name through
+:func:`symbol` and :func:`ccall`: nothing is linked, machine code caches, and a cached
+kernel re-registers the names it needs on load (Numba's ``reload_init`` hook) before
+its object code is linked. All exported functions take only ``int64`` arguments
+(addresses and sizes), so one call intrinsic serves all of them.
+
+**Launcher.** :func:`run_chunks` runs a per-variant ``cfunc`` on ``nch`` row blocks
+in parallel (``prange``); the variant code itself has no ``prange`` and compiles fast.
+
+Packed panel layout (see :func:`pack`): ``P[(jp * K + k) * NR + jj] = B[k, jp * NR + jj]``,
+zero where ``jp * NR + jj >= N``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import llvmlite.binding as llb
+import numpy as np
+from llvmlite import ir
+from numba import carray, cfunc, njit, prange, types
+from numba.core import cgutils
+from numba.core.compiler import CompilerBase, DefaultPassBuilder
+from numba.core.compiler_machinery import FunctionPass, register_pass
+from numba.core.typed_passes import NopythonTypeInference
+from numba.extending import intrinsic
+
+# Fast-math flags for every kernel: fusing, reassociation and approximate functions,
+# but not nnan/ninf, so NaN and infinity still propagate as IEEE says.
+FASTMATH = {"contract", "arcp", "nsz", "afn", "reassoc"}
+VECTOR_BYTES = 32  # one AVX register; LLVM splits it on narrower CPUs
+NVEC = 3  # vectors per micro-kernel row
+MR_MAX = 4  # rows per micro-kernel: 4 × 3 accumulators + 3 loads + 1 broadcast = 16 regs
+KC = 512  # k-block of the packed GEMM: a KC × NR panel (48 KB) stays in L2
+MC = 128  # row block of the packed GEMM: MC × KC of A (256 KB) stays in L2 across panels
+GEMV_MAX_ROWS = 3  # below 4 rows a product is a matrix-vector one: no packing
+# Below this many multiply-adds a product (or a whole recurrence) runs on the calling
+# thread: waking a sleeping worker costs tens of microseconds on a quiet machine and a
+# scheduler tick (4 ms) on a loaded one, more than such a problem takes serially.
+PARALLEL_MIN_WORK = 1 << 20
+
+# Symbols of this runtime carry the hash of its source: a kernel compiled against an
+# older runtime can never bind to a newer one.
+TAG = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+
+_FLAGS = ("contract",)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory in the process instead of returning it.
+
+    Each kernel call allocates activations and workspaces of up to tens of MB, and the
+    layer frees them on the next call. glibc hands blocks that large back to the
+    operating system (``munmap``, heap trimming), so every call page-faulted its memory
+    in again: a third of an LSTM forward at H = 128 on the machine of
+    ``benchmarks/RESULTS.md``. With ``M_MMAP_MAX = 0`` and a high ``M_TRIM_THRESHOLD``
+    the memory is reused, as PyTorch's caching allocator reuses its own; the process
+    keeps its peak footprint. Set ``GRUABLATE_KEEP_FREED_MEMORY=0`` to leave glibc's
+    defaults alone. Returns whether the settings were applied (not on non-glibc
+    systems).
+    """
+    if os.environ.get("GRUABLATE_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_trim_threshold, 1 << 30)) and bool(mallopt(m_mmap_max, 0))
+
+
+def panel_width(dtype: str | np.dtype) -> int:
+    """``NR``: columns of one packed panel (24 for float32, 12 for float64)."""
+    return NVEC * VECTOR_BYTES // np.dtype(dtype).itemsize
+
+
+def runtime_symbol(fn: str, dtype: str | None = None) -> str:
+    """The exported name of a runtime function (``gemm``, ``pack``, ``run_chunks``)."""
+    return f"gruablate_{TAG}_{fn}" + (f"_{dtype}" if dtype else "")
+
+
+# ------------------------------------------------------------------ noalias functions
+@register_pass(mutates_CFG=False, analysis_only=True)
+class _NoAliasArguments(FunctionPass):
+    """Marks the function's pointer arguments ``noalias`` (Numba's ``noalias`` flag)."""
+
+    _name = "gruablate_noalias_arguments"
+
+    def __init__(self) -> None:
+        FunctionPass.__init__(self)
+
+    def run_pass(self, state) -> bool:
+        state.flags.noalias = True
+        return False
+
+
+class NoAliasCompiler(CompilerBase):
+    """Numba's nopython pipeline, with every array argument's data marked ``noalias``.
+
+    The gate loop of a step reads and writes a dozen rows of different arrays; without
+    aliasing information LLVM must check every pair at run time before vectorising,
+    gives up beyond its limit of checks, and the backward loops stayed scalar. The
+    kernels call their gate loops as functions compiled with this pipeline, passing
+    each row once, so the promise holds: no two arguments overlap.
+    """
+
+    def define_pipelines(self):
+        pm = DefaultPassBuilder.define_nopython_pipeline(self.state)
+        pm.add_pass_after(_NoAliasArguments, NopythonTypeInference)
+        pm.finalize()
+        return [pm]
+
+
+# ------------------------------------------------------------------ symbol registry
+_PROVIDERS: dict[str, Callable[[], object]] = {}
+_EXPORTED: dict[str, object] = {}  # keeps every cfunc (and its machine code) alive
+
+
+def provide(name: str, make: Callable[[], object]) -> None:
+    """Declare how to build the ``cfunc`` behind symbol ``name`` (built on demand)."""
+    _PROVIDERS.setdefault(name, make)
+
+
+def ensure_symbol(name: str) -> None:
+    """Compile (or load from cache) the ``cfunc`` behind ``name`` and register it."""
+    if name in _EXPORTED:
+        return
+    try:
+        make = _PROVIDERS[name]
+    except KeyError:
+        raise RuntimeError(
+            f"gruablate kernel symbol {name!r} has no provider: its module was not"
+            " imported in this process (a stale kernel cache?)"
+        ) from None
+    # A cfunc loaded from Numba's cache does not run reload_init: the threading
+    # layer's symbols (used by the prange of gemm and run_chunks) are registered here.
+    from numba.np.ufunc.parallel import _launch_threads
+
+    _launch_threads()
+    cf = make()
+    llb.add_symbol(name, cf.address)
+    _EXPORTED[name] = cf
+
+
+@intrinsic
+def symbol(typingctx, name):
+    """The address of exported function ``name`` (a string literal), as int64.
+
+    The reference is by name, so it survives Numba's cache; on load the symbol is
+    registered again (``reload_init``) before the cached code is linked.
+    """
+    if not isinstance(name, types.StringLiteral):
+        return None
+    sym = name.literal_value
+    ensure_symbol(sym)
+
+    def codegen(context, builder, sig, args):
+        context.active_code_library._reload_init.add(functools.partial(ensure_symbol, sym))
+        fnty = ir.FunctionType(ir.VoidType(), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, sym)
+        return builder.ptrtoint(fn, ir.IntType(64))
+
+    return types.int64(name), codegen
+
+
+@intrinsic
+def ccall(typingctx, addr, *args):
+    """Call the function at ``addr`` with int64 arguments (the runtime's C ABI)."""
+    if len(args) == 1 and isinstance(args[0], types.BaseTuple):
+        args = tuple(args[0])
+    if not all(isinstance(a, types.Integer) for a in (addr, *args)):
+        return None
+    sig = types.void(addr, types.StarArgTuple(args))
+
+    def codegen(context, builder, sig, llargs):
+        i64 = ir.IntType(64)
+        target = context.cast(builder, llargs[0], sig.args[0], types.int64)
+        vals = [
+            context.cast(builder, v, t, types.int64)
+            for v, t in zip(cgutils.unpack_tuple(builder, llargs[1]), sig.args[1].types,
+                            strict=True)
+        ]
+        fnty = ir.FunctionType(ir.VoidType(), [i64] * len(vals))
+        builder.call(builder.inttoptr(target, fnty.as_pointer()), vals)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def address(typingctx, arr):
+    """The data address of an array, as int64."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(data, ir.IntType(64))
+
+    return types.int64(arr), codegen
+
+
+@intrinsic
+def as_pointer(typingctx, addr, like):
+    """``addr`` as a typed pointer to ``like``'s type (for ``numba.carray``)."""
+    if not isinstance(addr, types.Integer) or not isinstance(like, types.Number):
+        return None
+    sig = types.CPointer(like)(addr, like)
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
+
+    return sig, codegen
+
+
+@intrinsic
+def keep_alive(typingctx, *arrays):
+    """No-op that keeps arrays referenced (and so allocated) up to this point.
+
+    Arrays whose address went to a :func:`ccall` are otherwise dead to Numba's
+    reference counting after that expression, and could be freed before the call.
+    """
+    sig = types.void(types.StarArgTuple(tuple(arrays[0]) if len(arrays) == 1 and
+                                        isinstance(arrays[0], types.BaseTuple) else arrays))
+
+    def codegen(context, builder, sig, args):
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def pow2(typingctx, n):
+    """``2.0 ** n`` for an integer-valued float32 ``n`` in [-126, 127], from its bits.
+
+    Pure integer arithmetic and a bit cast, so loops around it still vectorise (the
+    fast ``exp`` of the float32 kernels scales by it).
+    """
+    if n != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        bits = builder.shl(
+            builder.add(builder.fptosi(args[0], i32), ir.Constant(i32, 127)),
+            ir.Constant(i32, 23),
+        )
+        return builder.bitcast(bits, ir.FloatType())
+
+    return types.float32(n), codegen
+
+
+@intrinsic
+def num_threads(typingctx):
+    """Numba's current thread count, from code that must stay cacheable.
+
+    ``numba.get_num_threads()`` compiles to a ctypes pointer, which makes a function
+    uncachable; this calls the threading layer's ``get_num_threads`` symbol by name
+    (registered again on cache load through ``reload_init``).
+    """
+    from numba.np.ufunc.parallel import _launch_threads
+
+    _launch_threads()
+
+    def codegen(context, builder, sig, args):
+        context.active_code_library._reload_init.add(_launch_threads)
+        fnty = ir.FunctionType(cgutils.intp_t, [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "get_num_threads")
+        return builder.call(fn, [])
+
+    return types.intp(), codegen
+
+
+# ------------------------------------------------------------------ micro-kernel
+def _make_microkernel(mr: int):
+    """The ``mr``-row micro-kernel: ``C[i, 0:NR] (+)= sum_k A[i, k] * P[k, 0:NR]``.
+
+    Arguments: ``A, ao, sai, sak`` (element ``(i, k)`` at ``A.flat[ao + i*sai + k*sak]``),
+    ``P, po`` (packed panel, ``NR`` per ``k``), ``C, co, ldc`` (row ``i`` at
+    ``co + i*ldc``), ``K``, ``acc`` (0: store, else add to ``C``). Arrays are only used
+    for their data pointer, so any contiguous array of the right dtype will do; bounds
+    are the caller's job.
+    """
+
+    @intrinsic
+    def microkernel(typingctx, A, ao, sai, sak, P, po, C, co, ldc, K, acc):
+        if not all(isinstance(t, types.Array) for t in (A, P, C)):
+            return None
+        if not (A.dtype == P.dtype == C.dtype) or A.dtype not in (types.float32, types.float64):
+            return None
+        sig = types.void(A, ao, sai, sak, P, po, C, co, ldc, K, acc)
+
+        def codegen(context, builder, sig, args):
+            a, ao, sai, sak, p, po, c, co, ldc, kk, acc = args
+            aty, pty, cty = sig.args[0], sig.args[4], sig.args[6]
+            i64 = ir.IntType(64)
+
+            def as_i64(val, ty):
+                return context.cast(builder, val, ty, types.int64)
+
+            ao, sai, sak, po, co, ldc, kk, acc = (
+                as_i64(v, sig.args[n])
+                for v, n in zip((ao, sai, sak, po, co, ldc, kk, acc), (1, 2, 3, 5, 7, 8, 9, 10),
+                                strict=True)
+            )
+            et = context.get_data_type(aty.dtype)
+            esz = context.get_abi_sizeof(et)
+            vw = VECTOR_BYTES // esz
+            vt = ir.VectorType(et, vw)
+            vpt = vt.as_pointer()
+            aptr = context.make_array(aty)(context, builder, a).data
+            pptr = context.make_array(pty)(context, builder, p).data
+            cptr = context.make_array(cty)(context, builder, c).data
+            zero = ir.Constant(vt, [ir.Constant(et, 0.0)] * vw)
+            undef = ir.Constant(vt, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(ir.IntType(32), vw), [0] * vw)
+            # Accumulators as allocas: mem2reg turns them into loop-carried registers.
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(NVEC)]
+                    for _ in range(mr)]
+            nr = ir.Constant(i64, NVEC * vw)
+            with cgutils.for_range(builder, kk) as loop:
+                k = loop.index
+                pk = builder.add(po, builder.mul(k, nr))
+                bvec = []
+                for v in range(NVEC):
+                    ptr = builder.gep(pptr, [builder.add(pk, ir.Constant(i64, v * vw))])
+                    bvec.append(builder.load(builder.bitcast(ptr, vpt), align=esz))
+                ak = builder.add(ao, builder.mul(k, sak))
+                for i in range(mr):
+                    off = builder.add(ak, builder.mul(ir.Constant(i64, i), sai))
+                    s = builder.load(builder.gep(aptr, [off]))
+                    bc = builder.shuffle_vector(
+                        builder.insert_element(undef, s, ir.Constant(ir.IntType(32), 0)),
+                        undef, splat,
+                    )
+                    for v in range(NVEC):
+                        prod = builder.fmul(bc, bvec[v], flags=_FLAGS)
+                        old = builder.load(accs[i][v])
+                        builder.store(builder.fadd(old, prod, flags=_FLAGS), accs[i][v])
+            add = builder.icmp_signed("!=", acc, ir.Constant(i64, 0))
+            for i in range(mr):
+                for v in range(NVEC):
+                    off = builder.add(
+                        co, builder.add(builder.mul(ir.Constant(i64, i), ldc),
+                                        ir.Constant(i64, v * vw))
+                    )
+                    ptr = builder.bitcast(builder.gep(cptr, [off]), vpt)
+                    val = builder.load(accs[i][v])
+                    with builder.if_else(add) as (then, otherwise):
+                        with then:
+                            old = builder.load(ptr, align=esz)
+                            builder.store(builder.fadd(old, val), ptr, align=esz)
+                        with otherwise:
+                            builder.store(val, ptr, align=esz)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return microkernel
+
+
+_mk1 = _make_microkernel(1)
+_mk4 = _make_microkernel(MR_MAX)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def kernel(m, A, ao, sai, sak, P, po, C, co, ldc, K, acc):
+    """``m`` rows of the micro-kernel: blocks of 4, then single rows.
+
+    Only the 4-row and 1-row kernels exist: each other height would be one more copy
+    of the unrolled loop in every caller, and compile time grows with code size.
+    """
+    i = 0
+    while i + MR_MAX <= m:
+        _mk4(A, ao + i * sai, sai, sak, P, po, C, co + i * ldc, ldc, K, acc)
+        i += MR_MAX
+    while i < m:
+        _mk1(A, ao + i * sai, sai, sak, P, po, C, co + i * ldc, ldc, K, acc)
+        i += 1
+
+
+# ------------------------------------------------------------------ products
+@njit(cache=True, nogil=True, error_model="numpy")
+def pack(Bs, bo, sbk, sbn, K, N, P):
+    """Pack ``B[k, n] = Bs.flat[bo + k*sbk + n*sbn]`` (``K × N``) into panels ``P``.
+
+    ``P`` needs ``ceil(N / NR) * K * NR`` elements; columns past ``N`` are zero so the
+    micro-kernel may always compute whole panels. The inner loop runs along whichever
+    axis of ``B`` is contiguous (the other order reads a new cache line per element).
+    """
+    nr = (NVEC * VECTOR_BYTES) // P.itemsize
+    npan = (N + nr - 1) // nr
+    zero = P.dtype.type(0)
+    unr, uk = np.uint64(nr), np.uint64(K)
+    usbk, usbn = np.uint64(sbk), np.uint64(sbn)
+    for jp in range(npan):
+        n0 = jp * nr
+        w = np.uint64(min(nr, N - n0))
+        base = np.uint64(jp * K * nr)
+        if sbk == 1:
+            for jj in range(w):
+                src = np.uint64(bo + n0 * sbn) + jj * usbn
+                for k in range(uk):
+                    P[base + k * unr + jj] = Bs[src + k]
+        else:
+            for k in range(uk):
+                src = np.uint64(bo + n0 * sbn) + k * usbk
+                dst = base + k * unr
+                for jj in range(w):
+                    P[dst + jj] = Bs[src + jj * usbn]
+        for k in range(uk):
+            for jj in range(w, unr):
+                P[base + k * unr + jj] = zero
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+def mm_packed(A, ao, lda, M, P, K, npan, C, co, ldc, acc):
+    """``C[i, :npan*NR] (+)= A[i, :K] @ Bpacked`` for ``M`` rows, serial.
+
+    The per-step recurrent product: ``P`` was packed once per sequence and ``C`` is a
+    workspace padded to whole panels, so no edge handling is needed here.
+    """
+    nr = (NVEC * VECTOR_BYTES) // P.itemsize
+    for jp in range(npan):
+        # All rows against one panel while it is hot in L1/L2.
+        kernel(M, A, ao, lda, 1, P, jp * K * nr, C, co + jp * nr, ldc, K, acc)
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+def gemv(A, ao, sai, sak, M, K, Bs, bo, sbk, sbn, N, C, co, ldc, acc):
+    """``C (+)= A @ B`` for a few rows, straight from ``B`` (strides as in :func:`gemm`).
+
+    With one or two rows each element of ``B`` is used once or twice, so packing it
+    would cost as much as the product: batch-1 streaming runs here. The two loop
+    orders keep the inner loop on whichever axis of ``B`` is contiguous.
+    """
+    # Indices are uint64: Numba wraps negative indices, and for an index like
+    # ``ci + n`` of unknown sign that select per element keeps LLVM from vectorising
+    # (one GRU step at H = 128 took 60 µs, 6 µs with unsigned indices).
+    zero = C.dtype.type(0)
+    uk, un = np.uint64(K), np.uint64(N)
+    for i in range(M):
+        ci = np.uint64(co + i * ldc)
+        ai = np.uint64(ao + i * sai)
+        if sbk == 1:
+            # Dot products along k (B is a transposed weight, rows contiguous).
+            usbn, ubo, usak = np.uint64(sbn), np.uint64(bo), np.uint64(sak)
+            for n in range(un):
+                bn = ubo + n * usbn
+                s = zero
+                if sak == 1:
+                    for k in range(uk):
+                        s += A[ai + k] * Bs[bn + k]
+                else:
+                    for k in range(uk):
+                        s += A[ai + k * usak] * Bs[bn + k]
+                C[ci + n] = s + (C[ci + n] if acc != 0 else zero)
+        else:
+            # Row updates along n.
+            if acc == 0:
+                for n in range(un):
+                    C[ci + n] = zero
+            usbk, usbn, ubo = np.uint64(sbk), np.uint64(sbn), np.uint64(bo)
+            for k in range(K):
+                a = A[ao + i * sai + k * sak]
+                bk = ubo + np.uint64(k) * usbk
+                if sbn == 1:
+                    for n in range(un):
+                        C[ci + n] += a * Bs[bk + n]
+                else:
+                    for n in range(un):
+                        C[ci + n] += a * Bs[bk + n * usbn]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _pack_a(A, ao, sai, sak, m, kc, Ap):
+    """Copy an ``m × kc`` block of a k-strided ``A`` into 4-row micro-panels.
+
+    ``Ap[(i // 4 * kc + k) * 4 + i % 4] = A[i, k]``: the micro-kernel then reads the
+    four rows of each ``k`` from one 16-byte run instead of four scattered cache lines
+    (the ``dW = dG^T x`` products, where ``A`` is a transposed activation matrix, ran
+    at 65% of the contiguous products' speed without this).
+    """
+    full = m // MR_MAX * MR_MAX
+    u4, ukc = np.uint64(MR_MAX), np.uint64(kc)
+    usak, usai = np.uint64(sak), np.uint64(sai)
+    if sai == 1:
+        # A is a transposed row-major matrix (rows k, contiguous along i). Blocks of 16
+        # rows: the cache lines read for one tile serve the next three, and each tile's
+        # panel is written sequentially (row-by-row order wrote 32 streams 8 KB apart,
+        # all in one L1 set).
+        for kb in range(0, kc, 16):
+            ke = min(kb + 16, kc)
+            for i0 in range(0, full, MR_MAX):
+                # Slices (views) index from 0: measured faster here than uint64 indices.
+                dst = Ap[i0 * kc + kb * MR_MAX : i0 * kc + ke * MR_MAX]
+                for k in range(ke - kb):
+                    src = A[ao + (kb + k) * sak + i0 : ao + (kb + k) * sak + i0 + MR_MAX]
+                    dst[k * MR_MAX] = src[0]
+                    dst[k * MR_MAX + 1] = src[1]
+                    dst[k * MR_MAX + 2] = src[2]
+                    dst[k * MR_MAX + 3] = src[3]
+    else:
+        for i0 in range(0, full, MR_MAX):
+            ui0 = np.uint64(i0)
+            for k in range(ukc):
+                src = np.uint64(ao) + k * usak + ui0 * usai
+                d = ui0 * ukc + k * u4
+                for r in range(u4):
+                    Ap[d + r] = A[src + r * usai]
+    for i in range(full, m):  # the last, partial tile
+        for k in range(kc):
+            Ap[full * kc + k * MR_MAX + i - full] = A[ao + i * sai + k * sak]
+
+
+@njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+def _gemm_rows(A, ao, sai, sak, r0, r1, K, Bs, bo, sbk, sbn, N, C, co, ldc, acc, P, Ap,
+               tile):
+    """Rows ``r0:r1`` of :func:`gemm`, with this thread's panel and edge buffers."""
+    nr = (NVEC * VECTOR_BYTES) // P.itemsize
+    npan = (N + nr - 1) // nr
+    zero = C.dtype.type(0)
+    pack_a = sak != 1
+    for k0 in range(0, K, KC):
+        kc = min(KC, K - k0)
+        pack(Bs, bo + k0 * sbk, sbk, sbn, kc, N, P)
+        add = acc if k0 == 0 else 1
+        for i0 in range(r0, r1, MC):
+            i1 = min(i0 + MC, r1)
+            if pack_a:
+                _pack_a(A, ao + i0 * sai + k0 * sak, sai, sak, i1 - i0, kc, Ap)
+            for jp in range(npan):
+                po = jp * kc * nr
+                w = min(nr, N - jp * nr)
+                for i in range(i0, i1, MR_MAX):
+                    m = min(MR_MAX, i1 - i)
+                    if pack_a:
+                        src, a_off, a_si, a_sk = Ap, (i - i0) * kc, 1, MR_MAX
+                    else:
+                        src, a_off, a_si, a_sk = A, ao + i * sai + k0 * sak, sai, sak
+                    c_off = co + i * ldc + jp * nr
+                    # One call site (code size): a partial last panel goes to a
+                    # scratch tile, then its w valid columns are copied.
+                    full = w == nr
+                    dst = C if full else tile
+                    kernel(m, src, a_off, a_si, a_sk, P, po, dst, c_off if full else 0,
+                           ldc if full else nr, kc, add if full else 0)
+                    if not full:
+                        for ii in range(m):
+                            for jj in range(w):
+                                prev = C[c_off + ii * ldc + jj] if add != 0 else zero
+                                C[c_off + ii * ldc + jj] = prev + tile[ii * nr + jj]
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=FASTMATH, error_model="numpy")
+def gemm(A, ao, sai, sak, M, K, Bs, bo, sbk, sbn, N, C, co, ldc, acc):
+    """``C (+)= A @ B`` with general strides, rows split over Numba's threads.
+
+    ``A[i, k] = A.flat[ao + i*sai + k*sak]`` (``M × K``), ``B[k, n] =
+    Bs.flat[bo + k*sbk + n*sbn]`` (``K × N``), ``C[i, n] = C.flat[co + i*ldc + n]``;
+    ``acc`` 0 overwrites ``C``, else adds to it. Exactly ``N`` columns are written.
+    Each thread packs its own copy of ``B``: no synchronisation inside the product.
+    """
+    if M <= 0 or N <= 0:
+        return
+    if K <= 0:
+        if acc == 0:
+            for i in range(M):
+                for n in range(N):
+                    C[co + i * ldc + n] = 0
+        return
+    if M <= GEMV_MAX_ROWS:
+        gemv(A, ao, sai, sak, M, K, Bs, bo, sbk, sbn, N, C, co, ldc, acc)
+        return
+    nr = (NVEC * VECTOR_BYTES) // C.itemsize
+    npan = (N + nr - 1) // nr
+    nch = max(1, min(num_threads(), (M + MR_MAX - 1) // MR_MAX))
+    if M * N * K < PARALLEL_MIN_WORK:
+        nch = 1
+    kc = min(KC, K)
+    na = (MC + MR_MAX - 1) // MR_MAX * MR_MAX * kc if sak != 1 else 0
+    if nch == 1:
+        P = np.empty(npan * kc * nr, dtype=C.dtype)
+        Ap = np.empty(na, dtype=C.dtype)
+        tile = np.empty(MR_MAX * nr, dtype=C.dtype)
+        _gemm_rows(A, ao, sai, sak, 0, M, K, Bs, bo, sbk, sbn, N, C, co, ldc, acc, P, Ap,
+                   tile)
+        return
+    for c in prange(nch):
+        r0 = (c * M) // nch
+        r1 = ((c + 1) * M) // nch
+        P = np.empty(npan * kc * nr, dtype=C.dtype)
+        Ap = np.empty(na, dtype=C.dtype)
+        tile = np.empty(MR_MAX * nr, dtype=C.dtype)
+        _gemm_rows(A, ao, sai, sak, r0, r1, K, Bs, bo, sbk, sbn, N, C, co, ldc, acc, P, Ap,
+                   tile)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def run_chunks(fn, nch, args):
+    """Run ``fn(c, nch, args)`` for ``c`` in ``0..nch-1``, one block per thread."""
+    if nch == 1:
+        ccall(fn, 0, 1, args)  # batch 1: no thread hand-off at all
+        return
+    for c in prange(nch):
+        ccall(fn, c, nch, args)
+
+
+# ------------------------------------------------------------------ exports
+@njit(cache=True, nogil=True)
+def _span_jit(off, n1, s1, n2, s2):
+    """Elements needed to hold index ``off + (n1-1)*s1 + (n2-1)*s2``."""
+    if n1 <= 0 or n2 <= 0:
+        return 0
+    return off + (n1 - 1) * s1 + (n2 - 1) * s2 + 1
+
+_I64 = types.int64
+
+
+def _make_gemm(dtype: str):
+    zero = np.dtype(dtype).type(0)
+
+    def gemm_c(a, ao, sai, sak, m, k, b, bo, sbk, sbn, n, c, co, ldc, acc):
+        A = carray(as_pointer(a, zero), _span_jit(ao, m, sai, k, sak))
+        B = carray(as_pointer(b, zero), _span_jit(bo, k, sbk, n, sbn))
+        C = carray(as_pointer(c, zero), _span_jit(co, m, ldc, n, 1))
+        gemm(A, ao, sai, sak, m, k, B, bo, sbk, sbn, n, C, co, ldc, acc)
+
+    return cfunc(types.void(*[_I64] * 15), cache=True)(gemm_c)
+
+
+def _make_pack(dtype: str):
+    zero = np.dtype(dtype).type(0)
+    nr = panel_width(dtype)
+
+    def pack_c(b, bo, sbk, sbn, k, n, p):
+        B = carray(as_pointer(b, zero), _span_jit(bo, k, sbk, n, sbn))
+        P = carray(as_pointer(p, zero), ((n + nr - 1) // nr) * k * nr)
+        pack(B, bo, sbk, sbn, k, n, P)
+
+    return cfunc(types.void(*[_I64] * 7), cache=True)(pack_c)
+
+
+def _make_run_chunks():
+    def run_chunks_c(fn, nch, args):
+        run_chunks(fn, nch, args)
+
+    return cfunc(types.void(_I64, _I64, _I64), cache=True)(run_chunks_c)
+
+
+keep_freed_memory()
+for _dt in ("float32", "float64"):
+    provide(runtime_symbol("gemm", _dt), functools.partial(_make_gemm, _dt))
+    provide(runtime_symbol("pack", _dt), functools.partial(_make_pack, _dt))
+provide(runtime_symbol("run_chunks"), _make_run_chunks)
