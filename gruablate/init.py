@@ -52,7 +52,7 @@ def initialise(layer: RecurrentLayer, scheme: str = "torch", *, seed: int = 0,
         _chrono(layer, int(tmax), rng)  # type: ignore[arg-type]  (checked above)
     if layer.backend != "cpu":
         # Device copies are uploaded from the host buffer only when told (no public hook).
-        layer._impl.params_changed()
+        layer.params_changed()
 
 
 def orthogonal(n: int, rng: np.random.Generator) -> np.ndarray:

@@ -115,6 +115,14 @@ class RecurrentLayer:
         if self.backend != "cpu" and getattr(self, "_impl", None) is not None:
             self._impl.params_changed()
 
+    def params_changed(self) -> None:
+        """Call after writing ``params`` (or ``flat_params``) in place.
+
+        A no-op on the CPU, whose kernels read the host buffers; a CUDA layer re-uploads
+        its device copy of the parameters.
+        """
+        self._impl.params_changed()
+
     # ------------------------------------------------------------- validation
     def _check_array(self, name: str, a: Any, shape: tuple[int, ...]) -> np.ndarray:
         if not isinstance(a, np.ndarray):

@@ -177,12 +177,10 @@ class Model:
         """Tell the layers their host parameters changed (after an optimiser step).
 
         A no-op on the CPU, where kernels read the host buffers; the CUDA backend keeps a
-        device copy that must be re-uploaded. (``RecurrentLayer`` has no public hook for
-        this yet, hence the private call.)
+        device copy that must be re-uploaded.
         """
         for layer in self.layers:
-            if layer.backend != "cpu":
-                layer._impl.params_changed()
+            layer.params_changed()
 
     @property
     def param_count(self) -> int:
@@ -247,6 +245,8 @@ class Model:
         self._dV[...] = np.ascontiguousarray(dz2.T) @ top.reshape(-1, H)
         self._dc[:] = dz2.sum(axis=0)
         dtop = dz @ self.V
+        if not np.isfinite(dtop).all():  # finite loss, overflowing gradient: diverged too
+            raise NonFiniteError("the gradient of the readout is not finite")
         if self.readout == "every":
             dy = np.ascontiguousarray(dtop)
         else:

@@ -204,6 +204,13 @@ def test_divergence_is_caught_and_recorded():
     assert set(record) >= RECORD_KEYS
 
 
+def test_an_overflowing_gradient_is_divergence_not_failure():
+    # lr 1e30 on a bounded cell: the loss stays finite, its gradient overflows.
+    record = gruablate.train("gru", "adding", hidden=8, steps=20, lr=1e30, seq_len=10)
+    assert record["status"] == "diverged", record["error"]
+    assert "not finite" in record["error"] and record["steps_done"] < 20
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
