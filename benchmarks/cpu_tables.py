@@ -92,6 +92,46 @@ def targets(bench: pd.DataFrame) -> list[str]:
             "| --- | --- | --- | ---: | ---: | --- |", *out, ""]
 
 
+def summary(bench: pd.DataFrame) -> list[str]:
+    """One line per remaining target: FLOP-proportional variants, minGRU, % of peak."""
+    ours = bench[bench["impl"] == "gruablate"]
+    gru = ours[ours["variant"] == "gru"].set_index(["mode", "hidden"])["median_ms"]
+    met = near = total = 0
+    worst = (0.0, "")
+    mingru_ok = True
+    for _, r in ours.iterrows():
+        key = (r["mode"], r["hidden"])
+        if r["variant"] == "gru" or key not in gru.index:
+            continue
+        v, g = get_variant(r["variant"]), get_variant("gru")
+        fm = "train" if r["mode"] == "train" else "inference"
+        shape = (int(r["input_size"]), int(r["hidden"]), int(r["batch"]), int(r["seq_len"]), fm)
+        excess = (r["median_ms"] / gru[key]) / (v.flops(*shape) / g.flops(*shape))
+        total += 1
+        met += excess <= 1.0
+        near += excess <= 1.1
+        if excess > worst[0]:
+            worst = (excess, f"`{r['variant']}` {r['mode']} H={int(r['hidden'])}")
+        if r["variant"] == "mingru":
+            mingru_ok &= r["median_ms"] < gru[key]
+    lines = []
+    if total:
+        lines.append(f"- Every variant no slower than its FLOP count against `gru`: "
+                     f"{_mark(met == total)} (holds in {met} of {total} cells, within 10 % in "
+                     f"{near} of {total}; worst {worst[1]} at {worst[0]:.2f}× its FLOP share).")
+        lines.append(f"- `mingru` faster than `gru` at every size: {_mark(mingru_ok)}.")
+    big = ours[(ours["hidden"] == 512) & ours["peak_fraction"].notna()]
+    if len(big):
+        lo = big.loc[big["peak_fraction"].idxmin()]
+        lines.append(f"- GFLOP/s ≥ 60 % of the matrix-product peak at H = 512: "
+                     f"{_mark(big['peak_fraction'].min() >= 0.6)} (lowest: `{lo['variant']}` "
+                     f"{lo['mode']}, {100 * lo['peak_fraction']:.0f} %; peered: "
+                     + ", ".join(f"`{r['variant']}` {r['mode']} {100 * r['peak_fraction']:.0f} %"
+                                 for _, r in big[big["torch_ratio"].notna()].iterrows())
+                     + ").")
+    return [*lines, ""] if lines else []
+
+
 def peak_lines(df: pd.DataFrame) -> list[str]:
     peaks = df[df["kind"] == "peak"]
     if not len(peaks):
@@ -117,6 +157,7 @@ def main(root: str) -> None:
         print("\n".join(peak_lines(df)))
         print("\n".join(ratio_table(bench, "gruablate beside PyTorch")))
         print("\n".join(targets(bench)))
+        print("\n".join(summary(bench)))
         if name != "stream" and (bench["variant"] == "gru").any():
             print("\n".join(variant_table(bench)))
         if name == "stream":

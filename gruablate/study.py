@@ -45,24 +45,25 @@ from .spec import SpecError, Variant
 # Settings every cell of a task shares; a task's table may override them.
 SETTINGS = ("steps", "batch", "lr", "dtype", "init", "clip", "warmup", "decay")
 AXES = ("variants", "tasks", "hidden", "layers", "seeds", "backends")
-_TOP_KEYS = ("name", "description", *AXES, *SETTINGS)
+_TOP_KEYS = ("name", "description", *AXES, "hidden_by_variant", *SETTINGS)
 _INT_AXES = ("hidden", "layers", "seeds")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
-# The quick study `gruablate run sweep` runs with no arguments: 40 cells small enough
-# that the grid takes a few minutes on 2 cores, yet long enough (600 steps at lr 0.01)
-# that the gated cells leave the trivial baseline far behind and the tanh rnn does not;
-# two hidden sizes so that the speed figure has a line to draw.
+# The quick study `gruablate run sweep` runs with no arguments: 60 cells that take about
+# two and a half minutes on 2 cores once the kernels are compiled (measured), yet long
+# enough (1500 steps at lr 0.01) that the gated cells leave the trivial baseline far
+# behind on adding (T = 50) and the tanh rnn does not; three seeds for intervals, two
+# hidden sizes so that the speed figure has a line to draw.
 DEFAULT_STUDY: dict[str, Any] = {
     "name": "quick",
-    "description": "Quick look: five variants on two small memory tasks, two seeds each.",
+    "description": "Quick look: five variants on two small memory tasks, three seeds each.",
     "variants": ["gru", "no_reset", "lstm", "rnn", "mingru"],
-    "tasks": {"adding": {"seq_len": 30}, "copy": {"delay": 10, "symbols": 5}},
-    "hidden": [16, 32],
+    "tasks": {"adding": {"seq_len": 50}, "copy": {"delay": 20, "symbols": 5}},
+    "hidden": [32, 64],
     "layers": [1],
-    "seeds": [0, 1],
+    "seeds": [0, 1, 2],
     "backends": ["cpu"],
-    "steps": 600,
+    "steps": 1500,
     "batch": 32,
     "lr": 0.01,
     "dtype": "float32",
@@ -184,6 +185,9 @@ class Study:
     seeds: tuple[int, ...]
     backends: tuple[str, ...]
     description: str = ""
+    # variant name → its own hidden sizes, replacing ``hidden`` for that variant (to
+    # compare variants at equal parameter count rather than equal width)
+    hidden_by_variant: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "", base_dir: Path | None = None
@@ -233,6 +237,8 @@ class Study:
             name=name, variants=variants, tasks=tasks, task_settings=settings,
             hidden=ints["hidden"], layers=ints["layers"], seeds=ints["seeds"],
             backends=backends, description=description,
+            hidden_by_variant=_hidden_by_variant(full.get("hidden_by_variant", {}),
+                                                 variants, at),
         )
 
     # ------------------------------------------------------------------ cells
@@ -242,7 +248,7 @@ class Study:
         out = []
         for task, options in self.tasks.items():
             for v in self.variants:
-                for hidden in self.hidden:
+                for hidden in self.hidden_by_variant.get(v.name, self.hidden):
                     for layers in self.layers:
                         for backend in self.backends:
                             for seed in self.seeds:
@@ -268,6 +274,7 @@ class Study:
             "variant_specs": {v.name: v.to_dict() for v in self.variants},
             "tasks": {t: dict(o) for t, o in self.tasks.items()},
             "hidden": list(self.hidden),
+            "hidden_by_variant": {v: list(h) for v, h in self.hidden_by_variant.items()},
             "layers": list(self.layers),
             "seeds": list(self.seeds),
             "backends": list(self.backends),
@@ -292,6 +299,23 @@ def cell_id(config: dict[str, Any], variant: Variant) -> str:
 
 
 _BACKENDS = ("cpu", "cuda")
+
+
+def _hidden_by_variant(value: Any, variants: tuple[Variant, ...], at: str
+                       ) -> dict[str, tuple[int, ...]]:
+    if not isinstance(value, dict):
+        raise StudyError(f"hidden_by_variant{at} must be a table of variant = [sizes]")
+    names = [v.name for v in variants]
+    out = {}
+    for name, sizes in value.items():
+        if name not in names:
+            raise StudyError(f"hidden_by_variant{at} names {name!r}, which is not one of"
+                             f" the study's variants ({', '.join(names)})")
+        hidden = tuple(parse_ints(sizes, f"hidden_by_variant.{name}{at}"))
+        if not hidden or min(hidden) < 1:
+            raise StudyError(f"hidden_by_variant.{name}{at}: sizes must be at least 1")
+        out[name] = hidden
+    return out
 
 
 def _resolve_variants(value: Any, at: str, base_dir: Path | None) -> tuple[Variant, ...]:

@@ -166,3 +166,24 @@ def test_report_of_a_non_run_directory_is_a_one_line_error(tmp_path, make, words
     assert res.exit_code == 2
     errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and words in errors[0]
+
+
+def test_one_task_under_two_option_sets_is_never_averaged(tmp_path):
+    """Two run directories with copy at two delays (and one differing setting):
+    reported together, they are two tasks, in the tables and in the curves."""
+    from gruablate.report.data import accuracy_table, load
+
+    dirs = []
+    for name, delay, lr in (("short", 2, "0.01"), ("long", 4, "0.02")):
+        cfg = tmp_path / f"{name}.toml"
+        cfg.write_text(f'name = "{name}"\nvariants = ["rnn"]\nhidden = [4]\nseeds = [0]\n'
+                       f"steps = 3\nbatch = 4\nlr = {lr}\n"
+                       f"[tasks.copy]\ndelay = {delay}\nsymbols = 2\n")
+        run_study(load_study(cfg), out=tmp_path / name, jobs=1)
+        dirs.append(tmp_path / name)
+    data = load(dirs)
+    tasks = set(accuracy_table(data.train)["task"])
+    assert tasks == {"copy (delay=2, lr=0.01)", "copy (delay=4, lr=0.02)"}
+    assert set(data.curves["task"]) == tasks
+    alone = load(dirs[:1])  # one option set: the plain task name
+    assert set(alone.train["task"]) == {"copy"}

@@ -52,12 +52,12 @@ def test_default_study_is_the_quick_grid():
     cells = s.cells()
     expect = (len(DEFAULT_STUDY["variants"]) * len(DEFAULT_STUDY["tasks"])
               * len(DEFAULT_STUDY["seeds"]) * len(DEFAULT_STUDY["hidden"]))
-    assert len(cells) == expect == 40
+    assert len(cells) == expect == 60
     assert {c.config["variant"] for c in cells} == set(DEFAULT_STUDY["variants"])
     assert len({c.id for c in cells}) == len(cells)
     # Task defaults are filled in from the task registry, the one source of options.
     copy = next(c for c in cells if c.config["task"] == "copy")
-    assert copy.config["task_options"] == {"delay": 10, "symbols": 5, "alphabet": 8}
+    assert copy.config["task_options"] == {"delay": 20, "symbols": 5, "alphabet": 8}
 
 
 def test_cell_ids_are_deterministic_and_follow_the_configuration():
@@ -101,6 +101,19 @@ def test_config_file_with_task_tables_and_overrides(tmp_path):
     assert t.name == "demo" and t.seeds == (5,)
     assert list(t.tasks) == ["copy"] and t.tasks["copy"]["delay"] == 6
     assert t.task_settings["copy"]["steps"] == 10
+
+
+def test_hidden_sizes_per_variant_for_equal_parameter_counts():
+    s = Study.from_dict({"variants": ["gru", "mgu"], "hidden": [8],
+                         "hidden_by_variant": {"mgu": [8, 10]}, "seeds": [0],
+                         "tasks": ["adding"]})
+    assert [(c.config["variant"], c.config["hidden"]) for c in s.cells()] == [
+        ("gru", 8), ("mgu", 8), ("mgu", 10)]
+    assert s.to_dict()["hidden_by_variant"] == {"mgu": [8, 10]}
+    with pytest.raises(StudyError, match="names 'lstm', which is not one of"):
+        Study.from_dict({"variants": ["gru"], "hidden_by_variant": {"lstm": [4]}})
+    with pytest.raises(StudyError, match="at least 1"):
+        Study.from_dict({"variants": ["gru"], "hidden_by_variant": {"gru": [0]}})
 
 
 def test_overridden_default_gets_its_own_name():

@@ -7,6 +7,7 @@ or three seeds would be far too narrow).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,12 +79,44 @@ def load(run_dirs: list[str | Path]) -> ReportData:
             train[col] = pd.Series([None] * len(train), dtype=object)
     sps = pd.to_numeric(train["steps_per_second"], errors="coerce")
     train = train.assign(ms_per_step=1000.0 / sps.where(sps > 0))
+    train, curves = _distinguish_tasks(train, load_curves(dirs))
     return ReportData(
         run_dirs=dirs, results=results, train=train, bench=bench,
-        curves=load_curves(dirs),
+        curves=curves,
         studies={r.path.name: r.study() for r in runs},
         envs={r.path.name: r.environment() for r in runs},
     )
+
+
+# What makes two cells of one task incomparable when several run directories are
+# reported together: the task's options and the training settings.
+_SETTING_COLUMNS = ("steps", "batch", "lr", "init", "clip", "warmup", "decay", "dtype")
+
+
+def _distinguish_tasks(train: pd.DataFrame, curves: pd.DataFrame
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Relabel a task run under different options or settings, e.g. ``copy (delay=100)``
+    beside ``copy (delay=50)``, so that figures and tables never average across them."""
+    if not len(train) or "task_options" not in train:
+        return train, curves
+    opts = train["task_options"].map(lambda t: json.loads(t) if isinstance(t, str) else {})
+    setting = pd.DataFrame({c: train[c] for c in _SETTING_COLUMNS if c in train})
+    labels = train["task"].astype(object).copy()
+    for task in train["task"].dropna().unique():
+        rows = train.index[train["task"] == task]
+        table = pd.concat([pd.DataFrame(list(opts[rows]), index=rows), setting.loc[rows]],
+                          axis=1)
+        varying = [c for c in table.columns if table[c].astype(str).nunique() > 1]
+        if not varying:
+            continue
+        for i in rows:
+            parts = ", ".join(f"{c}={table.at[i, c]}" for c in varying)
+            labels[i] = f"{task} ({parts})"
+    train = train.assign(task=labels)
+    if len(curves) and "id" in curves:
+        by_id = dict(zip(train["id"], labels, strict=False))
+        curves = curves.assign(task=curves["id"].map(by_id).fillna(curves["task"]))
+    return train, curves
 
 
 def status_counts(train: pd.DataFrame) -> dict[str, int]:
