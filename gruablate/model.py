@@ -164,6 +164,13 @@ class Model:
         self._dV = self.readout_grads[: O * H].reshape(O, H)
         self._dc = self.readout_grads[O * H :]
         self._saved: tuple | None = None
+        # With backend="cuda" a training step runs on the device (gruablate.cuda_model);
+        # the methods below hand over to it. Imported lazily: numba-cuda is optional.
+        self._device = None
+        if backend == "cuda":
+            from .cuda_model import DeviceModel
+
+            self._device = DeviceModel(self)
 
     # ------------------------------------------------------------ parameters
     @property
@@ -177,8 +184,11 @@ class Model:
         """Tell the layers their host parameters changed (after an optimiser step).
 
         A no-op on the CPU, where kernels read the host buffers; the CUDA backend keeps a
-        device copy that must be re-uploaded.
+        device copy that must be re-uploaded (the readout's too).
         """
+        if self._device is not None:
+            self._device.params_changed()
+            return
         for layer in self.layers:
             layer.params_changed()
 
@@ -214,8 +224,19 @@ class Model:
         z = top @ self.V.T + self.c
         return (top, z, h.shape[:2]), last
 
+    def sync_to_host(self) -> None:
+        """Bring the host parameter buffers up to date (after training on the device).
+
+        On the CUDA backend the optimiser updates the device's parameters only; call this
+        before reading ``buffers`` or a layer's ``params``. A no-op on the CPU.
+        """
+        if self._device is not None:
+            self._device.to_host()
+
     def predict(self, x: np.ndarray, state: list | None = None) -> tuple[np.ndarray, list]:
         """Outputs (logits, or values for MSE) and each layer's last state; keeps nothing."""
+        if self._device is not None:
+            return self._device.predict(x, state)
         (_, z, _), last = self._run(x, state, keep=False)
         return z, last
 
@@ -224,8 +245,11 @@ class Model:
         """Mean loss on a batch, keeping what :meth:`backward` needs; and the last states.
 
         ``state`` is a list with one initial state per layer (None for zeros); pass the
-        returned list back in to carry the state over to the next batch.
+        returned list back in to carry the state over to the next batch. On the CUDA
+        backend the states stay on the device and only the loss comes back.
         """
+        if self._device is not None:
+            return self._device.forward(x, y, state)
         (top, z, steps), last = self._run(x, state, keep=True)
         loss, dz = loss_and_grad(self.loss_kind, z, y)
         if not math.isfinite(loss):
@@ -234,7 +258,11 @@ class Model:
         return loss, last
 
     def backward(self) -> None:
-        """Gradients of the last :meth:`forward`'s loss into every buffer's gradient."""
+        """Gradients of the last :meth:`forward`'s loss into every buffer's gradient
+        (on the CUDA backend: into the device gradients, see ``gruablate.cuda_model``)."""
+        if self._device is not None:
+            self._device.backward()
+            return
         if self._saved is None:
             raise ValueError("backward needs a preceding forward")
         top, dz, (T, B) = self._saved

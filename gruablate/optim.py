@@ -53,6 +53,10 @@ class Adam:
         ``"none"``, or ``"cosine"`` / ``"linear"`` decay to zero at ``total_steps``.
     """
 
+    #: False: the parameters updated are the host's, which a CUDA model must re-upload
+    #: (``Model.params_changed``). ``gruablate.cuda_optim.DeviceAdam`` updates the device's.
+    on_device = False
+
     def __init__(
         self,
         buffers: list[tuple[np.ndarray, np.ndarray]],
@@ -113,9 +117,11 @@ class Adam:
         scale = 1.0
         if self.clip is not None and norm > self.clip:
             scale = self.clip / norm
-        lr = self.lr_at(self.t)
-        bc1 = 1.0 - self.beta1**self.t
-        bc2 = 1.0 - self.beta2**self.t
+        self._update(self.lr_at(self.t), scale, 1.0 - self.beta1**self.t,
+                     1.0 - self.beta2**self.t)
+        return norm
+
+    def _update(self, lr: float, scale: float, bc1: float, bc2: float) -> None:
+        """Adam's update of every buffer: gradient scale (clipping), bias corrections."""
         for (p, g), (m, v) in zip(self.buffers, self.state, strict=True):
             _adam_update(p, g, m, v, lr, self.beta1, self.beta2, self.eps, scale, bc1, bc2)
-        return norm

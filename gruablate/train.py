@@ -115,7 +115,13 @@ def train(
         layers=layers, tokens=the_task.tokens, readout=the_task.readout, loss=the_task.loss,
         seed=seed, dtype=dtype, backend=backend, init=init, tmax=the_task.time_scale,
     )
-    opt = Adam(model.buffers, lr, clip=clip, warmup=warmup, decay=decay, total_steps=steps)
+    if backend == "cuda":  # parameters, gradients and Adam's moments stay on the device
+        from .cuda_optim import DeviceAdam
+
+        opt: Adam = DeviceAdam(model, lr, clip=clip, warmup=warmup, decay=decay,
+                               total_steps=steps)
+    else:
+        opt = Adam(model.buffers, lr, clip=clip, warmup=warmup, decay=decay, total_steps=steps)
     # The data stream gets its own seed stream, apart from the parameters'.
     batches = the_task.train_batches(np.random.default_rng([seed, 1]), batch)
 
@@ -176,7 +182,8 @@ def _fit(record: dict[str, Any], task: Task, model: Model, opt: Adam,
         norm = opt.step()
         if not math.isfinite(norm):
             raise NonFiniteError(f"the gradient norm is {norm}")
-        model.params_changed()
+        if not opt.on_device:
+            model.params_changed()
         if step > 1:  # the first step loads (or compiles) the kernels: not throughput
             clock["steps"] += time.perf_counter() - t0
         record["steps_done"] = step

@@ -327,6 +327,9 @@ def _main(argv: list[str]) -> int:
     # polls them; with the default 5 ms GIL switch interval every __syncthreads costs
     # several switch intervals. A short interval makes the runs about 8x faster.
     sys.setswitchinterval(5e-5)
+    from _cudasim import lock_simulator_shared_arrays  # tests/ is sys.path[0] here
+
+    lock_simulator_shared_arrays()
     ran, bad = [], []
     if gpu_geometry:
         # The simulator normally gets small tiles (see cuda.geometry); here the

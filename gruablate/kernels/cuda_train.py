@@ -1,0 +1,50 @@
+"""Loading and compiling the device-side training kernels (:mod:`.cuda_train_source`).
+
+The kernels are loaded as a disk-cached module exactly like the layer kernels of
+:mod:`gruablate.kernels.cuda` (numba's ``cache=True`` beside the generated file), and
+:func:`compile_train_ptx` compiles them with NVVM for a compute capability without a GPU.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from types import ModuleType
+
+from .cuda import _numba_cuda, _target_cc_without_gpu, geometry
+from .cuda_source import DEFAULT_GEOMETRY, Geometry
+from .cuda_train_source import TRAIN_KERNELS, train_signatures, train_source
+from .source import load_module
+
+__all__ = ["TRAIN_KERNELS", "blocks", "compile_train_ptx", "train_kernels"]
+
+
+@cache
+def train_kernels(dtype: str, geo: Geometry | None = None) -> ModuleType:
+    """The generated training-kernel module of ``dtype``; compiled lazily, cached on disk."""
+    _numba_cuda()
+    geo = geo or geometry()
+    return load_module(f"cudatrain_{dtype}", train_source(dtype, geo))
+
+
+def compile_train_ptx(
+    dtype: str, cc: tuple[int, int] = (9, 0), geo: Geometry | None = None
+) -> dict[str, str]:
+    """PTX of every training kernel for ``dtype``, compiled by NVVM for ``cc``.
+
+    Needs numba-cuda's compiler libraries but no GPU; raises whatever the compiler
+    raises, so a kernel that only the simulator accepts fails here.
+    """
+    cuda = _numba_cuda()
+    geo = geo or DEFAULT_GEOMETRY
+    mod, sigs = train_kernels(dtype, geo), train_signatures(dtype)
+    out: dict[str, str] = {}
+    with _target_cc_without_gpu(cuda, cc):
+        for name in TRAIN_KERNELS:
+            ptx, _ = cuda.compile_ptx(getattr(mod, name).py_func, sigs[name], cc=cc)
+            out[name] = ptx
+    return out
+
+
+def blocks(n: int, per: int) -> int:
+    """Blocks of ``per`` threads that cover ``n`` items (at least one)."""
+    return max(1, -(-int(n) // int(per)))

@@ -1,0 +1,41 @@
+"""Support for the tests that run numba-cuda's simulator in a subprocess."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+
+def lock_simulator_shared_arrays() -> None:
+    """Make the simulator's ``cuda.shared.array`` thread-safe.
+
+    numba-cuda's simulator (0.30) finds a block's shared array by looking it up in a
+    dict and creating it when absent, without a lock; two of the block's Python threads
+    can both miss and end up with different arrays. With the short GIL switch interval
+    used here that happened about once in a hundred launches of a reduction kernel
+    (measured), which then dropped partial sums. Real GPUs have no such issue.
+    """
+    import threading
+
+    from numba.cuda.simulator import kernelapi
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+
+    lock = threading.Lock()
+    original = FakeCUDAShared.array
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:  # errors, dynamic shared memory: as before
+            return original(self, shape, dtype, alignment)
+        if isinstance(dtype, kernelapi.types.Type):
+            dtype = kernelapi.numpy_support.as_dtype(dtype)
+        # Keyed, like the original, by the kernel's file and line that asked for it.
+        frame = sys._getframe(1)
+        caller = (frame.f_code.co_filename, frame.f_lineno)
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+
+    FakeCUDAShared.array = array
