@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import matplotlib as mpl
 import pandas as pd
@@ -320,6 +321,19 @@ def speed_ratio(data: ReportData, pal: dict) -> FigureFile | None:
                       "line gruablate is faster.", png, svg)
 
 
+def _shared_legend(fig: Figure, axes: list) -> None:
+    """One legend beside the panels instead of one per panel: the colours are the same
+    in every panel, and per-panel legends hide points of crowded panels."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=8)
+
+
 # ------------------------------------------------------------- trade-off
 def tradeoff(data: ReportData, pal: dict) -> FigureFile | None:
     """Speed–accuracy trade-off: each variant × hidden size as one point per task."""
@@ -343,8 +357,7 @@ def tradeoff(data: ReportData, pal: dict) -> FigureFile | None:
         ax.set_ylabel(str(sub["metric_name"].iloc[0]))
         ax.set_title(task, fontsize=10)
         _log_if_wide(ax, pd.concat([sub["metric"], sub["baseline"]]))
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+    _shared_legend(fig, axes)
     png, svg = _render(fig)
     return FigureFile("tradeoff", "Speed–accuracy trade-off",
                       "Mean test metric against mean step time; best is toward the corner "
