@@ -128,12 +128,7 @@ class DeviceModel:
         """Upload a batch and encode it on the device: ``(flat (T, B, I), T, B)``."""
         M = self.model
         if M.tokens:
-            x = np.asarray(x)
-            if x.ndim != 2 or not np.issubdtype(x.dtype, np.integer):
-                raise ValueError(f"token inputs must be an integer array (T, B), got {x.shape}")
-            if x.size and (x.min() < 0 or x.max() >= M.input_size):
-                raise ValueError(f"token inputs must lie in [0, {M.input_size}), got"
-                                 f" [{x.min()}, {x.max()}]")
+            x = M.check_tokens(x)
             tok = self._upload("tokens", x.astype(np.int64))
             n, ew = x.size, self.geo.ew_threads
             out = self._get("x", n * M.input_size)

@@ -198,14 +198,19 @@ class Model:
         return int(sum(p.size for p, _ in self.buffers))
 
     # --------------------------------------------------------------- running
+    def check_tokens(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as an integer array (T, B) of symbols in range, or a ValueError."""
+        x = np.asarray(x)
+        if x.ndim != 2 or not np.issubdtype(x.dtype, np.integer):
+            raise ValueError(f"token inputs must be an integer array (T, B), got {x.shape}")
+        if x.size and (x.min() < 0 or x.max() >= self.input_size):
+            raise ValueError(f"token inputs must lie in [0, {self.input_size}), got"
+                             f" [{x.min()}, {x.max()}]")
+        return x
+
     def _encode(self, x: np.ndarray) -> np.ndarray:
         if self.tokens:
-            x = np.asarray(x)
-            if x.ndim != 2 or not np.issubdtype(x.dtype, np.integer):
-                raise ValueError(f"token inputs must be an integer array (T, B), got {x.shape}")
-            if x.size and (x.min() < 0 or x.max() >= self.input_size):
-                raise ValueError(f"token inputs must lie in [0, {self.input_size}), got"
-                                 f" [{x.min()}, {x.max()}]")
+            x = self.check_tokens(x)
             out = np.zeros((*x.shape, self.input_size), dtype=self.dtype)
             np.put_along_axis(out, x[..., None], 1.0, axis=-1)
             return out

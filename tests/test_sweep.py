@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 import gruablate
 from gruablate.cli import main
+from gruablate.study import load_study
 
 CLI = [sys.executable, "-c", "from gruablate.cli import main; main()"]
 TINY = ["--variants", "gru,mingru", "--tasks", "adding", "-o", "adding.seq_len=8",
@@ -187,7 +188,8 @@ def test_dry_run_lists_cells_and_default_study(tmp_path, monkeypatch):
     runner = CliRunner()
     res = runner.invoke(main, ["run", "sweep", "--dry-run"])
     assert res.exit_code == 0
-    assert res.output.count("todo") == 40 and "runs/quick" in res.output
+    cells = len(load_study().cells())
+    assert res.output.count("todo") == cells == 60 and "runs/quick" in res.output
 
 
 @pytest.mark.parametrize("args, words", [
