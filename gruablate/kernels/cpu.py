@@ -20,7 +20,8 @@ libraries (haste, cuDNN) and was shaped by profiling (``benchmarks/RESULTS.md``)
   accurate to 3e-7: libm's ``exp``/``tanh`` took 80% of the time at ``H = 32``. float64
   keeps libm's, so float64 gradients stay exact to rounding (the finite-difference
   tests rely on it);
-- bias gradients are summed per thread and added after the loop: no race on ``db``;
+- bias-gradient terms are kept per step and row and summed after the loop in one fixed
+  order: no race on ``db``, and the same result for any thread count;
 - workspaces are allocated once per call (per thread for the per-step ones), never
   inside the time loop.
 
@@ -42,8 +43,8 @@ Signatures (identical for every variant; the layer allocates the outputs):
     state; writes ``dx``, ``ds0`` and the packed weight gradients.
 
 All arrays must be C-contiguous (the layer guarantees it). The thread count is Numba's
-(``numba.set_num_threads``); results do not depend on it beyond the float rounding of
-the per-thread bias-gradient sums.
+(``numba.set_num_threads``); results do not depend on it, bit for bit: work is split
+by batch rows, and every sum runs in the same order whatever the split (tested).
 """
 
 from __future__ import annotations
@@ -242,14 +243,13 @@ def _backward_rows(chunk_, nch, a):
     dgc = dgcf.reshape((T, B, H if CAND_APART else 0))
     ut = {b_ut}
     uct = {b_uct}
-    dbp = {b_dbp}.reshape((nch, NB * H))
+    dbp = {b_dbp}.reshape((T, B, NB * H))
     Uf = {b_U}
     dhd_ = dsT[0, r0_:r1_].copy()  # gradient on h_t that bypasses the products
     dhr_ = np.zeros((R_, nph * NR), dtype=DT)  # gradient on h_t through them
     dhrf = dhr_.reshape(dhr_.size)
     drh_ = np.empty((R_, nph * NR), dtype=DT)
     drhf = drh_.reshape(drh_.size)
-    dbl_ = dbp[chunk_]  # this thread's partial bias gradient
 {b_alloc}
     for t in range(T - 1, -1, -1):
         hprev_ = s0[0] if t == 0 else y[t - 1]
@@ -351,8 +351,10 @@ def backward(x, s0, W, U, b, y, acts, aux, dy, dsT, dx, ds0, dW, dU, db):
         if CAND_APART:
             ccall(symbol("{sym_pack}"), address(U), NHM * H * H, H, 1, H, H, address(uct))
     nch = _chunks(T, B, H)
-    # Bias gradients summed per thread (no race), added up after the loop.
-    dbp = np.zeros((nch, NB * H), dtype=DT)
+    # Each step's and row's bias-gradient terms, summed after the loop in one fixed
+    # order (steps backwards, rows in order): no race, and the same bits for any number
+    # of threads.
+    dbp = np.zeros((T, B, NB * H), dtype=DT)
     args = np.empty(18, dtype=np.int64)
     args[0] = address(s0)
     args[1] = address(y)
@@ -374,10 +376,11 @@ def backward(x, s0, W, U, b, y, acts, aux, dy, dsT, dx, ds0, dW, dU, db):
     args[17] = packed
     ccall(symbol("{sym_run}"), symbol("{sym_bwd}"), nch, address(args))
     for k in range(NB * H):
-        acc = ZERO
-        for i in range(nch):
-            acc += dbp[i, k]
-        db[k] = acc
+        db[k] = ZERO
+    for t in range(T - 1, -1, -1):
+        for i in range(B):
+            for k in range(NB * H):  # lanes over k: each sum keeps its order
+                db[k] += dbp[t, i, k]
     # Input and weight gradients: one product each over all steps.
     gemm = symbol("{sym_gemm}")
     ccall(gemm, address(dgx), 0, NX * H, 1, T * B, NX * H, address(W), 0, I, 1, I,
@@ -552,7 +555,7 @@ def kernel_source(variant: Variant, dtype: str) -> str:
     bb += [f"dgx{k}_ = dgx[t, row_, {k} * H:{k + 1} * H]" for k in range(plan.nx)]
     bb += [f"dgh{k}_ = dgh[t, row_, {k} * H:{k + 1} * H]" for k in range(plan.nhm)]
     bb += ["gpr_ = gp_[bi_]"] if tied else []
-    bb += _slices("db", plan.nb, "dbl_[")
+    bb += _slices("db", plan.nb, "dbp[t, row_, ")
     binds1 = bb + ["dyr_ = dy[t, row_]", "dhrr_ = dhr_[bi_, 0:H]", "dgcr_ = dgc[t, row_]"]
     if lstm:
         binds1 += ["dcr_ = dc_[bi_]", "cpv_ = cprev_[row_]"]
@@ -603,7 +606,7 @@ def kernel_source(variant: Variant, dtype: str) -> str:
         b_dgh=view(8, "T * B * GW * H"), b_dgc=view(9, "T * B * H * CAND_APART"),
         b_ut=view(10, "nph * NHM * H * NR * packed"),
         b_uct=view(11, "nph * H * NR * packed * CAND_APART"),
-        b_dbp=view(12, "nch * NB * H"), b_U=view(13, "NH * H * H"),
+        b_dbp=view(12, "T * B * NB * H"), b_U=view(13, "NH * H * H"),
         b_alloc=_indent(b_alloc, 4), b_step="\n".join(b_step),
         b_chunk_final=_indent(b_chunk_final, 4),
         sym_gemm=cpu_runtime.runtime_symbol("gemm", dtype),
