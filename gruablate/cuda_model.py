@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .kernels.cuda import common_kernels, geometry, require_cuda
-from .kernels.cuda_train import blocks, train_kernels
+from .kernels.cuda import blocks, common_kernels, geometry, launch_matmul, require_cuda
+from .kernels.cuda_train import train_kernels
 from .model import NonFiniteError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,12 +103,9 @@ class DeviceModel:
         return buf
 
     def _matmul(self, M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc) -> None:
-        """``C = A B`` by the layers' tiled product kernel (see ``cuda_source.matmul``)."""
-        g = self.geo
-        grid = (blocks(N, g.mm_tile), blocks(M, g.mm_tile))
-        self.m.matmul[grid, (g.mm_side, g.mm_side)](
-            M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc
-        )
+        """``C = A B`` by the layers' tiled product kernel."""
+        launch_matmul(self.m, self.geo, M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn,
+                      c, c_off, ldc)
 
     def _sum(self, parts: list[tuple[str, int, Any]], out: Any, o_off: int) -> None:
         """``out[o_off]`` = float64 sum (``"sum"``) or sum of squares (``"sumsq"``) of

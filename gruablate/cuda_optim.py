@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from .kernels.cuda_train import blocks
+from .kernels.cuda import blocks
 from .optim import Adam
 
 if TYPE_CHECKING:  # pragma: no cover

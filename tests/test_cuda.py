@@ -183,18 +183,18 @@ def _sim_env() -> dict[str, str]:
     return env
 
 
+def _simulate(*args: str) -> dict:
+    """This file's entry point in the simulator, in a subprocess: its JSON report."""
+    proc = subprocess.run([sys.executable, __file__, *args], env=_sim_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("names", SIM_CHUNKS, ids=lambda names: "+".join(names))
 def test_simulator_matches_cpu(names):
     """Forward, inference and backward of each variant in the simulator, both dtypes."""
-    proc = subprocess.run(
-        [sys.executable, __file__, "--compare", *names],
-        env=_sim_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = _simulate("--compare", *names)
     assert sorted(report["ran"]) == sorted(f"{n} {d}" for n in names for d in TOL)
     assert not report["bad"], "\n".join(report["bad"])
 
@@ -203,15 +203,7 @@ def test_simulator_matches_cpu_with_gpu_geometry():
     """The geometry a GPU runs (256 threads, 8 × 32 tiles) in the simulator, on sizes
     with two row tiles, two column tiles and partial ones, for a variant with both
     forward phases (reset before the product, two gates in the main product)."""
-    proc = subprocess.run(
-        [sys.executable, __file__, "--gpu-geometry", "--compare", "gru"],
-        env=_sim_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = _simulate("--gpu-geometry", "--compare", "gru")
     assert report["ran"] == ["gru float64"]
     assert not report["bad"], "\n".join(report["bad"])
 

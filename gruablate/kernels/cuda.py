@@ -234,7 +234,7 @@ class CudaImpl:
             H = self.layer.hidden_size
             R, C = self.plan.nh * H, H
             ew = self.geo.ew_threads
-            self.m.transpose[_blocks(R * C, ew), ew](R, C, self.d_params, self.n_w, self.d_UT)
+            self.m.transpose[blocks(R * C, ew), ew](R, C, self.d_params, self.n_w, self.d_UT)
 
     # ---------------------------------------------------------------- buffers
     def _get(self, name: str, size: int) -> Any:
@@ -253,12 +253,9 @@ class CudaImpl:
 
     # ---------------------------------------------------------------- launches
     def _matmul(self, M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc) -> None:
-        """``C = A B`` with strided operands (see the ``matmul`` kernel)."""
-        g = self.geo
-        grid = (_blocks(N, g.mm_tile), _blocks(M, g.mm_tile))
-        self.m.matmul[grid, (g.mm_side, g.mm_side)](
-            M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc
-        )
+        """``C = A B`` with strided operands (see :func:`launch_matmul`)."""
+        launch_matmul(self.m, self.geo, M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn,
+                      c, c_off, ldc)
 
     def _launch_cell(self, name: str, B: int, args: tuple) -> None:
         """Launch a cell kernel: cooperative and persistent if the variant recurs."""
@@ -266,10 +263,10 @@ class CudaImpl:
         kern = getattr(self.k, name)
         if self.plan.nh == 0:
             ew = self.geo.ew_threads
-            kern[_blocks(B * H, ew), ew](*args)
+            kern[blocks(B * H, ew), ew](*args)
             return
         nt = self.geo.threads
-        tiles = _blocks(B, self.geo.nw) * _blocks(H, self.geo.jt)
+        tiles = blocks(B, self.geo.nw) * blocks(H, self.geo.jt)
         kern[min(tiles, self._coop_blocks(name, kern, nt)), nt](*args)
 
     def _coop_blocks(self, name: str, kern: Any, nt: int) -> int:
@@ -387,11 +384,22 @@ class CudaImpl:
         if before and L.variant.candidate.sees_h:  # dU_c = dgc^T (r * h)
             self._matmul(H, H, TB, dgc, 0, 1, H, aux, 0, H, 1, g, self.n_w + nhmh * H, H)
         nbh = p.nb * H
-        self.m.colsum[_blocks(nbh, self.geo.jt), self.geo.threads](
+        self.m.colsum[blocks(nbh, self.geo.jt), self.geo.threads](
             TB, nbh, dgb, g, self.n_w + self.n_u
         )
         return dx, ds0
 
 
-def _blocks(n: int, per: int) -> int:
+def blocks(n: int, per: int) -> int:
+    """Blocks of ``per`` threads that cover ``n`` items (at least one)."""
     return max(1, -(-int(n) // int(per)))
+
+
+def launch_matmul(m: ModuleType, geo: Geometry, M, N, K, a, a_off, sam, sak, b, b_off,
+                  sbk, sbn, c, c_off, ldc) -> None:
+    """``C = A B`` with strided operands by the tiled ``matmul`` kernel of ``m``
+    (:func:`common_kernels`): one thread block per ``mm_tile`` × ``mm_tile`` tile of C."""
+    grid = (blocks(N, geo.mm_tile), blocks(M, geo.mm_tile))
+    m.matmul[grid, (geo.mm_side, geo.mm_side)](
+        M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc
+    )

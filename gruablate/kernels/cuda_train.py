@@ -15,7 +15,7 @@ from .cuda_source import DEFAULT_GEOMETRY, Geometry
 from .cuda_train_source import TRAIN_KERNELS, train_signatures, train_source
 from .source import load_module
 
-__all__ = ["TRAIN_KERNELS", "blocks", "compile_train_ptx", "train_kernels"]
+__all__ = ["TRAIN_KERNELS", "compile_train_ptx", "train_kernels"]
 
 
 @cache
@@ -44,7 +44,3 @@ def compile_train_ptx(
             out[name] = ptx
     return out
 
-
-def blocks(n: int, per: int) -> int:
-    """Blocks of ``per`` threads that cover ``n`` items (at least one)."""
-    return max(1, -(-int(n) // int(per)))
