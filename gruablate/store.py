@@ -51,6 +51,7 @@ STUDY_FILE = "study.json"
 ENV_FILE = "env.json"
 CELLS_DIR = "cells"
 CLAIMS_DIR = ".claims"
+OPEN_LOCK = ".open.lock"  # serialises open_run between sweeps sharing a folder
 
 # Columns every train record has in load_results, in this order, even when missing.
 TRAIN_COLUMNS = (
@@ -290,21 +291,47 @@ def open_run(
     path = Path(run_dir)
     if path.exists() and not path.is_dir():
         raise NotARunDir(f"{path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not is_run_dir(path):
+    _refuse_foreign(path, locked=False)
+    path.mkdir(parents=True, exist_ok=True)
+    # Two sweeps may open the same folder at once: one must not see the other's
+    # half-made run (cells/ there, study.json not yet) and call it foreign.
+    lock_fd = os.open(path / OPEN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        _refuse_foreign(path, locked=True)
+        (path / CELLS_DIR).mkdir(exist_ok=True)
+        run = RunDir(path)
+        run.clean_stale_temporaries()
+        run.write_study(study)
+        if env is None:
+            from .envinfo import capture_environment
+
+            env = capture_environment()
+        run.write_environment(env)
+    finally:
+        os.close(lock_fd)  # closing drops the flock
+    return run
+
+
+def _refuse_foreign(path: Path, *, locked: bool) -> None:
+    """Raise :class:`NotARunDir` when ``path`` holds things and is not a run directory.
+
+    Before taking the open-lock (``locked=False``), a folder holding that lock is a run
+    another process is making: accept it and wait on the lock. Holding the lock, that
+    process has finished, so anything but the lock itself must be a finished run.
+    """
+    if not path.is_dir() or is_run_dir(path):
+        return
+    entries = [p.name for p in path.iterdir()]
+    if OPEN_LOCK in entries:
+        if not locked:
+            return
+        entries.remove(OPEN_LOCK)
+    if entries:
         raise NotARunDir(
             f"{path} is not empty and is not a gruablate run directory (no {STUDY_FILE});"
             " choose another output folder"
         )
-    (path / CELLS_DIR).mkdir(parents=True, exist_ok=True)
-    run = RunDir(path)
-    run.clean_stale_temporaries()
-    run.write_study(study)
-    if env is None:
-        from .envinfo import capture_environment
-
-        env = capture_environment()
-    run.write_environment(env)
-    return run
 
 
 def attach(run_dir: str | Path) -> RunDir:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -130,6 +131,40 @@ def test_bad_ids_and_bad_directories(tmp_path):
     with pytest.raises(NotARunDir, match="not empty"):
         open_run(tmp_path / "plain", {}, env=ENV)
     assert (tmp_path / "plain" / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_another_process_is_still_opening_is_waited_for_not_refused(tmp_path):
+    """CI once saw this race: sweep B found sweep A's cells/ before A's study.json and
+    refused the folder as foreign. Here the test plays A, holding the open-lock over a
+    half-made run while B opens the same folder."""
+    import fcntl
+    import threading
+
+    from gruablate.store import CELLS_DIR, OPEN_LOCK
+
+    path = tmp_path / "r"
+    (path / CELLS_DIR).mkdir(parents=True)
+    fd = os.open(path / OPEN_LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    result: list = []
+    opener = threading.Thread(target=lambda: result.append(
+        _catch(lambda: open_run(path, {"kind": "sweep", "by": "B"}, env=ENV))))
+    opener.start()
+    opener.join(0.5)
+    assert opener.is_alive() and not result, "B must wait while A holds the lock"
+    open_run_file = path / "study.json"
+    open_run_file.write_text(json.dumps({"kind": "sweep", "by": "A"}))
+    os.close(fd)  # A is done: drops the lock
+    opener.join(10)
+    assert result and not isinstance(result[0], Exception), result
+    assert json.loads(open_run_file.read_text())["by"] == "B"
+
+
+def _catch(fn):
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - handed back to the test thread
+        return exc
 
 
 def test_claims_exclude_another_process_and_die_with_it(tmp_path):
