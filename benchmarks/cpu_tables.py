@@ -23,6 +23,10 @@ def _fmt(v: float, digits: int = 3) -> str:
     return "—" if pd.isna(v) else f"{v:.{digits}g}"
 
 
+def _pct(fraction: float | None) -> str:
+    return "—" if fraction is None or pd.isna(fraction) else f"{100 * fraction:.0f}"
+
+
 def _mark(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
@@ -44,7 +48,7 @@ def ratio_table(bench: pd.DataFrame, title: str) -> list[str]:
         lines.append(
             f"| `{r['variant']}` | {r['mode']} | {int(r['hidden'])} | {_fmt(r['median_ms'])} "
             f"| {_fmt(peer)} | {_fmt(r['torch_ratio'])} | {_fmt(r['gflops'])} "
-            f"| {_fmt(100 * r['peak_fraction'], 2) if pd.notna(r.get('peak_fraction')) else '—'} |"
+            f"| {_pct(r.get('peak_fraction'))} |"
         )
     return lines + [""]
 

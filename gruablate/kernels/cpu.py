@@ -20,8 +20,10 @@ libraries (haste, cuDNN) and was shaped by profiling (``benchmarks/RESULTS.md``)
   accurate to 3e-7: libm's ``exp``/``tanh`` took 80% of the time at ``H = 32``. float64
   keeps libm's, so float64 gradients stay exact to rounding (the finite-difference
   tests rely on it);
-- bias-gradient terms are kept per step and row and summed after the loop in one fixed
-  order: no race on ``db``, and the same result for any thread count;
+- bias gradients are summed after the loop in one fixed order (steps backwards, rows
+  in order) from the pre-activation gradients already stored for the weight products
+  (a bias with no such copy keeps its terms in a buffer of its own): no race on
+  ``db``, and the same result for any thread count;
 - workspaces are allocated once per call (per thread for the per-step ones), never
   inside the time loop.
 
@@ -91,6 +93,7 @@ NHM = {nhm}  # blocks of the main recurrent product (rows of U)
 NH = {nh}  # all recurrent blocks
 NA = {na}  # blocks kept in acts
 NB = {nb}  # bias segments
+NE = {ne}  # bias segments whose gradient terms are kept apart (see _bias_sources)
 S = {s}  # state arrays (h, or h and c)
 NR = {nr}  # packed panel width
 CAND_APART = {apart}  # reset before: U_c multiplies r * h, after the gates
@@ -128,7 +131,7 @@ def tanh(v):
     q = v2 * q + DT(2.26843463243900e-03)
     q = v2 * q + DT(4.89352518554385e-03)
     t = v * p / q
-    # Rounding (and FMA contraction) can land one ulp above 1 near the clamp.
+    # Rounding can land one ulp above 1 near the clamp.
     if t > ONE:
         t = ONE
     if t < -ONE:
@@ -243,7 +246,7 @@ def _backward_rows(chunk_, nch, a):
     dgc = dgcf.reshape((T, B, H if CAND_APART else 0))
     ut = {b_ut}
     uct = {b_uct}
-    dbp = {b_dbp}.reshape((T, B, NB * H))
+    dbp = {b_dbp}.reshape((T, B, NE * H))
     Uf = {b_U}
     dhd_ = dsT[0, r0_:r1_].copy()  # gradient on h_t that bypasses the products
     dhr_ = np.zeros((R_, nph * NR), dtype=DT)  # gradient on h_t through them
@@ -351,10 +354,9 @@ def backward(x, s0, W, U, b, y, acts, aux, dy, dsT, dx, ds0, dW, dU, db):
         if CAND_APART:
             ccall(symbol("{sym_pack}"), address(U), NHM * H * H, H, 1, H, H, address(uct))
     nch = _chunks(T, B, H)
-    # Each step's and row's bias-gradient terms, summed after the loop in one fixed
-    # order (steps backwards, rows in order): no race, and the same bits for any number
-    # of threads.
-    dbp = np.zeros((T, B, NB * H), dtype=DT)
+    # Bias-gradient terms not already stored in dgx or dgh (see _bias_sources), kept
+    # per step and row for the sum below.
+    dbp = np.zeros((T, B, NE * H), dtype=DT)
     args = np.empty(18, dtype=np.int64)
     args[0] = address(s0)
     args[1] = address(y)
@@ -375,12 +377,13 @@ def backward(x, s0, W, U, b, y, acts, aux, dy, dsT, dx, ds0, dW, dU, db):
     args[16] = H
     args[17] = packed
     ccall(symbol("{sym_run}"), symbol("{sym_bwd}"), nch, address(args))
+    # Bias gradients: every step's and row's terms summed in one fixed order (steps
+    # backwards, rows in order): no race, and the same bits for any number of threads.
     for k in range(NB * H):
         db[k] = ZERO
     for t in range(T - 1, -1, -1):
         for i in range(B):
-            for k in range(NB * H):  # lanes over k: each sum keeps its order
-                db[k] += dbp[t, i, k]
+{db_sum}
     # Input and weight gradients: one product each over all steps.
     gemm = symbol("{sym_gemm}")
     ccall(gemm, address(dgx), 0, NX * H, 1, T * B, NX * H, address(W), 0, I, 1, I,
@@ -463,6 +466,32 @@ def _dgh_alias(bwd: list[str], nhm: int) -> bool:
         dx.get(k) == v for k, v in dh.items())
 
 
+def _bias_sources(code, nb: int) -> dict[int, tuple[str, int]]:
+    """Biases whose gradient terms are already stored elsewhere: bias ``k`` -> (array,
+    block), ``("dgx", j)`` when the pass that adds ``DB(k) += v`` also stores
+    ``DX(j) = v`` (``"dgh"`` for ``DHB(j)``), so the sum after the loop reads them there.
+
+    Keeping such a term apart as well cost the LSTM a (T, B, 4H) buffer written, read
+    and zeroed once more per call (52 MB at T=100, B=64, H=512). A bias added to more
+    than once per step stays apart.
+    """
+    out: dict[int, tuple[str, int]] = {}
+    for lines in (code.bwd1, code.bwd2):
+        text = "\n".join(lines)
+        adds = re.findall(r"^DB\((\d+)\) \+= (.+)$", text, re.M)
+        dx = {v: int(k) for k, v in re.findall(r"^DX\((\d+)\) = (.+)$", text, re.M)}
+        dh = {v: int(k) for k, v in re.findall(r"^DHB\((\d+)\) = (.+)$", text, re.M)}
+        for k, v in adds:
+            if sum(1 for kk, _ in adds if kk == k) > 1 or not re.fullmatch(r"\w+", v):
+                continue
+            if v in dx:
+                out[int(k)] = ("dgx", dx[v])
+            elif v in dh:
+                out[int(k)] = ("dgh", dh[v])
+    assert all(k < nb for k in out)
+    return out
+
+
 def _indent(lines: list[str], n: int) -> str:
     return "\n".join(" " * n + line for line in lines)
 
@@ -482,6 +511,18 @@ def kernel_source(variant: Variant, dtype: str) -> str:
         strip = [line for line in code.bwd1 if not line.startswith("DHB(")]
         code = type(code)(code.fwd1, code.fwd2, strip,
                           [line for line in code.bwd2 if not line.startswith("DHB(")])
+    sources = _bias_sources(code, plan.nb)
+    if sources:
+        keep = [line for line in code.bwd1 + code.bwd2
+                if not any(line.startswith(f"DB({k}) +=") for k in sources)]
+        code = type(code)(code.fwd1, code.fwd2, [ln for ln in code.bwd1 if ln in keep],
+                          [ln for ln in code.bwd2 if ln in keep])
+    apart = [k for k in range(plan.nb) if k not in sources]
+    db_sum = []
+    for k in range(plan.nb):
+        src, blk = sources.get(k, ("dbp", apart.index(k) if k in apart else -1))
+        db_sum += ["            for j in range(H):",
+                   f"                db[{k} * H + j] += {src}[t, i, {blk} * H + j]"]
     lstm = variant.family == "lstm"
     before = plan.reset_before
     tied = variant.reset == "tied"
@@ -555,7 +596,7 @@ def kernel_source(variant: Variant, dtype: str) -> str:
     bb += [f"dgx{k}_ = dgx[t, row_, {k} * H:{k + 1} * H]" for k in range(plan.nx)]
     bb += [f"dgh{k}_ = dgh[t, row_, {k} * H:{k + 1} * H]" for k in range(plan.nhm)]
     bb += ["gpr_ = gp_[bi_]"] if tied else []
-    bb += _slices("db", plan.nb, "dbp[t, row_, ")
+    bb += [f"db{k}_ = dbp[t, row_, {e} * H:{e + 1} * H]" for e, k in enumerate(apart)]
     binds1 = bb + ["dyr_ = dy[t, row_]", "dhrr_ = dhr_[bi_, 0:H]", "dgcr_ = dgc[t, row_]"]
     if lstm:
         binds1 += ["dcr_ = dc_[bi_]", "cpv_ = cprev_[row_]"]
@@ -606,17 +647,19 @@ def kernel_source(variant: Variant, dtype: str) -> str:
         b_dgh=view(8, "T * B * GW * H"), b_dgc=view(9, "T * B * H * CAND_APART"),
         b_ut=view(10, "nph * NHM * H * NR * packed"),
         b_uct=view(11, "nph * H * NR * packed * CAND_APART"),
-        b_dbp=view(12, "T * B * NB * H"), b_U=view(13, "NH * H * H"),
+        b_dbp=view(12, "T * B * NE * H"), b_U=view(13, "NH * H * H"),
         b_alloc=_indent(b_alloc, 4), b_step="\n".join(b_step),
         b_chunk_final=_indent(b_chunk_final, 4),
         sym_gemm=cpu_runtime.runtime_symbol("gemm", dtype),
         sym_pack=cpu_runtime.runtime_symbol("pack", dtype),
         sym_run=cpu_runtime.runtime_symbol("run_chunks"),
         sym_fwd="@FWD@", sym_bwd="@BWD@",
+        db_sum="\n".join(db_sum),
     )
     header = _HEADER.format(
         name=variant.name, dtype=dtype, tag=cpu_runtime.TAG, nx=plan.nx, nhm=plan.nhm,
-        nh=plan.nh, na=plan.na, nb=plan.nb, s=plan.n_states, nr=cpu_runtime.panel_width(dtype),
+        nh=plan.nh, na=plan.na, nb=plan.nb, ne=len(apart), s=plan.n_states,
+        nr=cpu_runtime.panel_width(dtype),
         apart=int(before), pack_min=PACK_MIN_ROWS, alias=int(alias),
         gw=plan.nx if alias else plan.nhm,
     )

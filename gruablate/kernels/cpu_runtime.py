@@ -52,9 +52,17 @@ from numba.core.compiler_machinery import FunctionPass, register_pass
 from numba.core.typed_passes import NopythonTypeInference
 from numba.extending import intrinsic
 
-# Fast-math flags for every kernel: fusing, reassociation and approximate functions,
-# but not nnan/ninf, so NaN and infinity still propagate as IEEE says.
-FASTMATH = {"contract", "arcp", "nsz", "afn", "reassoc"}
+# Fast-math flags for the kernels: reciprocals, signed zeros and approximate functions,
+# but not nnan/ninf, so NaN and infinity still propagate as IEEE says. Neither
+# ``contract`` nor ``reassoc``: Numba links a private copy of every callee into each
+# caller, and which copy a call reaches depends on what the process compiled before (the
+# first definition of a weak symbol wins). With freedom to fuse either product of
+# ``f*c + i*g`` or to reorder sums, copies optimised in different modules rounded
+# differently, and a process that compiled a kernel got other low bits than one that
+# loaded it from the cache. Without them every copy computes the same thing. The
+# products' explicit vector code keeps its single-product FMAs (``_FLAGS``): there is
+# only one way to fuse ``acc + a*b``.
+FASTMATH = {"arcp", "nsz", "afn"}
 VECTOR_BYTES = 32  # one AVX register; LLVM splits it on narrower CPUs
 NVEC = 3  # vectors per micro-kernel row
 MR_MAX = 4  # rows per micro-kernel: 4 × 3 accumulators + 3 loads + 1 broadcast = 16 regs
@@ -386,6 +394,98 @@ def _make_microkernel(mr: int):
     return microkernel
 
 
+def _make_dot(contiguous: bool):
+    """``sum_k A.flat[ao + k*sak] * B.flat[bo + k]`` for ``k < K``, in a fixed order.
+
+    The order is spelt out here, not left to LLVM: ``NDOT`` vector accumulators over
+    blocks of ``NDOT`` vectors, then one over single vectors, summed pairwise, then the
+    lanes in order, then the scalar tail. A loop ``s += a[k] * b[k]`` under ``reassoc``
+    is vectorised however LLVM likes, and Numba links a private copy of every callee
+    into each caller: copies optimised in different modules summed in different orders,
+    and which copy a call reached depended on what the process had compiled (weak
+    symbols: the first one loaded wins), so a cold and a cached run differed in the
+    last bits. ``contiguous`` loads ``A`` as vectors; otherwise lane by lane.
+    """
+
+    @intrinsic
+    def dot(typingctx, A, ao, sak, B, bo, K):
+        if not (isinstance(A, types.Array) and isinstance(B, types.Array)):
+            return None
+        if A.dtype != B.dtype or A.dtype not in (types.float32, types.float64):
+            return None
+        sig = A.dtype(A, ao, sak, B, bo, K)
+
+        def codegen(context, builder, sig, args):
+            a, ao, sak, b, bo, kk = args
+            ao, sak, bo, kk = (context.cast(builder, v, sig.args[n], types.int64)
+                               for v, n in zip((ao, sak, bo, kk), (1, 2, 4, 5), strict=True))
+            et = context.get_data_type(sig.args[0].dtype)
+            esz = context.get_abi_sizeof(et)
+            vw = VECTOR_BYTES // esz
+            vt = ir.VectorType(et, vw)
+            i64 = ir.IntType(64)
+            aptr = context.make_array(sig.args[0])(context, builder, a).data
+            bptr = context.make_array(sig.args[3])(context, builder, b).data
+
+            def vload_b(k):
+                ptr = builder.gep(bptr, [builder.add(bo, k)])
+                return builder.load(builder.bitcast(ptr, vt.as_pointer()), align=esz)
+
+            def vload_a(k):
+                if contiguous:
+                    ptr = builder.gep(aptr, [builder.add(ao, k)])
+                    return builder.load(builder.bitcast(ptr, vt.as_pointer()), align=esz)
+                vec = ir.Constant(vt, ir.Undefined)
+                for lane in range(vw):
+                    off = builder.add(ao, builder.mul(builder.add(k, ir.Constant(i64, lane)),
+                                                      sak))
+                    vec = builder.insert_element(vec, builder.load(builder.gep(aptr, [off])),
+                                                 ir.Constant(ir.IntType(32), lane))
+                return vec
+
+            def mac(acc, k):
+                prod = builder.fmul(vload_a(k), vload_b(k), flags=_FLAGS)
+                builder.store(builder.fadd(builder.load(acc), prod, flags=_FLAGS), acc)
+
+            zero = ir.Constant(vt, [ir.Constant(et, 0.0)] * vw)
+            accs = [cgutils.alloca_once_value(builder, zero) for _ in range(NDOT)]
+            big = ir.Constant(i64, NDOT * vw)
+            nbig = builder.sdiv(kk, big)
+            with cgutils.for_range(builder, nbig) as loop:
+                k0 = builder.mul(loop.index, big)
+                for v in range(NDOT):
+                    mac(accs[v], builder.add(k0, ir.Constant(i64, v * vw)))
+            done = builder.mul(nbig, big)
+            nsmall = builder.sdiv(builder.sub(kk, done), ir.Constant(i64, vw))
+            with cgutils.for_range(builder, nsmall) as loop:
+                mac(accs[0], builder.add(done, builder.mul(loop.index, ir.Constant(i64, vw))))
+            vals = [builder.load(acc) for acc in accs]
+            while len(vals) > 1:  # pairwise: (a0 + a1) + (a2 + a3)
+                vals = [builder.fadd(vals[i], vals[i + 1]) for i in range(0, len(vals), 2)]
+            total = cgutils.alloca_once_value(
+                builder, builder.extract_element(vals[0], ir.Constant(ir.IntType(32), 0)))
+            for lane in range(1, vw):
+                x = builder.extract_element(vals[0], ir.Constant(ir.IntType(32), lane))
+                builder.store(builder.fadd(builder.load(total), x), total)
+            start = builder.add(done, builder.mul(nsmall, ir.Constant(i64, vw)))
+            with cgutils.for_range(builder, builder.sub(kk, start)) as loop:
+                k = builder.add(start, loop.index)
+                av = builder.load(builder.gep(aptr, [builder.add(ao, builder.mul(k, sak))]))
+                bv = builder.load(builder.gep(bptr, [builder.add(bo, k)]))
+                prod = builder.fmul(av, bv, flags=_FLAGS)
+                builder.store(builder.fadd(builder.load(total), prod, flags=_FLAGS), total)
+            return builder.load(total)
+
+        return sig, codegen
+
+    return dot
+
+
+NDOT = 4  # vector accumulators of the dot product (hides the add latency)
+_dot_contig = _make_dot(contiguous=True)
+_dot_strided = _make_dot(contiguous=False)
+
+
 _mk1 = _make_microkernel(1)
 _mk4 = _make_microkernel(MR_MAX)
 
@@ -453,7 +553,8 @@ def mm_packed(A, ao, lda, M, P, K, npan, C, co, ldc, acc):
         kernel(M, A, ao, lda, 1, P, jp * K * nr, C, co + jp * nr, ldc, K, acc)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+# No ``reassoc``: what it computes must not depend on how LLVM optimised a copy.
+@njit(cache=True, nogil=True, fastmath=set(_FLAGS), error_model="numpy")
 def gemv(A, ao, sai, sak, M, K, Bs, bo, sbk, sbn, N, C, co, ldc, acc):
     """``C (+)= A @ B`` for a few rows, straight from ``B`` (strides as in :func:`gemm`).
 
@@ -465,22 +566,20 @@ def gemv(A, ao, sai, sak, M, K, Bs, bo, sbk, sbn, N, C, co, ldc, acc):
     # ``ci + n`` of unknown sign that select per element keeps LLVM from vectorising
     # (one GRU step at H = 128 took 60 µs, 6 µs with unsigned indices).
     zero = C.dtype.type(0)
-    uk, un = np.uint64(K), np.uint64(N)
+    un = np.uint64(N)
     for i in range(M):
         ci = np.uint64(co + i * ldc)
         ai = np.uint64(ao + i * sai)
         if sbk == 1:
             # Dot products along k (B is a transposed weight, rows contiguous).
-            usbn, ubo, usak = np.uint64(sbn), np.uint64(bo), np.uint64(sak)
+            # In a fixed order (see _make_dot): never a reassociated reduction.
+            usbn, ubo = np.uint64(sbn), np.uint64(bo)
             for n in range(un):
                 bn = ubo + n * usbn
-                s = zero
                 if sak == 1:
-                    for k in range(uk):
-                        s += A[ai + k] * Bs[bn + k]
+                    s = _dot_contig(A, ai, 1, Bs, bn, K)
                 else:
-                    for k in range(uk):
-                        s += A[ai + k * usak] * Bs[bn + k]
+                    s = _dot_strided(A, ai, sak, Bs, bn, K)
                 C[ci + n] = s + (C[ci + n] if acc != 0 else zero)
         else:
             # Row updates along n.
