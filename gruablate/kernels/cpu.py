@@ -12,8 +12,9 @@ libraries (haste, cuDNN) and was shaped by profiling (``benchmarks/RESULTS.md``)
   call per step repacks the weights every step and ran at a third of the speed); for
   a handful of rows (batch-1 streaming) packing would cost as much as the product, so
   those calls read the weights in place;
-- the batch is split into one block of rows per thread and each thread runs the whole
-  time loop for its rows: rows are independent, so the recurrence needs no
+- the batch is split into blocks of rows, one per thread (more where a block's
+  per-step data would outgrow L2, see ``BLOCK_BYTES``), and a thread runs the whole
+  time loop for a block's rows: rows are independent, so the recurrence needs no
   synchronisation between threads at all;
 - gate loops run over contiguous 1-D slices, one per block, so LLVM vectorises them;
   float32 uses a vectorisable rational ``tanh`` (and ``sigmoid(v) = (1 + tanh(v/2))/2``)
@@ -67,6 +68,13 @@ DTYPES = ("float32", "float64")
 # Below this many rows of the whole sequence (T·B) the recurrent weights are not packed:
 # packing costs one pass over them, about what one row's product costs.
 PACK_MIN_ROWS = 16
+# A row block runs the whole time loop for its rows, one block per thread at a time.
+# At B = 64, H = 512 the LSTM's two blocks of 32 rows were 20 % slower per row than at
+# B = 32: a step's input pre-activations, products and gates for 32 rows (786 KB)
+# outgrow a 1 MiB L2 beside the streamed weight panels; blocks of 16 took it back.
+# Each extra block streams the packed weights once more per step, which buys nothing
+# where a block's data fits anyway, so blocks are split only past this many bytes.
+BLOCK_BYTES = 512 * 1024
 
 _OPTS = 'cache=True, fastmath=FASTMATH, error_model="numpy"'
 _ENTRY = _OPTS + ", nogil=True"  # the entry points release the GIL, as before
@@ -100,6 +108,8 @@ CAND_APART = {apart}  # reset before: U_c multiplies r * h, after the gates
 GW = {gw}  # blocks per row of the recurrent pre-activation gradients (see DGH_ALIAS)
 DGH_ALIAS = {alias}  # those gradients are the first NHM blocks of the input ones
 PACK_MIN_ROWS = {pack_min}
+BLOCK_BYTES = {block_bytes}  # a row block's per-step data: inputs, products, gates
+ITEMSIZE = {itemsize}
 '''
 
 # float32: vectorisable approximations, so gate loops vectorise (libm's exp and tanh
@@ -270,10 +280,14 @@ provide("{sym_bwd}", lambda: cfunc(_ROWS_SIG, {opts})(_backward_rows))
 
 @njit({entry})
 def _chunks(T, B, H):
-    """Row blocks for the recurrence: one per thread, or one for a small problem."""
+    """Row blocks for the recurrence: one for a small problem, else a multiple of the
+    thread count, each block's per-step rows within BLOCK_BYTES where the batch allows."""
     if T * B * H * (NH * H + 16 * NA) < PARALLEL_MIN_WORK:
         return 1
-    return max(1, min(num_threads(), B))
+    nt = num_threads()
+    rows = max(4, BLOCK_BYTES // ((NX + NHM + NA) * H * ITEMSIZE))
+    per_round = nt * rows
+    return max(1, min(nt * ((B + per_round - 1) // per_round), B))
 
 
 @njit({entry})
@@ -661,6 +675,7 @@ def kernel_source(variant: Variant, dtype: str) -> str:
         nh=plan.nh, na=plan.na, nb=plan.nb, ne=len(apart), s=plan.n_states,
         nr=cpu_runtime.panel_width(dtype),
         apart=int(before), pack_min=PACK_MIN_ROWS, alias=int(alias),
+        block_bytes=BLOCK_BYTES, itemsize=8 if dtype == "float64" else 4,
         gw=plan.nx if alias else plan.nhm,
     )
     acts_src = (_ACT_FAST if dtype == "float32" else _ACT_EXACT).format(opts=_OPTS)
