@@ -1,6 +1,7 @@
 """Markdown tables for ``docs/FINDINGS.md`` from the findings studies' run directories.
 
     python studies/findings_tables.py [RUNS_DIR]        (default: runs)
+    python studies/findings_tables.py --compare THEN_DIR NOW_DIR   (one study, two runs)
 
 For each study of ``studies/run_findings.sh`` that has a run directory, one table: per
 task, variant and hidden size the test metric's mean with its 95 % Student-t interval
@@ -72,5 +73,23 @@ def main(root: str) -> None:
         print("\n".join(table(load_results(path), study)))
 
 
+def compare(then_dir: str, now_dir: str) -> list[str]:
+    """Per task and variant, every seed's test metric in two runs of one study."""
+    cols = ["task", "variant", "seed", "metric", "metric_name"]
+    both = load_results(then_dir)[cols].merge(
+        load_results(now_dir)[cols], on=["task", "variant", "seed", "metric_name"],
+        suffixes=("_then", "_now"))
+    lines = [f"| task | variant | seeds 0 / 1 / 2, `{then_dir}` | seeds 0 / 1 / 2, `{now_dir}` |",
+             "| --- | --- | --- | --- |"]
+    for (task, variant), g in both.sort_values("seed").groupby(["task", "variant"]):
+        then = " / ".join(_g(v) for v in g["metric_then"])
+        now = " / ".join(_g(v) for v in g["metric_now"])
+        lines.append(f"| {task} | `{variant}` | {g['metric_name'].iloc[0]} {then} | {now} |")
+    return lines
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs")
+    if len(sys.argv) == 4 and sys.argv[1] == "--compare":
+        print("\n".join(compare(sys.argv[2], sys.argv[3])))
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else "runs")
