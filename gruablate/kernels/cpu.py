@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from functools import cache
 from types import ModuleType
 
@@ -109,7 +110,7 @@ GW = {gw}  # blocks per row of the recurrent pre-activation gradients (see DGH_A
 DGH_ALIAS = {alias}  # those gradients are the first NHM blocks of the input ones
 PACK_MIN_ROWS = {pack_min}
 BLOCK_BYTES = {block_bytes}  # a row block's per-step data: inputs, products, gates
-ITEMSIZE = {itemsize}
+ITEMSIZE = np.dtype(DT).itemsize
 '''
 
 # float32: vectorisable approximations, so gate loops vectorise (libm's exp and tanh
@@ -480,7 +481,15 @@ def _dgh_alias(bwd: list[str], nhm: int) -> bool:
         dx.get(k) == v for k, v in dh.items())
 
 
-def _bias_sources(code, nb: int) -> dict[int, tuple[str, int]]:
+def _drop_backward_lines(code, prefixes: tuple[str, ...]):
+    """``code`` without the backward lines that start with any of ``prefixes``."""
+    def keep(lines: list[str]) -> list[str]:
+        return [line for line in lines if not line.startswith(prefixes)]
+
+    return type(code)(code.fwd1, code.fwd2, keep(code.bwd1), keep(code.bwd2))
+
+
+def _bias_sources(code) -> dict[int, tuple[str, int]]:
     """Biases whose gradient terms are already stored elsewhere: bias ``k`` -> (array,
     block), ``("dgx", j)`` when the pass that adds ``DB(k) += v`` also stores
     ``DX(j) = v`` (``"dgh"`` for ``DHB(j)``), so the sum after the loop reads them there.
@@ -493,16 +502,16 @@ def _bias_sources(code, nb: int) -> dict[int, tuple[str, int]]:
     for lines in (code.bwd1, code.bwd2):
         text = "\n".join(lines)
         adds = re.findall(r"^DB\((\d+)\) \+= (.+)$", text, re.M)
+        times = Counter(k for k, _ in adds)
         dx = {v: int(k) for k, v in re.findall(r"^DX\((\d+)\) = (.+)$", text, re.M)}
         dh = {v: int(k) for k, v in re.findall(r"^DHB\((\d+)\) = (.+)$", text, re.M)}
         for k, v in adds:
-            if sum(1 for kk, _ in adds if kk == k) > 1 or not re.fullmatch(r"\w+", v):
+            if times[k] > 1 or not re.fullmatch(r"\w+", v):
                 continue
             if v in dx:
                 out[int(k)] = ("dgx", dx[v])
             elif v in dh:
                 out[int(k)] = ("dgh", dh[v])
-    assert all(k < nb for k in out)
     return out
 
 
@@ -522,19 +531,14 @@ def kernel_source(variant: Variant, dtype: str) -> str:
     code = generate(plan)
     alias = _dgh_alias(code.bwd1 + code.bwd2, plan.nhm)
     if alias:
-        strip = [line for line in code.bwd1 if not line.startswith("DHB(")]
-        code = type(code)(code.fwd1, code.fwd2, strip,
-                          [line for line in code.bwd2 if not line.startswith("DHB(")])
-    sources = _bias_sources(code, plan.nb)
-    if sources:
-        keep = [line for line in code.bwd1 + code.bwd2
-                if not any(line.startswith(f"DB({k}) +=") for k in sources)]
-        code = type(code)(code.fwd1, code.fwd2, [ln for ln in code.bwd1 if ln in keep],
-                          [ln for ln in code.bwd2 if ln in keep])
+        code = _drop_backward_lines(code, ("DHB(",))
+    # Biases whose terms are read back from dgx/dgh need no store of their own.
+    sources = _bias_sources(code)
+    code = _drop_backward_lines(code, tuple(f"DB({k}) +=" for k in sources))
     apart = [k for k in range(plan.nb) if k not in sources]
     db_sum = []
     for k in range(plan.nb):
-        src, blk = sources.get(k, ("dbp", apart.index(k) if k in apart else -1))
+        src, blk = sources[k] if k in sources else ("dbp", apart.index(k))
         db_sum += ["            for j in range(H):",
                    f"                db[{k} * H + j] += {src}[t, i, {blk} * H + j]"]
     lstm = variant.family == "lstm"
@@ -675,7 +679,7 @@ def kernel_source(variant: Variant, dtype: str) -> str:
         nh=plan.nh, na=plan.na, nb=plan.nb, ne=len(apart), s=plan.n_states,
         nr=cpu_runtime.panel_width(dtype),
         apart=int(before), pack_min=PACK_MIN_ROWS, alias=int(alias),
-        block_bytes=BLOCK_BYTES, itemsize=8 if dtype == "float64" else 4,
+        block_bytes=BLOCK_BYTES,
         gw=plan.nx if alias else plan.nhm,
     )
     acts_src = (_ACT_FAST if dtype == "float32" else _ACT_EXACT).format(opts=_OPTS)

@@ -404,7 +404,8 @@ def _make_dot(contiguous: bool):
     into each caller: copies optimised in different modules summed in different orders,
     and which copy a call reached depended on what the process had compiled (weak
     symbols: the first one loaded wins), so a cold and a cached run differed in the
-    last bits. ``contiguous`` loads ``A`` as vectors; otherwise lane by lane.
+    last bits; without ``reassoc`` that loop stays scalar. ``contiguous`` loads ``A``
+    as vectors; otherwise lane by lane.
     """
 
     @intrinsic
@@ -553,7 +554,7 @@ def mm_packed(A, ao, lda, M, P, K, npan, C, co, ldc, acc):
         kernel(M, A, ao, lda, 1, P, jp * K * nr, C, co + jp * nr, ldc, K, acc)
 
 
-# No ``reassoc``: what it computes must not depend on how LLVM optimised a copy.
+# Only ``contract``: its products are single ``acc + a*b`` terms, fused one way only.
 @njit(cache=True, nogil=True, fastmath=set(_FLAGS), error_model="numpy")
 def gemv(A, ao, sai, sak, M, K, Bs, bo, sbk, sbn, N, C, co, ldc, acc):
     """``C (+)= A @ B`` for a few rows, straight from ``B`` (strides as in :func:`gemm`).

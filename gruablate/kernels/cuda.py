@@ -25,7 +25,7 @@ and a missing package or GPU gives one clear :class:`CudaUnavailableError`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from types import ModuleType
@@ -153,6 +153,13 @@ def compile_ptx(
         mod, names = common_kernels(dtype, geo), COMMON_KERNELS
     else:
         mod, names = kernels(variant, dtype, geo), CELL_KERNELS
+    return module_ptx(cuda, mod, names, sigs, cc)
+
+
+def module_ptx(
+    cuda: Any, mod: ModuleType, names: Iterable[str], sigs: dict, cc: tuple[int, int]
+) -> dict[str, str]:
+    """PTX of kernels ``names`` of a generated module, compiled for ``cc`` (no GPU needed)."""
     out: dict[str, str] = {}
     with _target_cc_without_gpu(cuda, cc):
         for name in names:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cache
 from types import ModuleType
 
-from .cuda import _numba_cuda, _target_cc_without_gpu, geometry
+from .cuda import _numba_cuda, geometry, module_ptx
 from .cuda_source import DEFAULT_GEOMETRY, Geometry
 from .cuda_train_source import TRAIN_KERNELS, train_signatures, train_source
 from .source import load_module
@@ -36,11 +36,5 @@ def compile_train_ptx(
     """
     cuda = _numba_cuda()
     geo = geo or DEFAULT_GEOMETRY
-    mod, sigs = train_kernels(dtype, geo), train_signatures(dtype)
-    out: dict[str, str] = {}
-    with _target_cc_without_gpu(cuda, cc):
-        for name in TRAIN_KERNELS:
-            ptx, _ = cuda.compile_ptx(getattr(mod, name).py_func, sigs[name], cc=cc)
-            out[name] = ptx
-    return out
+    return module_ptx(cuda, train_kernels(dtype, geo), TRAIN_KERNELS, train_signatures(dtype), cc)
 
