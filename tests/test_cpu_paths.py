@@ -216,6 +216,8 @@ def test_nan_weight_propagates_in_float32(size):
 
 GEMM_SHAPES = [  # M, K, N: matrix-vector rows, tails, k-blocks (K > KC), row blocks
     (1, 7, 5), (3, 30, 25), (4, 1, 1), (5, 13, 24), (9, 600, 50), (300, 40, 70), (130, 520, 30),
+    # last panels of whole vectors (the narrow kernels) in float32 and float64
+    (6, 9, 32), (7, 33, 40), (5, 3, 16), (4, 2, 8), (13, 5, 20),
 ]
 
 
@@ -240,6 +242,42 @@ def test_gemm_matches_numpy(shape, dtype):
     cpu_runtime.gemm(At.reshape(-1), 0, 1, M, M, K, Bt.reshape(-1), 0, 1, K, N,
                      C2.reshape(-1), 0, N, 1)
     np.testing.assert_allclose(C2 - 1, ref, atol=tol * scale, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("N", [1, 4, 8, 12, 16, 20, 24, 32, 40, 45, 64, 72])
+def test_packed_product_matches_numpy_and_wide_panels_bit_for_bit(N, dtype):
+    """The per-step product on packed weights, for every width of the last panel.
+
+    A last panel of one or two vectors runs a narrower micro-kernel than the full ones;
+    each column is the same chain of multiply-adds either way, so the first N columns
+    must equal, to the bit, those of a product with more columns.
+    """
+    M, K = 7, 19
+    rng = np.random.default_rng(N)
+    A = rng.standard_normal((M, K)).astype(dtype)
+    Bm = rng.standard_normal((K, N + 24)).astype(dtype)
+    nr = cpu_runtime.panel_width(dtype)
+
+    def product(n: int) -> np.ndarray:
+        npan = (n + nr - 1) // nr
+        P = np.full(npan * K * nr, np.nan, dtype)
+        Bn = np.ascontiguousarray(Bm[:, :n])
+        cpu_runtime.pack(Bn.reshape(-1), 0, n, 1, K, n, P)
+        C = np.full((M, npan * nr + 1), 7, dtype)  # the last column is a guard
+        cpu_runtime.mm_packed(A.reshape(-1), 0, K, M, P, K, n, C.reshape(-1), 0,
+                              npan * nr + 1, 0)
+        assert (C[:, -1] == 7).all()
+        vw = cpu_runtime.VECTOR_BYTES // np.dtype(dtype).itemsize
+        written = (n // nr) * nr + -(-(n % nr) // vw) * vw
+        assert (C[:, written:-1] == 7).all(), "wrote past the last panel's vectors"
+        return C[:, :n]
+
+    got = product(N)
+    ref = A.astype(np.float64) @ Bm[:, :N].astype(np.float64)
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(got, ref, atol=tol * np.abs(ref).max() * K, rtol=0)
+    np.testing.assert_array_equal(got, product(N + 24)[:, :N])
 
 
 def test_gemm_with_empty_k_clears_or_keeps_c():

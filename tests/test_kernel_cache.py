@@ -49,3 +49,26 @@ def test_second_process_loads_compiled_code_from_disk_and_agrees_bit_for_bit(tmp
         assert all(second[name][n][0] >= 1 and second[name][n][1] == 0 for n in calls), second
         assert first[name]["sha"] == second[name]["sha"], name
     assert any(p.suffix == ".nbi" for p in (tmp_path / "kernels" / "__pycache__").iterdir())
+
+
+NAMES_PROBE = """
+from numba.core.cpu_options import FastMathOptions
+from gruablate.kernels.cpu_runtime import FASTMATH
+# what Numba writes into every compiled function's name, also for a copy of the flags
+print(FastMathOptions(FASTMATH).encode(), FastMathOptions(FastMathOptions(FASTMATH)).encode(),
+      sep="|")
+"""
+
+
+def test_kernel_names_do_not_depend_on_the_process_hash_seed():
+    """Numba mangles the fast-math flags into function names with ``str(set)``; a plain
+    set prints in an order that changes with ``PYTHONHASHSEED``, so processes named the
+    same kernel differently (and a cache filled by two workers once crashed a third)."""
+    seen = set()
+    for seed in range(6):  # a plain set of these three flags prints in 4 orders here
+        env = dict(os.environ, PYTHONHASHSEED=str(seed))
+        out = subprocess.run([sys.executable, "-c", NAMES_PROBE], env=env,
+                             capture_output=True, text=True, check=True)
+        seen.add(out.stdout.strip())
+    assert len(seen) == 1, seen
+    assert seen.pop().split("|") == ["{'afn', 'arcp', 'nsz'}"] * 2

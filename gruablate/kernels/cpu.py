@@ -26,7 +26,10 @@ libraries (haste, cuDNN) and was shaped by profiling (``benchmarks/RESULTS.md``)
   (a bias with no such copy keeps its terms in a buffer of its own): no race on
   ``db``, and the same result for any thread count;
 - workspaces are allocated once per call (per thread for the per-step ones), never
-  inside the time loop.
+  inside the time loop;
+- a gate computed from its bias alone (``gru3``) is the same at every step and row: it
+  is computed once per call, and neither stored per step nor read back
+  (:func:`_constant_gates`).
 
 Each module holds two per-variant ``cfunc``s (the forward rows, train and inference
 alike, and the backward rows) and three thin entry points; the products, the packing
@@ -89,7 +92,7 @@ from numba import carray, cfunc, njit, types
 
 from gruablate.kernels.cpu_runtime import (
     FASTMATH, PARALLEL_MIN_WORK, NoAliasCompiler, address, as_pointer, ccall, gemv, keep_alive,
-    mm_packed, num_threads, pow2, provide, symbol,
+    num_threads, pow2, provide, symbol,
 )
 
 DT = np.{dtype}
@@ -200,6 +203,7 @@ def _forward_rows(chunk_, nch, a):
     H = args[11]
     keep = args[12]  # 1: keep every step's activations (training); 0: inference
     packed = args[13]
+    MMP = symbol("{sym_mmp}")  # the per-step product on packed weights (cpu_runtime)
     TA = T if keep else 1
     r0_ = (chunk_ * B) // nch
     r1_ = ((chunk_ + 1) * B) // nch
@@ -233,11 +237,12 @@ def _forward_rows(chunk_, nch, a):
 
 def _backward_rows(chunk_, nch, a):
     """Rows block chunk_ of nch of the batch, backwards through the whole sequence (a cfunc)."""
-    args = carray(as_pointer(a, I64Z), 18)
+    args = carray(as_pointer(a, I64Z), 19)
     T = args[14]
     B = args[15]
     H = args[16]
     packed = args[17]
+    MMP = symbol("{sym_mmp}")
     r0_ = (chunk_ * B) // nch
     r1_ = ((chunk_ + 1) * B) // nch
     R_ = r1_ - r0_
@@ -259,6 +264,7 @@ def _backward_rows(chunk_, nch, a):
     uct = {b_uct}
     dbp = {b_dbp}.reshape((T, B, NE * H))
     Uf = {b_U}
+    b = {b_b}
     dhd_ = dsT[0, r0_:r1_].copy()  # gradient on h_t that bypasses the products
     dhr_ = np.zeros((R_, nph * NR), dtype=DT)  # gradient on h_t through them
     dhrf = dhr_.reshape(dhr_.size)
@@ -275,8 +281,8 @@ def _backward_rows(chunk_, nch, a):
 
 
 _ROWS_SIG = types.void(types.int64, types.int64, types.int64)
-provide("{sym_fwd}", lambda: cfunc(_ROWS_SIG, {opts})(_forward_rows))
-provide("{sym_bwd}", lambda: cfunc(_ROWS_SIG, {opts})(_backward_rows))
+provide("{sym_fwd}", lambda: cfunc(_ROWS_SIG, {opts})(_forward_rows), needs=("{sym_mmp}",))
+provide("{sym_bwd}", lambda: cfunc(_ROWS_SIG, {opts})(_backward_rows), needs=("{sym_mmp}",))
 
 
 @njit({entry})
@@ -372,7 +378,7 @@ def backward(x, s0, W, U, b, y, acts, aux, dy, dsT, dx, ds0, dW, dU, db):
     # Bias-gradient terms not already stored in dgx or dgh (see _bias_sources), kept
     # per step and row for the sum below.
     dbp = np.zeros((T, B, NE * H), dtype=DT)
-    args = np.empty(18, dtype=np.int64)
+    args = np.empty(19, dtype=np.int64)
     args[0] = address(s0)
     args[1] = address(y)
     args[2] = address(acts)
@@ -391,6 +397,7 @@ def backward(x, s0, W, U, b, y, acts, aux, dy, dsT, dx, ds0, dW, dU, db):
     args[15] = B
     args[16] = H
     args[17] = packed
+    args[18] = address(b)
     ccall(symbol("{sym_run}"), symbol("{sym_bwd}"), nch, address(args))
     # Bias gradients: every step's and row's terms summed in one fixed order (steps
     # backwards, rows in order): no race, and the same bits for any number of threads.
@@ -515,6 +522,40 @@ def _bias_sources(code) -> dict[int, tuple[str, int]]:
     return out
 
 
+def _constant_gates(code, plan: KernelPlan) -> dict[int, int]:
+    """Gates computed from their bias alone (``gru3``): acts block -> bias segment.
+
+    Such a gate has the same value at every step and in every row, so the kernels
+    compute it once per call into a vector of ``H`` (``KG(k)``) instead of an
+    exponential per element and step, and neither store it in ``acts`` nor read it
+    back: of ``gru3``'s forward pass at ``H = 32`` the gate pass was a third.
+    """
+    out = {}
+    for line in code.fwd1:
+        m = re.fullmatch(r"g_(\w+) = SIGMOID\(B\((\d+)\)\)", line)
+        if m:
+            out[plan.a_off[m.group(1)]] = int(m.group(2))
+    return out
+
+
+def _use_constant_gates(code, const: dict[int, int]):
+    """``code`` with each constant gate read from ``KG(k)``, never stored in ``G(k)``."""
+    def edit(lines: list[str]) -> list[str]:
+        out = []
+        for line in lines:
+            for a, kb in const.items():
+                if line.startswith(f"G({a}) = "):
+                    line = ""
+                    break
+                line = re.sub(rf"\bG\({a}\)", f"KG({a})", line)
+                line = line.replace(f"SIGMOID(B({kb}))", f"KG({a})")
+            if line:
+                out.append(line)
+        return out
+
+    return type(code)(edit(code.fwd1), edit(code.fwd2), edit(code.bwd1), edit(code.bwd2))
+
+
 def _indent(lines: list[str], n: int) -> str:
     return "\n".join(" " * n + line for line in lines)
 
@@ -529,6 +570,8 @@ def kernel_source(variant: Variant, dtype: str) -> str:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     plan = make_plan(variant)
     code = generate(plan)
+    const = _constant_gates(code, plan)
+    code = _use_constant_gates(code, const)
     alias = _dgh_alias(code.bwd1 + code.bwd2, plan.nhm)
     if alias:
         code = _drop_backward_lines(code, ("DHB(",))
@@ -553,6 +596,7 @@ def kernel_source(variant: Variant, dtype: str) -> str:
         "B(k)": "b{k}_[j]",
         "HPREV": "hpv_[j]",
         "G(k)": "g{k}_[j]",
+        "KG(k)": "kg{k}_[j]",
         "AUX": "au_[j]",
         "SIGMOID": "sigmoid",
         "TANH": "tanh",
@@ -560,7 +604,11 @@ def kernel_source(variant: Variant, dtype: str) -> str:
 
     # ------------------------------------------------------------------ forward
     fwd = dict(common, HOUT="yo_[j]", CPREV="cwr_[j]", COUT="cwr_[j]")
-    alloc = []
+    const_alloc = []  # constant gates, once per call and block (see _constant_gates)
+    for a, kb in const.items():
+        const_alloc += [f"kg{a}_ = np.empty(H, dtype=DT)", "for j in range(H):",
+                        f"    kg{a}_[j] = sigmoid(b[{kb} * H + j])"]
+    alloc = list(const_alloc)
     if lstm:
         alloc.append("cw_ = s0[1, r0_:r1_].copy()  # the cell state, updated in place")
     binds = [f"x{k}_ = xp[t, row_, {k} * H:{k + 1} * H]" for k in range(plan.nx)]
@@ -568,6 +616,7 @@ def kernel_source(variant: Variant, dtype: str) -> str:
     binds += [f"g{k}_ = acts[ta, row_, {k} * H:{k + 1} * H]" for k in range(plan.na)]
     binds += ["au_ = aux[ta, row_]", "hpv_ = hprev_[row_]", "yo_ = y[t, row_]"]
     binds += _slices("b", plan.nb, "b[")
+    binds += [f"kg{a}_ = kg{a}_" for a in const]
     if lstm:
         binds.append("cwr_ = cw_[bi_]")
     step = []
@@ -576,7 +625,8 @@ def kernel_source(variant: Variant, dtype: str) -> str:
         step.append("        hsrc = s0f if t == 0 else yf")
         step.append("        hoff = (r0_ if t == 0 else (t - 1) * B + r0_) * H")
         step.append(_product(
-            "mm_packed(hsrc, hoff, H, R_, um, H, npm, hpf, 0, npm * NR, 0)",
+            "ccall(MMP, address(hsrc), hoff, H, R_, address(um), H, NHM * H, address(hpf), 0,"
+            " npm * NR, 0)",
             "gemv(hsrc, hoff, H, 1, R_, H, Uf, 0, 1, H, NHM * H, hpf, 0, npm * NR, 0)",
         ))
     step.append(loops.call("_fwd1", binds, substitute(code.fwd1, fwd, ind)))
@@ -584,7 +634,8 @@ def kernel_source(variant: Variant, dtype: str) -> str:
         # U_c (r * h): r * h was just stored in aux.
         step.append("        aoff = (ta * B + r0_) * H")
         step.append(_product(
-            "mm_packed(auxf, aoff, H, R_, uc, H, npc, cpf, 0, npc * NR, 0)",
+            "ccall(MMP, address(auxf), aoff, H, R_, address(uc), H, H, address(cpf), 0,"
+            " npc * NR, 0)",
             "gemv(auxf, aoff, H, 1, R_, H, Uf, NHM * H * H, 1, H, H, cpf, 0, npc * NR, 0)",
         ))
         step.append(loops.call("_fwd2", binds + ["cpr_ = cp[bi_, 0:H]"],
@@ -604,7 +655,7 @@ def kernel_source(variant: Variant, dtype: str) -> str:
         DHDIRECT="dhdr_[j]",
         GPART="gpr_[j]",
     )
-    b_alloc = []
+    b_alloc = list(const_alloc)
     if tied:
         b_alloc.append("gp_ = np.empty((R_, H), dtype=DT)")
     if lstm:
@@ -614,6 +665,7 @@ def kernel_source(variant: Variant, dtype: str) -> str:
     bb += [f"dgx{k}_ = dgx[t, row_, {k} * H:{k + 1} * H]" for k in range(plan.nx)]
     bb += [f"dgh{k}_ = dgh[t, row_, {k} * H:{k + 1} * H]" for k in range(plan.nhm)]
     bb += ["gpr_ = gp_[bi_]"] if tied else []
+    bb += [f"kg{a}_ = kg{a}_" for a in const]
     bb += [f"db{k}_ = dbp[t, row_, {e} * H:{e + 1} * H]" for e, k in enumerate(apart)]
     binds1 = bb + ["dyr_ = dy[t, row_]", "dhrr_ = dhr_[bi_, 0:H]", "dgcr_ = dgc[t, row_]"]
     if lstm:
@@ -626,7 +678,8 @@ def kernel_source(variant: Variant, dtype: str) -> str:
         # d(r * h) = dc_pre U_c, then the reset gate's gradient.
         b_step.append("        coff = (t * B + r0_) * H")
         b_step.append(_product(
-            "mm_packed(dgcf, coff, H, R_, uct, H, nph, drhf, 0, nph * NR, 0)",
+            "ccall(MMP, address(dgcf), coff, H, R_, address(uct), H, H, address(drhf), 0,"
+            " nph * NR, 0)",
             "gemv(dgcf, coff, H, 1, R_, H, Uf, NHM * H * H, H, 1, H, drhf, 0, nph * NR, 0)",
         ))
         b_step.append(loops.call("_bwd2", bb + ["drhr_ = drh_[bi_, 0:H]"],
@@ -634,7 +687,8 @@ def kernel_source(variant: Variant, dtype: str) -> str:
     if plan.nhm:
         b_step.append("        goff = (t * B + r0_) * GW * H")
         b_step.append(_product(
-            "mm_packed(dghf, goff, GW * H, R_, ut, NHM * H, nph, dhrf, 0, nph * NR, 0)",
+            "ccall(MMP, address(dghf), goff, GW * H, R_, address(ut), NHM * H, H, address(dhrf),"
+            " 0, nph * NR, 0)",
             "gemv(dghf, goff, GW * H, 1, R_, NHM * H, Uf, 0, H, 1, H, dhrf, 0, nph * NR, 0)",
         ))
     b_chunk_final = ["ds0[1, r0_:r1_] = dc_"] if lstm else []
@@ -665,11 +719,12 @@ def kernel_source(variant: Variant, dtype: str) -> str:
         b_dgh=view(8, "T * B * GW * H"), b_dgc=view(9, "T * B * H * CAND_APART"),
         b_ut=view(10, "nph * NHM * H * NR * packed"),
         b_uct=view(11, "nph * H * NR * packed * CAND_APART"),
-        b_dbp=view(12, "T * B * NE * H"), b_U=view(13, "NH * H * H"),
+        b_dbp=view(12, "T * B * NE * H"), b_U=view(13, "NH * H * H"), b_b=view(18, "NB * H"),
         b_alloc=_indent(b_alloc, 4), b_step="\n".join(b_step),
         b_chunk_final=_indent(b_chunk_final, 4),
         sym_gemm=cpu_runtime.runtime_symbol("gemm", dtype),
         sym_pack=cpu_runtime.runtime_symbol("pack", dtype),
+        sym_mmp=cpu_runtime.runtime_symbol("mm_packed", dtype),
         sym_run=cpu_runtime.runtime_symbol("run_chunks"),
         sym_fwd="@FWD@", sym_bwd="@BWD@",
         db_sum="\n".join(db_sum),

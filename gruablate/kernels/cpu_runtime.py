@@ -29,8 +29,14 @@ its object code is linked. All exported functions take only ``int64`` arguments
 **Launcher.** :func:`run_chunks` runs a per-variant ``cfunc`` on ``nch`` row blocks
 in parallel (``prange``); the variant code itself has no ``prange`` and compiles fast.
 
-Packed panel layout (see :func:`pack`): ``P[(jp * K + k) * NR + jj] = B[k, jp * NR + jj]``,
-zero where ``jp * NR + jj >= N``.
+Packed panel layout (see :func:`pack`): panel ``jp`` starts at ``jp * K * NR`` and holds
+``P[jp * K * NR + k * w + jj] = B[k, jp * NR + jj]``, zero where ``jp * NR + jj >= N``;
+its width ``w`` is ``NR`` but for the last panel, which is only as many whole vectors
+as its columns need. That last panel runs a micro-kernel one or two vectors wide: with
+``NR`` = 24, a product of ``N = 32`` columns (``rnn`` at ``H = 32``) computed 48 and the
+one of ``N = 512`` computed 528; the per-step products of every variant's backward pass
+have ``N = H``. Each column is the same chain of fused multiply-adds at any width, so the
+results are those of the wide kernel to the bit.
 """
 
 from __future__ import annotations
@@ -52,6 +58,28 @@ from numba.core.compiler_machinery import FunctionPass, register_pass
 from numba.core.typed_passes import NopythonTypeInference
 from numba.extending import intrinsic
 
+
+class _FastMathFlags(set):
+    """A set of fast-math flags that prints in one order in every process.
+
+    Numba mangles its flags into the name of every compiled function, writing the
+    fast-math set with ``str(set)``, whose order follows the strings' hashes: it
+    differs between processes (``PYTHONHASHSEED``), and a copy of a set need not
+    iterate like the original. One kernel cache, filled by two test workers, held a
+    ``forward_infer`` named with one order beside the ``_forward`` it calls named with
+    another, and loading it crashed a later process (a call through a null pointer).
+    Sorted, the names are the same in every process.
+    """
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(repr(f) for f in sorted(self)) + "}"
+
+    __str__ = __repr__
+
+    def copy(self) -> _FastMathFlags:
+        return _FastMathFlags(self)
+
+
 # Fast-math flags for the kernels: reciprocals, signed zeros and approximate functions,
 # but not nnan/ninf, so NaN and infinity still propagate as IEEE says. Neither
 # ``contract`` nor ``reassoc``: Numba links a private copy of every callee into each
@@ -62,7 +90,7 @@ from numba.extending import intrinsic
 # loaded it from the cache. Without them every copy computes the same thing. The
 # products' explicit vector code keeps its single-product FMAs (``_FLAGS``): there is
 # only one way to fuse ``acc + a*b``.
-FASTMATH = {"arcp", "nsz", "afn"}
+FASTMATH = _FastMathFlags({"arcp", "nsz", "afn"})
 VECTOR_BYTES = 32  # one AVX register; LLVM splits it on narrower CPUs
 NVEC = 3  # vectors per micro-kernel row
 MR_MAX = 4  # rows per micro-kernel: 4 × 3 accumulators + 3 loads + 1 broadcast = 16 regs
@@ -148,12 +176,19 @@ class NoAliasCompiler(CompilerBase):
 
 # ------------------------------------------------------------------ symbol registry
 _PROVIDERS: dict[str, Callable[[], object]] = {}
+_NEEDS: dict[str, tuple[str, ...]] = {}
 _EXPORTED: dict[str, object] = {}  # keeps every cfunc (and its machine code) alive
 
 
-def provide(name: str, make: Callable[[], object]) -> None:
-    """Declare how to build the ``cfunc`` behind symbol ``name`` (built on demand)."""
+def provide(name: str, make: Callable[[], object], needs: tuple[str, ...] = ()) -> None:
+    """Declare how to build the ``cfunc`` behind symbol ``name`` (built on demand).
+
+    ``needs`` names the exported symbols its code calls: they are registered first. A
+    ``cfunc`` loaded from Numba's cache links its object code at once and, unlike a
+    jitted function, runs no ``reload_init`` hook that could register them itself.
+    """
     _PROVIDERS.setdefault(name, make)
+    _NEEDS.setdefault(name, tuple(needs))
 
 
 def ensure_symbol(name: str) -> None:
@@ -172,6 +207,8 @@ def ensure_symbol(name: str) -> None:
     from numba.np.ufunc.parallel import _launch_threads
 
     _launch_threads()
+    for dep in _NEEDS.get(name, ()):
+        ensure_symbol(dep)
     cf = make()
     llb.add_symbol(name, cf.address)
     _EXPORTED[name] = cf
@@ -307,14 +344,16 @@ def num_threads(typingctx):
 
 
 # ------------------------------------------------------------------ micro-kernel
-def _make_microkernel(mr: int):
-    """The ``mr``-row micro-kernel: ``C[i, 0:NR] (+)= sum_k A[i, k] * P[k, 0:NR]``.
+def _make_microkernel(mr: int, nvec: int = NVEC):
+    """The ``mr``-row micro-kernel, ``nvec`` vectors wide (``w = nvec * VW`` columns):
+    ``C[i, 0:w] (+)= sum_k A[i, k] * P[k, 0:w]``.
 
     Arguments: ``A, ao, sai, sak`` (element ``(i, k)`` at ``A.flat[ao + i*sai + k*sak]``),
-    ``P, po`` (packed panel, ``NR`` per ``k``), ``C, co, ldc`` (row ``i`` at
+    ``P, po`` (packed panel, ``w`` per ``k``), ``C, co, ldc`` (row ``i`` at
     ``co + i*ldc``), ``K``, ``acc`` (0: store, else add to ``C``). Arrays are only used
     for their data pointer, so any contiguous array of the right dtype will do; bounds
-    are the caller's job.
+    are the caller's job. Every column is the same chain of fused multiply-adds over
+    ``k`` whatever the width, so narrow and wide kernels give the same bits.
     """
 
     @intrinsic
@@ -350,14 +389,14 @@ def _make_microkernel(mr: int):
             undef = ir.Constant(vt, ir.Undefined)
             splat = ir.Constant(ir.VectorType(ir.IntType(32), vw), [0] * vw)
             # Accumulators as allocas: mem2reg turns them into loop-carried registers.
-            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(NVEC)]
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(nvec)]
                     for _ in range(mr)]
-            nr = ir.Constant(i64, NVEC * vw)
+            nr = ir.Constant(i64, nvec * vw)
             with cgutils.for_range(builder, kk) as loop:
                 k = loop.index
                 pk = builder.add(po, builder.mul(k, nr))
                 bvec = []
-                for v in range(NVEC):
+                for v in range(nvec):
                     ptr = builder.gep(pptr, [builder.add(pk, ir.Constant(i64, v * vw))])
                     bvec.append(builder.load(builder.bitcast(ptr, vpt), align=esz))
                 ak = builder.add(ao, builder.mul(k, sak))
@@ -368,13 +407,13 @@ def _make_microkernel(mr: int):
                         builder.insert_element(undef, s, ir.Constant(ir.IntType(32), 0)),
                         undef, splat,
                     )
-                    for v in range(NVEC):
+                    for v in range(nvec):
                         prod = builder.fmul(bc, bvec[v], flags=_FLAGS)
                         old = builder.load(accs[i][v])
                         builder.store(builder.fadd(old, prod, flags=_FLAGS), accs[i][v])
             add = builder.icmp_signed("!=", acc, ir.Constant(i64, 0))
             for i in range(mr):
-                for v in range(NVEC):
+                for v in range(nvec):
                     off = builder.add(
                         co, builder.add(builder.mul(ir.Constant(i64, i), ldc),
                                         ir.Constant(i64, v * vw))
@@ -489,11 +528,17 @@ _dot_strided = _make_dot(contiguous=False)
 
 _mk1 = _make_microkernel(1)
 _mk4 = _make_microkernel(MR_MAX)
+# Narrow kernels for a last panel of one or two vectors: a product with N = 32 columns
+# is one full panel and one of 8 (float32), not two full ones with 16 columns of zeros.
+_mk1_v1 = _make_microkernel(1, 1)
+_mk4_v1 = _make_microkernel(MR_MAX, 1)
+_mk1_v2 = _make_microkernel(1, 2)
+_mk4_v2 = _make_microkernel(MR_MAX, 2)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def kernel(m, A, ao, sai, sak, P, po, C, co, ldc, K, acc):
-    """``m`` rows of the micro-kernel: blocks of 4, then single rows.
+    """``m`` rows of the full-width micro-kernel: blocks of 4, then single rows.
 
     Only the 4-row and 1-row kernels exist: each other height would be one more copy
     of the unrolled loop in every caller, and compile time grows with code size.
@@ -507,23 +552,62 @@ def kernel(m, A, ao, sai, sak, P, po, C, co, ldc, K, acc):
         i += 1
 
 
+@njit(cache=True, nogil=True)
+def kernel_nv(m, nv, A, ao, sai, sak, P, po, C, co, ldc, K, acc):
+    """:func:`kernel` for a panel ``nv`` vectors wide (``nv`` = 1, 2 or 3).
+
+    Only last panels come here (at most one per product and row block), so one loop
+    choosing the kernel per block of rows is fast enough and keeps the code small.
+    """
+    i = 0
+    while i < m:
+        four = i + MR_MAX <= m
+        a, c = ao + i * sai, co + i * ldc
+        if nv == NVEC:
+            if four:
+                _mk4(A, a, sai, sak, P, po, C, c, ldc, K, acc)
+            else:
+                _mk1(A, a, sai, sak, P, po, C, c, ldc, K, acc)
+        elif nv == 2:
+            if four:
+                _mk4_v2(A, a, sai, sak, P, po, C, c, ldc, K, acc)
+            else:
+                _mk1_v2(A, a, sai, sak, P, po, C, c, ldc, K, acc)
+        elif four:
+            _mk4_v1(A, a, sai, sak, P, po, C, c, ldc, K, acc)
+        else:
+            _mk1_v1(A, a, sai, sak, P, po, C, c, ldc, K, acc)
+        i += MR_MAX if four else 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def panel_vectors(N, n0, nr, vw):
+    """Vectors in the panel of columns ``n0 ..``: ``NVEC``, or fewer for the last one."""
+    return min(nr, ((N - n0 + vw - 1) // vw) * vw) // vw
+
+
 # ------------------------------------------------------------------ products
 @njit(cache=True, nogil=True, error_model="numpy")
 def pack(Bs, bo, sbk, sbn, K, N, P):
     """Pack ``B[k, n] = Bs.flat[bo + k*sbk + n*sbn]`` (``K × N``) into panels ``P``.
 
-    ``P`` needs ``ceil(N / NR) * K * NR`` elements; columns past ``N`` are zero so the
-    micro-kernel may always compute whole panels. The inner loop runs along whichever
-    axis of ``B`` is contiguous (the other order reads a new cache line per element).
+    Panel ``jp`` starts at ``jp * K * NR``; every panel is ``NR`` columns wide but the
+    last, which is as many whole vectors as its columns need (:func:`panel_vectors`),
+    so ``P`` needs at most ``ceil(N / NR) * K * NR`` elements. Columns past ``N`` are
+    zero so the micro-kernel may always compute whole vectors. The inner loop runs
+    along whichever axis of ``B`` is contiguous (the other order reads a new cache line
+    per element).
     """
-    nr = (NVEC * VECTOR_BYTES) // P.itemsize
+    vw = VECTOR_BYTES // P.itemsize
+    nr = NVEC * vw
     npan = (N + nr - 1) // nr
     zero = P.dtype.type(0)
-    unr, uk = np.uint64(nr), np.uint64(K)
+    uk = np.uint64(K)
     usbk, usbn = np.uint64(sbk), np.uint64(sbn)
     for jp in range(npan):
         n0 = jp * nr
         w = np.uint64(min(nr, N - n0))
+        unr = np.uint64(panel_vectors(N, n0, nr, vw) * vw)
         base = np.uint64(jp * K * nr)
         if sbk == 1:
             for jj in range(w):
@@ -542,16 +626,22 @@ def pack(Bs, bo, sbk, sbn, K, N, P):
 
 
 @njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
-def mm_packed(A, ao, lda, M, P, K, npan, C, co, ldc, acc):
-    """``C[i, :npan*NR] (+)= A[i, :K] @ Bpacked`` for ``M`` rows, serial.
+def mm_packed(A, ao, lda, M, P, K, N, C, co, ldc, acc):
+    """``C[i, :N'] (+)= A[i, :K] @ Bpacked`` for ``M`` rows, serial; ``N'`` is ``N``
+    rounded up to whole vectors.
 
     The per-step recurrent product: ``P`` was packed once per sequence and ``C`` is a
     workspace padded to whole panels, so no edge handling is needed here.
     """
-    nr = (NVEC * VECTOR_BYTES) // P.itemsize
-    for jp in range(npan):
+    vw = VECTOR_BYTES // P.itemsize
+    nr = NVEC * vw
+    full = N // nr
+    for jp in range(full):
         # All rows against one panel while it is hot in L1/L2.
         kernel(M, A, ao, lda, 1, P, jp * K * nr, C, co + jp * nr, ldc, K, acc)
+    if full * nr < N:
+        kernel_nv(M, panel_vectors(N, full * nr, nr, vw), A, ao, lda, 1, P, full * K * nr, C,
+                  co + full * nr, ldc, K, acc)
 
 
 # Only ``contract``: its products are single ``acc + a*b`` terms, fused one way only.
@@ -644,7 +734,8 @@ def _pack_a(A, ao, sai, sak, m, kc, Ap):
 def _gemm_rows(A, ao, sai, sak, r0, r1, K, Bs, bo, sbk, sbn, N, C, co, ldc, acc, P, Ap,
                tile):
     """Rows ``r0:r1`` of :func:`gemm`, with this thread's panel and edge buffers."""
-    nr = (NVEC * VECTOR_BYTES) // P.itemsize
+    vw = VECTOR_BYTES // P.itemsize
+    nr = NVEC * vw
     npan = (N + nr - 1) // nr
     zero = C.dtype.type(0)
     pack_a = sak != 1
@@ -659,6 +750,7 @@ def _gemm_rows(A, ao, sai, sak, r0, r1, K, Bs, bo, sbk, sbn, N, C, co, ldc, acc,
             for jp in range(npan):
                 po = jp * kc * nr
                 w = min(nr, N - jp * nr)
+                nv = panel_vectors(N, jp * nr, nr, vw)
                 for i in range(i0, i1, MR_MAX):
                     m = min(MR_MAX, i1 - i)
                     if pack_a:
@@ -666,12 +758,18 @@ def _gemm_rows(A, ao, sai, sak, r0, r1, K, Bs, bo, sbk, sbn, N, C, co, ldc, acc,
                     else:
                         src, a_off, a_si, a_sk = A, ao + i * sai + k0 * sak, sai, sak
                     c_off = co + i * ldc + jp * nr
-                    # One call site (code size): a partial last panel goes to a
-                    # scratch tile, then its w valid columns are copied.
-                    full = w == nr
+                    # A last panel of whole vectors is written in place by the narrow
+                    # kernel; one with a partial vector goes to a scratch tile, then
+                    # its w valid columns are copied.
+                    full = w == nv * vw
                     dst = C if full else tile
-                    kernel(m, src, a_off, a_si, a_sk, P, po, dst, c_off if full else 0,
-                           ldc if full else nr, kc, add if full else 0)
+                    if nv == NVEC:
+                        kernel(m, src, a_off, a_si, a_sk, P, po, dst, c_off if full else 0,
+                               ldc if full else nr, kc, add if full else 0)
+                    else:
+                        kernel_nv(m, nv, src, a_off, a_si, a_sk, P, po, dst,
+                                  c_off if full else 0, ldc if full else nr, kc,
+                                  add if full else 0)
                     if not full:
                         for ii in range(m):
                             for jj in range(w):
@@ -756,6 +854,19 @@ def _make_gemm(dtype: str):
     return cfunc(types.void(*[_I64] * 15), cache=True)(gemm_c)
 
 
+def _make_mm_packed(dtype: str):
+    zero = np.dtype(dtype).type(0)
+    nr = panel_width(dtype)
+
+    def mm_packed_c(a, ao, lda, m, p, k, n, c, co, ldc, acc):
+        A = carray(as_pointer(a, zero), _span_jit(ao, m, lda, k, 1))
+        P = carray(as_pointer(p, zero), ((n + nr - 1) // nr) * k * nr)
+        C = carray(as_pointer(c, zero), _span_jit(co, m, ldc, (n + nr - 1) // nr * nr, 1))
+        mm_packed(A, ao, lda, m, P, k, n, C, co, ldc, acc)
+
+    return cfunc(types.void(*[_I64] * 11), cache=True)(mm_packed_c)
+
+
 def _make_pack(dtype: str):
     zero = np.dtype(dtype).type(0)
     nr = panel_width(dtype)
@@ -779,4 +890,5 @@ keep_freed_memory()
 for _dt in ("float32", "float64"):
     provide(runtime_symbol("gemm", _dt), functools.partial(_make_gemm, _dt))
     provide(runtime_symbol("pack", _dt), functools.partial(_make_pack, _dt))
+    provide(runtime_symbol("mm_packed", _dt), functools.partial(_make_mm_packed, _dt))
 provide(runtime_symbol("run_chunks"), _make_run_chunks)
