@@ -63,7 +63,7 @@ print(FastMathOptions(FASTMATH).encode(), FastMathOptions(FastMathOptions(FASTMA
 def test_kernel_names_do_not_depend_on_the_process_hash_seed():
     """Numba mangles the fast-math flags into function names with ``str(set)``; a plain
     set prints in an order that changes with ``PYTHONHASHSEED``, so processes named the
-    same kernel differently (and a cache filled by two workers once crashed a third)."""
+    same kernel differently."""
     seen = set()
     for seed in range(6):  # a plain set of these three flags prints in 4 orders here
         env = dict(os.environ, PYTHONHASHSEED=str(seed))
@@ -72,3 +72,36 @@ def test_kernel_names_do_not_depend_on_the_process_hash_seed():
         seen.add(out.stdout.strip())
     assert len(seen) == 1, seen
     assert seen.pop().split("|") == ["{'afn', 'arcp', 'nsz'}"] * 2
+
+
+INFER_PROBE = """
+import sys, numpy as np, gruablate
+layer = gruablate.RecurrentLayer("rnn", 3, 5)
+x = np.ones((4, 2, 3), np.float32)
+layer.forward(x, keep=False)
+if sys.argv[1] == "both":
+    layer.forward(x)
+print("ok")
+"""
+
+
+def test_an_entry_point_compiled_beside_a_cached_callee_loads_in_a_new_process(tmp_path):
+    """``forward_infer`` compiled in a process that loaded its callee ``_forward`` from
+    the cache is cached without the list of symbols to register on load (Numba passes
+    that list on only from callees it compiled). Two test workers filling one cache left
+    such an entry; a later process calling it first crashed (null pointer). Reproduced
+    here by removing the cached entry point and compiling it again beside the callee."""
+    env = dict(os.environ, GRUABLATE_CACHE_DIR=str(tmp_path))
+
+    def run(arg: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", INFER_PROBE, arg], env=env,
+                              capture_output=True, text=True)
+
+    assert run("both").returncode == 0
+    stale = list((tmp_path / "kernels" / "__pycache__").glob("*.forward_infer-*"))
+    assert stale
+    for f in stale:
+        f.unlink()
+    assert run("infer").returncode == 0  # compiles forward_infer, loads _forward
+    third = run("infer")  # loads both
+    assert third.returncode == 0 and third.stdout.strip() == "ok", third.stderr[-2000:]

@@ -283,6 +283,9 @@ def _backward_rows(chunk_, nch, a):
 _ROWS_SIG = types.void(types.int64, types.int64, types.int64)
 provide("{sym_fwd}", lambda: cfunc(_ROWS_SIG, {opts})(_forward_rows), needs=("{sym_mmp}",))
 provide("{sym_bwd}", lambda: cfunc(_ROWS_SIG, {opts})(_backward_rows), needs=("{sym_mmp}",))
+# Every exported symbol the entry points call: registered by kernels() before any of
+# them is loaded (see there).
+SYMBOLS = ("{sym_gemm}", "{sym_pack}", "{sym_run}", "{sym_fwd}", "{sym_bwd}")
 
 
 @njit({entry})
@@ -747,8 +750,20 @@ def kernel_source(variant: Variant, dtype: str) -> str:
 
 @cache
 def kernels(variant: Variant, dtype: str) -> ModuleType:
-    """The compiled kernel module (``forward_train``, ``forward_infer``, ``backward``)."""
-    return load_module(f"cpu_{dtype}", kernel_source(variant, dtype))
+    """The compiled kernel module (``forward_train``, ``forward_infer``, ``backward``).
+
+    The runtime and per-variant symbols its entry points call are registered here,
+    before any entry point is compiled or loaded. Each entry point also asks for them on
+    load (``reload_init``), but Numba passes that list on only from callees compiled in
+    the same process: an entry point compiled beside a callee loaded from the cache
+    (``forward_infer`` beside ``_forward``, as two test workers filling one cache can
+    leave it) was cached with an empty list, and a later process that called it first
+    jumped through a null pointer.
+    """
+    module = load_module(f"cpu_{dtype}", kernel_source(variant, dtype))
+    for name in module.SYMBOLS:
+        cpu_runtime.ensure_symbol(name)
+    return module
 
 
 def plan_for(variant: Variant) -> KernelPlan:

@@ -65,10 +65,9 @@ class _FastMathFlags(set):
     Numba mangles its flags into the name of every compiled function, writing the
     fast-math set with ``str(set)``, whose order follows the strings' hashes: it
     differs between processes (``PYTHONHASHSEED``), and a copy of a set need not
-    iterate like the original. One kernel cache, filled by two test workers, held a
-    ``forward_infer`` named with one order beside the ``_forward`` it calls named with
-    another, and loading it crashed a later process (a call through a null pointer).
-    Sorted, the names are the same in every process.
+    iterate like the original. Sorted, a kernel has the same name in every process that
+    compiles it (the crash once seen beside such mixed names had another cause: see
+    :func:`gruablate.kernels.cpu.kernels`).
     """
 
     def __repr__(self) -> str:
