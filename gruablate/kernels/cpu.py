@@ -281,11 +281,12 @@ def _backward_rows(chunk_, nch, a):
 
 
 _ROWS_SIG = types.void(types.int64, types.int64, types.int64)
-provide("{sym_fwd}", lambda: cfunc(_ROWS_SIG, {opts})(_forward_rows), needs=("{sym_mmp}",))
-provide("{sym_bwd}", lambda: cfunc(_ROWS_SIG, {opts})(_backward_rows), needs=("{sym_mmp}",))
-# Every exported symbol the entry points call: registered by kernels() before any of
-# them is loaded (see there).
-SYMBOLS = ("{sym_gemm}", "{sym_pack}", "{sym_run}", "{sym_fwd}", "{sym_bwd}")
+provide("{sym_fwd}", lambda: cfunc(_ROWS_SIG, {opts})(_forward_rows))
+provide("{sym_bwd}", lambda: cfunc(_ROWS_SIG, {opts})(_backward_rows))
+# Every exported symbol this module calls, each after those its own code calls (the
+# row cfuncs call mm_packed): kernels() registers them in this order before any of
+# this module's functions is loaded.
+SYMBOLS = ("{sym_gemm}", "{sym_pack}", "{sym_mmp}", "{sym_run}", "{sym_fwd}", "{sym_bwd}")
 
 
 @njit({entry})

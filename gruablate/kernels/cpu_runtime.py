@@ -175,19 +175,17 @@ class NoAliasCompiler(CompilerBase):
 
 # ------------------------------------------------------------------ symbol registry
 _PROVIDERS: dict[str, Callable[[], object]] = {}
-_NEEDS: dict[str, tuple[str, ...]] = {}
 _EXPORTED: dict[str, object] = {}  # keeps every cfunc (and its machine code) alive
 
 
-def provide(name: str, make: Callable[[], object], needs: tuple[str, ...] = ()) -> None:
+def provide(name: str, make: Callable[[], object]) -> None:
     """Declare how to build the ``cfunc`` behind symbol ``name`` (built on demand).
 
-    ``needs`` names the exported symbols its code calls: they are registered first. A
-    ``cfunc`` loaded from Numba's cache links its object code at once and, unlike a
-    jitted function, runs no ``reload_init`` hook that could register them itself.
+    A ``cfunc`` loaded from Numba's cache links its object code at once and runs no
+    ``reload_init`` hook: the symbols it calls must be registered before it (the kernel
+    modules list theirs in order, see :func:`gruablate.kernels.cpu.kernels`).
     """
     _PROVIDERS.setdefault(name, make)
-    _NEEDS.setdefault(name, tuple(needs))
 
 
 def ensure_symbol(name: str) -> None:
@@ -206,8 +204,6 @@ def ensure_symbol(name: str) -> None:
     from numba.np.ufunc.parallel import _launch_threads
 
     _launch_threads()
-    for dep in _NEEDS.get(name, ()):
-        ensure_symbol(dep)
     cf = make()
     llb.add_symbol(name, cf.address)
     _EXPORTED[name] = cf
