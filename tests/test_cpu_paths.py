@@ -280,6 +280,25 @@ def test_packed_product_matches_numpy_and_wide_panels_bit_for_bit(N, dtype):
     np.testing.assert_array_equal(got, product(N + 24)[:, :N])
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_panels_tile_the_columns_and_none_is_one_vector_beside_a_wide_one(dtype):
+    """The packed layout: panels follow each other without gaps, cover every column,
+    and a one-vector panel (4 accumulators: half speed) appears only when the whole
+    product is one vector wide."""
+    nr = cpu_runtime.panel_width(dtype)
+    vw = cpu_runtime.VECTOR_BYTES // np.dtype(dtype).itemsize
+    for N in range(1, 8 * nr):
+        count = cpu_runtime.panel_count(N, nr, vw)
+        col = 0
+        for jp in range(count):
+            n0, nv = cpu_runtime.panel_at(N, jp, nr, vw)
+            assert n0 == col and 1 <= nv <= cpu_runtime.NVEC
+            assert nv > 1 or vw >= N, (N, jp)
+            col += nv * vw
+        assert N <= col < N + vw  # every column, padded only to whole vectors
+        assert col <= -(-N // nr) * nr  # fits the buffers sized ceil(N / NR) panels
+
+
 def test_gemm_with_empty_k_clears_or_keeps_c():
     A = np.zeros(4, np.float32)
     C = np.full((2, 3), 5, np.float32)
