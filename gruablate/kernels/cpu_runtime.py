@@ -717,6 +717,34 @@ def gemv(A, ao, sai, sak, M, K, Bs, bo, sbk, sbn, N, C, co, ldc, acc):
                         C[ci + n] += a * Bs[bk + n * usbn]
 
 
+@intrinsic
+def _copy_rows4(typingctx, src, s, sstride, dst, d, n, zero):
+    """For ``r < n``: ``dst[d + 4r : d + 4r + 4] = src[s + r*sstride : ... + 4]``, as
+    one vector load and store per row (``src`` and ``dst`` are data addresses)."""
+    if zero not in (types.float32, types.float64):
+        return None
+    sig = types.void(src, s, sstride, dst, d, n, zero)
+    if not all(isinstance(t, types.Integer) for t in sig.args[:-1]):
+        return None
+
+    def codegen(context, builder, sig, args):
+        src, s, sstride, dst, d, n = (context.cast(builder, v, t, types.int64)
+                                      for v, t in zip(args[:-1], sig.args[:-1], strict=True))
+        et = context.get_data_type(sig.args[-1])
+        esz = context.get_abi_sizeof(et)
+        vt = ir.VectorType(et, MR_MAX).as_pointer()
+        sp, dp = (builder.inttoptr(v, et.as_pointer()) for v in (src, dst))
+        with cgutils.for_range(builder, n) as loop:
+            r = loop.index
+            so = builder.add(s, builder.mul(r, sstride))
+            do = builder.add(d, builder.mul(r, ir.Constant(ir.IntType(64), MR_MAX)))
+            val = builder.load(builder.bitcast(builder.gep(sp, [so]), vt), align=esz)
+            builder.store(val, builder.bitcast(builder.gep(dp, [do]), vt), align=esz)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _pack_a(A, ao, sai, sak, m, kc, Ap):
     """Copy an ``m × kc`` block of a k-strided ``A`` into 4-row micro-panels.
@@ -730,21 +758,17 @@ def _pack_a(A, ao, sai, sak, m, kc, Ap):
     u4, ukc = np.uint64(MR_MAX), np.uint64(kc)
     usak, usai = np.uint64(sak), np.uint64(sai)
     if sai == 1:
-        # A is a transposed row-major matrix (rows k, contiguous along i). Blocks of 16
-        # rows: the cache lines read for one tile serve the next three, and each tile's
-        # panel is written sequentially (row-by-row order wrote 32 streams 8 KB apart,
-        # all in one L1 set).
+        # A is a transposed row-major matrix (rows k, contiguous along i): each k gives
+        # the 4 rows of a micro-panel as one contiguous run, copied as one vector.
+        # Blocks of 16 k: the cache lines read for one tile serve the next three, and
+        # each tile's panel is written sequentially (row-by-row order wrote 32 streams
+        # 8 KB apart, all in one L1 set).
+        zero = Ap.dtype.type(0)
+        a, ap = address(A), address(Ap)
         for kb in range(0, kc, 16):
-            ke = min(kb + 16, kc)
+            nk = min(16, kc - kb)
             for i0 in range(0, full, MR_MAX):
-                # Slices (views) index from 0: measured faster here than uint64 indices.
-                dst = Ap[i0 * kc + kb * MR_MAX : i0 * kc + ke * MR_MAX]
-                for k in range(ke - kb):
-                    src = A[ao + (kb + k) * sak + i0 : ao + (kb + k) * sak + i0 + MR_MAX]
-                    dst[k * MR_MAX] = src[0]
-                    dst[k * MR_MAX + 1] = src[1]
-                    dst[k * MR_MAX + 2] = src[2]
-                    dst[k * MR_MAX + 3] = src[3]
+                _copy_rows4(a, ao + kb * sak + i0, sak, ap, (i0 * kc + kb * MR_MAX), nk, zero)
     else:
         for i0 in range(0, full, MR_MAX):
             ui0 = np.uint64(i0)
