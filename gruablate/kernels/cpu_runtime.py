@@ -563,7 +563,7 @@ def kernel(m, a, ao, sai, sak, p, po, c, co, ldc, K, acc, zero):
 def kernel_nv(m, nv, a, ao, sai, sak, p, po, c, co, ldc, K, acc, zero):
     """:func:`kernel` for a panel ``nv`` vectors wide (``nv`` = 1, 2 or 3).
 
-    Only last panels come here (at most one per product and row block), so one loop
+    Only last panels come here (at most two per product and row block), so one loop
     choosing the kernel per block of rows is fast enough and keeps the code small.
     """
     i = 0
