@@ -561,7 +561,7 @@ def kernel(m, a, ao, sai, sak, p, po, c, co, ldc, K, acc, zero):
 
 @njit(cache=True, nogil=True)
 def kernel_nv(m, nv, a, ao, sai, sak, p, po, c, co, ldc, K, acc, zero):
-    """:func:`kernel` for a panel ``nv`` vectors wide (``nv`` = 1, 2 or 3).
+    """:func:`kernel` for a panel ``nv`` vectors wide (``nv`` = 1 or 2).
 
     Only last panels come here (at most two per product and row block), so one loop
     choosing the kernel per block of rows is fast enough and keeps the code small.
@@ -570,12 +570,7 @@ def kernel_nv(m, nv, a, ao, sai, sak, p, po, c, co, ldc, K, acc, zero):
     while i < m:
         four = i + MR_MAX <= m
         ai, ci = ao + i * sai, co + i * ldc
-        if nv == NVEC:
-            if four:
-                _mk4(a, ai, sai, sak, p, po, c, ci, ldc, K, acc, zero)
-            else:
-                _mk1(a, ai, sai, sak, p, po, c, ci, ldc, K, acc, zero)
-        elif nv == 2:
+        if nv == 2:
             if four:
                 _mk4_v2(a, ai, sai, sak, p, po, c, ci, ldc, K, acc, zero)
             else:
@@ -813,9 +808,9 @@ def _gemm_rows(A, ao, sai, sak, r0, r1, K, Bs, bo, sbk, sbn, N, C, co, ldc, acc,
                     else:
                         src, a_off, a_si, a_sk = a_data, ao + i * sai + k0 * sak, sai, sak
                     c_off = co + i * ldc + n0
-                    # A last panel of whole vectors is written in place by the narrow
-                    # kernel; one with a partial vector goes to a scratch tile, then
-                    # its w valid columns are copied.
+                    # A panel of whole vectors is written in place; one that ends in
+                    # a partial vector goes to a scratch tile, then its w valid
+                    # columns are copied.
                     full = w == nv * vw
                     dst = c_data if full else tile_data
                     if nv == NVEC:
