@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One command on a machine with an NVIDIA GPU:
-#   1. runs the CUDA test suite for real (tests/test_cuda.py: PTX for sm_90, the
-#      simulator comparisons, and the on-GPU comparisons with the CPU backend that are
-#      skipped everywhere else);
+#   1. runs the CUDA test suites for real (tests/test_cuda.py, tests/test_cuda_training.py:
+#      PTX for sm_90 and the on-GPU comparisons with the CPU backend that are skipped
+#      everywhere else; the simulator comparisons are CI's and are left out here);
 #   2. if it passes, times gruablate's CUDA kernels against cuDNN (torch.nn.GRU/LSTM)
 #      and writes the Markdown tables to benchmarks/gpu_results.md (or to $1).
 #
@@ -22,8 +22,11 @@ unset NUMBA_ENABLE_CUDASIM
 nvidia-smi -L
 python -c "from numba import cuda; import sys; sys.exit(0 if cuda.is_available() else 'numba.cuda sees no GPU')"
 
-echo "== CUDA test suite =="
-python -m pytest tests/test_cuda.py -q -rs
+echo "== CUDA test suites (real GPU) =="
+# Every worker compiles its own CPU reference kernels: spread them over the cores.
+workers=$(python -c "import os; print(max(1, min(16, (os.cpu_count() or 2) - 1)))")
+python -m pytest tests/test_cuda.py tests/test_cuda_training.py -q -rs -p no:cacheprovider \
+    -n "$workers" -k "not simulat"
 
 echo "== benchmarks -> $out =="
 # shellcheck disable=SC2086  # GPU_BENCH_ARGS is a list of options on purpose

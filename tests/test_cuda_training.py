@@ -18,6 +18,8 @@ Checked without a GPU, like ``tests/test_cuda.py``:
    host parameters stay as they were until ``to_host()``.
 4. **Unavailability.** ``backend="cuda"`` without a GPU still raises the one-line
    ``CudaUnavailableError``.
+5. **On a GPU** (skipped elsewhere; ``benchmarks/gpu.sh`` runs them): the training
+   comparison and the step-by-step run of 2 and 3, transfers recorded, on the device.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,19 +138,54 @@ def test_device_adam_refuses_a_cpu_model():
         DeviceAdam(model, 1e-3)
 
 
+# --------------------------------------------------------------------- 5. real GPU
+def _gpu_present() -> bool:
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        return False
+    try:
+        from numba import cuda
+    except ImportError:
+        return False
+    return bool(cuda.is_available())
+
+
+gpu_only = pytest.mark.skipif(not _gpu_present(), reason="no CUDA GPU here")
+
+
+@gpu_only
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_gpu_training_matches_cpu(task, monkeypatch):
+    """The simulator's training comparison, run on the GPU."""
+    _small_splits(monkeypatch.setitem)
+    ran, bad = _train_vs_cpu(task)
+    assert ran == [f"{v} {task}" for v in VARIANTS]
+    assert not bad, "\n".join(bad)
+
+
+@gpu_only
+def test_gpu_steps_stay_on_the_device(monkeypatch):
+    """The step-by-step run with every host transfer recorded, on the GPU."""
+    ran, bad = _steps_on_device(monkeypatch.setattr)
+    assert ran == [c[0] for c in STEP_CASES]
+    assert not bad, "\n".join(bad)
+
+
 # -------------------------------------------------------- subprocess entry points
 def _close(what: str, got: float, ref: float, bad: list[str]) -> None:
     if not (math.isfinite(got) and abs(got - ref) <= RTOL * max(abs(ref), 1e-12)):
         bad.append(f"{what}: {got!r} against the CPU's {ref!r}")
 
 
-
-
-def _train_vs_cpu(task: str) -> tuple[list[str], list[str]]:
+def _small_splits(setitem: Callable[[dict, str, int], None]) -> None:
+    """Evaluation splits of 5 examples for the tasks of :data:`TASKS`."""
     from gruablate.tasks import adding, copy
 
     for mod in (adding, copy):
-        mod._SPLIT_SIZES.update(val=5, test=5)
+        for split in ("val", "test"):
+            setitem(mod._SPLIT_SIZES, split, 5)
+
+
+def _train_vs_cpu(task: str) -> tuple[list[str], list[str]]:
     ran, bad = [], []
     for variant in VARIANTS:
         kw = dict(TRAIN_KW, layers=2 if variant == "gru" else 1, **TASKS[task])
@@ -169,14 +208,22 @@ def _train_vs_cpu(task: str) -> tuple[list[str], list[str]]:
 
 
 class _Transfers:
-    """Records every host <-> device copy of the simulator's device arrays."""
+    """Records every host <-> device copy of device arrays (the simulator's or the GPU's).
 
-    def __init__(self) -> None:
-        from numba.cuda.simulator.cudadrv import devicearray as da
+    ``patch(obj, name, value)`` installs the recording methods (``setattr`` in a
+    subprocess, pytest's ``monkeypatch.setattr`` in-process, so they are undone)."""
+
+    def __init__(self, patch: Callable[[Any, str, Any], None] = setattr) -> None:
+        from gruablate.kernels.cuda import simulator_enabled
+
+        if simulator_enabled():
+            from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray as cls
+        else:
+            from numba.cuda.cudadrv.devicearray import DeviceNDArrayBase as cls
 
         self.up: list[int] = []
         self.down: list[int] = []
-        cls, log = da.FakeCUDAArray, self
+        log = self
         to_host, to_device = cls.copy_to_host, cls.copy_to_device
 
         def copy_to_host(arr, ary=None, stream=0):
@@ -188,20 +235,23 @@ class _Transfers:
                 log.up.append(int(np.asarray(ary).size))
             return to_device(arr, ary, stream)
 
-        cls.copy_to_host, cls.copy_to_device = copy_to_host, copy_to_device
+        patch(cls, "copy_to_host", copy_to_host)
+        patch(cls, "copy_to_device", copy_to_device)
 
     def clear(self) -> None:
         self.up.clear()
         self.down.clear()
 
 
-def _steps_on_device() -> tuple[list[str], list[str]]:
+def _steps_on_device(
+    patch: Callable[[Any, str, Any], None] = setattr,
+) -> tuple[list[str], list[str]]:
     from gruablate.cuda_optim import DeviceAdam
     from gruablate.kernels import cuda as kc
     from gruablate.model import Model
     from gruablate.optim import Adam
 
-    transfers = _Transfers()
+    transfers = _Transfers(patch)
     uploads_of_params = []
     original_params_changed = kc.CudaImpl.params_changed
 
@@ -209,7 +259,7 @@ def _steps_on_device() -> tuple[list[str], list[str]]:
         uploads_of_params.append(self.layer)
         original_params_changed(self)
 
-    kc.CudaImpl.params_changed = params_changed
+    patch(kc.CudaImpl, "params_changed", params_changed)
     T, B, I, H, O = 3, 3, 3, 4, 2
     ran, bad = [], []
     for variant, layers, readout, loss, tokens in STEP_CASES:
@@ -281,6 +331,7 @@ def _main(argv: list[str]) -> int:
 
     lock_simulator_shared_arrays()
     if argv[:1] == ["--train"] and len(argv) == 2:
+        _small_splits(dict.__setitem__)
         ran, bad = _train_vs_cpu(argv[1])
     elif argv == ["--steps"]:
         ran, bad = _steps_on_device()
