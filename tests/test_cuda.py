@@ -130,13 +130,15 @@ def compare_with_cpu(
 
 
 # --------------------------------------------------------------- 1. real compiler
-def _assert_sm90(ptx: dict[str, str], expect: tuple[str, ...]) -> None:
+def _assert_sm90(ptx: dict[str, str], expect: tuple[str, ...], threads: int = 0) -> None:
     assert sorted(ptx) == sorted(expect)
     for name, text in ptx.items():
         assert ".target sm_90" in text, name
         assert f"{name}" in text, name
         # Accumulators and gate values must stay in registers.
         assert ".local" not in text, f"{name} uses local memory"
+        if threads:  # launch bounds: ptxas fits the registers to the block size
+            assert f".maxntid {threads}," in text, f"{name} has no launch bounds of {threads}"
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +148,17 @@ def real_cuda():
         pytest.skip("this process runs numba's CUDA simulator; PTX needs the real compiler")
     cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
     return cuda
+
+
+def test_tiles_shrink_to_small_batches():
+    from gruablate.kernels.cuda_source import DEFAULT_GEOMETRY as geo
+    from gruablate.kernels.cuda_source import Geometry
+
+    assert [geo.for_batch(B).bm for B in (1, 2, 3, 4, 5, 8, 64)] == [1, 2, 4, 4, 8, 8, 8]
+    assert geo.for_batch(64) is geo
+    assert len({geo.for_batch(B).key for B in range(1, 65)}) == 4  # modules per variant
+    with pytest.raises(ValueError, match="bm must be at most nw"):
+        Geometry(nw=4, bm=8)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -160,14 +173,17 @@ def test_common_kernels_compile_to_ptx(real_cuda, dtype):
 def test_variant_kernels_compile_to_ptx(real_cuda, name):
     from gruablate.kernels.cuda import compile_ptx
     from gruablate.kernels.cuda_source import CELL_KERNELS
+    from gruablate.kernels.cuda_source import DEFAULT_GEOMETRY as geo
 
     variant = gruablate.get_variant(name)
-    for dtype in ("float32", "float64"):
-        ptx = compile_ptx(variant, dtype, cc=(9, 0))
-        _assert_sm90(ptx, CELL_KERNELS)
+    recurrent = bool(variant.h_blocks)
+    # Both dtypes at the default tiles, and the one-row tiles of batch 1 (the other
+    # row counts differ from these only in constants).
+    for dtype, g in (("float32", geo), ("float64", geo), ("float32", geo.for_batch(1))):
+        ptx = compile_ptx(variant, dtype, cc=(9, 0), geo=g)
+        _assert_sm90(ptx, CELL_KERNELS, g.threads if recurrent else g.ew_threads)
         # Variants with recurrent weights run one persistent cooperative kernel per
         # pass, which must synchronise the grid; the scan needs no sync.
-        recurrent = bool(variant.h_blocks)
         for kernel in CELL_KERNELS:
             assert ("cudaCGSynchronize" in ptx[kernel]) == recurrent, (name, dtype, kernel)
 
@@ -275,9 +291,12 @@ gpu_only = pytest.mark.skipif(not _gpu_present(), reason="no CUDA GPU here")
 @pytest.mark.parametrize("name", BUILTINS + sorted(USER_SPECS))
 def test_gpu_matches_cpu(name, dtype):
     # Sizes off the tile multiples, several tiles per step, and (H = 300, B = 37) more
-    # tiles than one block runs, so the grid-stride loops and grid syncs all work.
+    # tiles than one block runs, so the grid-stride loops and grid syncs all work; the
+    # one-, two- and four-row tiles of small batches.
     bad = compare_with_cpu(name, dtype, T=7, B=5, I=6, H=40)
     bad += compare_with_cpu(name, dtype, T=5, B=37, I=33, H=300, seed=3)
+    for B in (1, 2, 3):
+        bad += compare_with_cpu(name, dtype, T=6, B=B, I=5, H=70, seed=B)
     assert not bad, "\n".join(bad)
 
 
@@ -337,6 +356,8 @@ def _main(argv: list[str]) -> int:
         for name in argv[1:]:
             for dtype in TOL:
                 bad += compare_with_cpu(name, dtype, T=3, B=3, I=3, H=5)
+                # Batch 1: one-row tiles, fewer rows than warps (Geometry.for_batch).
+                bad += compare_with_cpu(name, dtype, T=2, B=1, I=2, H=3, seed=1)
                 ran.append(f"{name} {dtype}")
     print(json.dumps({"ran": ran, "bad": bad}))
     return 0

@@ -161,9 +161,10 @@ def module_ptx(
 ) -> dict[str, str]:
     """PTX of kernels ``names`` of a generated module, compiled for ``cc`` (no GPU needed)."""
     out: dict[str, str] = {}
+    bounds = getattr(mod, "BOUNDS", {})  # the launch bounds the module's kernels carry
     with _target_cc_without_gpu(cuda, cc):
         for name in names:
-            ptx, _ = cuda.compile_ptx(getattr(mod, name).py_func, sigs[name], cc=cc)
+            ptx, _ = cuda.compile_ptx(getattr(mod, name).py_func, sigs[name], cc=cc, **bounds)
             out[name] = ptx
     return out
 
@@ -212,10 +213,9 @@ class CudaImpl:
         self.geo = geometry()
         self.sim = simulator_enabled()
         self.dt = np.dtype(layer.dtype)
-        self.k = kernels(layer.variant, layer.dtype, self.geo)
         self.m = common_kernels(layer.dtype, self.geo)
         self._sigs = signatures(layer.dtype)
-        self._coop: dict[str, int] = {}
+        self._coop: dict[tuple[str, Geometry], int] = {}
         self._buf: dict[str, Any] = {}
         I, H, p = layer.input_size, layer.hidden_size, self.plan
         self.n_w, self.n_u, self.n_b = p.nx * H * I, p.nh * H * H, p.nb * H
@@ -265,24 +265,27 @@ class CudaImpl:
                       c, c_off, ldc)
 
     def _launch_cell(self, name: str, B: int, args: tuple) -> None:
-        """Launch a cell kernel: cooperative and persistent if the variant recurs."""
+        """Launch a cell kernel: cooperative and persistent if the variant recurs, with
+        tiles of as few batch rows as ``B`` needs (:meth:`Geometry.for_batch`)."""
         H = self.layer.hidden_size
-        kern = getattr(self.k, name)
+        geo = self.geo.for_batch(B)
+        kern = getattr(kernels(self.layer.variant, self.layer.dtype, geo), name)
         if self.plan.nh == 0:
-            ew = self.geo.ew_threads
+            ew = geo.ew_threads
             kern[blocks(B * H, ew), ew](*args)
             return
-        nt = self.geo.threads
-        tiles = blocks(B, self.geo.nw) * blocks(H, self.geo.jt)
-        kern[min(tiles, self._coop_blocks(name, kern, nt)), nt](*args)
+        nt = geo.threads
+        tiles = blocks(B, geo.bm) * blocks(H, geo.jt)
+        kern[min(tiles, self._coop_blocks(name, geo, kern, nt)), nt](*args)
 
-    def _coop_blocks(self, name: str, kern: Any, nt: int) -> int:
+    def _coop_blocks(self, name: str, geo: Geometry, kern: Any, nt: int) -> int:
         """Most blocks that can be co-resident (a grid sync deadlocks beyond that)."""
-        if name not in self._coop:
+        key = (name, geo)
+        if key not in self._coop:
             if self.sim:
                 # The simulator runs blocks one after another, so a grid sync works
                 # only with a single block.
-                self._coop[name] = 1
+                self._coop[key] = 1
             else:
                 overload = kern.compile(self._sigs[name])
                 blocks = int(overload.max_cooperative_grid_blocks(nt))
@@ -291,8 +294,8 @@ class CudaImpl:
                         "backend='cuda' needs cooperative kernel launches (grid-wide"
                         " sync), which this GPU or driver does not offer"
                     )
-                self._coop[name] = blocks
-        return self._coop[name]
+                self._coop[key] = blocks
+        return self._coop[key]
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: np.ndarray, s0: np.ndarray, keep: bool):

@@ -31,7 +31,7 @@ compile to PTX for a real GPU architecture without needing one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 from ..spec import Variant
@@ -51,9 +51,13 @@ class Geometry:
         warp's loads of a weight row are coalesced.
     ``nw``
         warps per block of the recurrent kernels. In a product each warp sums one slice
-        of the reduction dimension (split-K, so small batches still keep every warp
-        busy); in the gate pass warp ``w`` handles batch row ``r0 + w`` of the tile,
-        so a tile is ``nw`` batch rows by ``jt`` hidden units, one element per thread.
+        of the reduction dimension (split-K: the per-step products are latency-bound,
+        and more warps make each one's serial slice shorter).
+    ``bm``
+        batch rows per tile (at most ``nw``): a tile is ``bm`` rows by ``jt`` hidden
+        units, and in the gate pass warp ``w < bm`` handles row ``r0 + w``, one element
+        per thread. :meth:`for_batch` shrinks it for small batches, so a product does
+        no work for rows that do not exist.
     ``mm_tile``, ``mm_bk``, ``mm_side``
         the tiled product: ``mm_tile``² outputs per block, ``mm_bk`` deep shared-memory
         tiles, ``mm_side``² threads, each computing (``mm_tile``/``mm_side``)² outputs
@@ -63,16 +67,19 @@ class Geometry:
     """
 
     jt: int = 32
-    nw: int = 8
+    nw: int = 16
+    bm: int = 8
     mm_tile: int = 64
     mm_bk: int = 16
     mm_side: int = 16
     ew_threads: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("jt", "nw", "mm_tile", "mm_bk", "mm_side", "ew_threads"):
+        for name in ("jt", "nw", "bm", "mm_tile", "mm_bk", "mm_side", "ew_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Geometry.{name} must be positive")
+        if self.bm > self.nw:
+            raise ValueError("Geometry.bm must be at most nw (one warp per row in the gate pass)")
         if self.mm_tile % self.mm_side:
             raise ValueError("Geometry.mm_tile must be a multiple of mm_side")
 
@@ -83,14 +90,24 @@ class Geometry:
 
     @property
     def key(self) -> str:
-        return f"j{self.jt}w{self.nw}t{self.mm_tile}k{self.mm_bk}s{self.mm_side}e{self.ew_threads}"
+        return (
+            f"j{self.jt}w{self.nw}m{self.bm}t{self.mm_tile}k{self.mm_bk}s{self.mm_side}"
+            f"e{self.ew_threads}"
+        )
+
+    def for_batch(self, B: int) -> Geometry:
+        """This geometry with tiles of no more rows than the next power of two >= ``B``
+        (so batches of 1, 2 and 4 get 1-, 2- and 4-row tiles, and at most four kernel
+        modules exist per variant)."""
+        rows = 1 << max(int(B) - 1, 0).bit_length()
+        return self if rows >= self.bm else replace(self, bm=rows)
 
 
-#: What a GPU runs: 256-thread blocks, warp-wide tiles.
+#: What a GPU runs: 512-thread blocks, warp-wide tiles of up to 8 batch rows.
 DEFAULT_GEOMETRY = Geometry()
 #: Tiny tiles for the simulator: it runs every thread as a Python thread, and small
 #: tiles make tiny test sizes span several tiles, which exercises the tiling logic.
-SIM_GEOMETRY = Geometry(jt=2, nw=2, mm_tile=4, mm_bk=2, mm_side=2, ew_threads=4)
+SIM_GEOMETRY = Geometry(jt=2, nw=2, bm=2, mm_tile=4, mm_bk=2, mm_side=2, ew_threads=4)
 
 CELL_KERNELS = ("forward", "backward")
 COMMON_KERNELS = ("matmul", "colsum", "transpose")
@@ -219,7 +236,7 @@ def _header(kind: str, what: str, dtype: str, geo: Geometry) -> list[str]:
         "ZERO = DT(0.0)",
         f"JT = {geo.jt}",
         f"NW = {geo.nw}",
-        f"BM = {geo.nw}",
+        f"BM = {geo.bm}",
         f"NT = {geo.threads}",
         f"TM = {geo.mm_tile}",
         f"BK = {geo.mm_bk}",
@@ -378,10 +395,11 @@ def _product(
         "    for q_r in range(BM):",
         f"        part[(q_w * BM + q_r) * JT + q_l] = q_acc[q_r * {G} + q_g]",
         "    cuda.syncthreads()",
-        "    q_t = ZERO",
-        "    for q_v in range(NW):",
-        "        q_t += part[(q_v * BM + q_w) * JT + q_l]",
-        "    hps[q_w * GJT + q_g * JT + q_l] = q_t",
+        "    if q_w < BM:  # warp w adds the NW partial sums of row r0 + w",
+        "        q_t = ZERO",
+        "        for q_v in range(NW):",
+        "            q_t += part[(q_v * BM + q_w) * JT + q_l]",
+        "        hps[q_w * GJT + q_g * JT + q_l] = q_t",
         "    cuda.syncthreads()",
     )
 
@@ -396,9 +414,9 @@ def _consts(plan: KernelPlan, geo: Geometry) -> list[str]:
         f"NB = {plan.nb}",
         # Shared and local array shapes must be literal constants for numba.
         f"GJT = {g * geo.jt}",
-        f"HPS_N = {geo.nw * g * geo.jt}",
-        f"PART_N = {geo.nw * geo.nw * geo.jt}",
-        f"ACC_N = {geo.nw * g}",
+        f"HPS_N = {geo.bm * g * geo.jt}",
+        f"PART_N = {geo.nw * geo.bm * geo.jt}",
+        f"ACC_N = {geo.bm * g}",
         f"GMAX = {g}",
     ]
 
@@ -525,7 +543,7 @@ def _tile_loop(c: _Code) -> None:
 
 
 def _item(c: _Code, backward: bool, body: str, extra: tuple[str, ...] = ()) -> None:
-    c("if bi < B and j < H:")
+    c("if q_w < BM and bi < B and j < H:")
     c.indent()
     _rows(c, backward)
     c(*extra)
@@ -545,10 +563,19 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) 
     c = _Code()
     c(*_header("cell", f"variant {variant.name!r}", dtype, geo))
     c(*_consts(plan, geo))
+    c(
+        "# Launch bounds make ptxas fit the registers to the block size (a cooperative",
+        "# launch must fit whole); numba's simulator takes no such option.",
+        "try:",
+        "    from numba.cuda.core.config import ENABLE_CUDASIM",
+        "except ImportError:  # other numba-cuda layouts",
+        "    from numba.config import ENABLE_CUDASIM",
+        f"BOUNDS = {{}} if ENABLE_CUDASIM else {{'launch_bounds': {'NT' if recurrent else 'EW'}}}",
+    )
 
     # ------------------------------------------------------------------ forward
     tab = _table(plan, False, recurrent)
-    c("", "", "@cuda.jit(cache=True)", f"def forward({', '.join(_FORWARD_ARGS)}):")
+    c("", "", "@cuda.jit(cache=True, **BOUNDS)", f"def forward({', '.join(_FORWARD_ARGS)}):")
     c.indent()
     c(
         '"""Forward over T steps: hs[t + 1] = h_t (hs[0] holds h_0), the gate values in',
@@ -591,7 +618,7 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) 
     # ------------------------------------------------------------------ backward
     tab = _table(plan, True, recurrent)
     zero_db = tuple(f"dgb[brow + {k} * H + j] = ZERO  # DB(k) accumulates" for k in range(plan.nb))
-    c("", "", "@cuda.jit(cache=True)", f"def backward({', '.join(_BACKWARD_ARGS)}):")
+    c("", "", "@cuda.jit(cache=True, **BOUNDS)", f"def backward({', '.join(_BACKWARD_ARGS)}):")
     c.indent()
     c(
         '"""Backward through time: the pre-activation gradients of every step (dgx, dgh,',
@@ -626,9 +653,10 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) 
         _product(c, 1, "dgh", "(t + 1) * B * NHMH", "NHMH", "U", "0", "H", "NHMH")
         c.dedent()
         c("else:")
-        c("    hps[q_w * GJT + q_l] = ZERO")
+        c("    if q_w < BM:")
+        c("        hps[q_w * GJT + q_l] = ZERO")
         c("    cuda.syncthreads()")
-    c("if bi < B and j < H:")
+    c("if q_w < BM and bi < B and j < H:")
     c.indent()
     c("if t >= 0:")
     c.indent()

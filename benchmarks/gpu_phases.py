@@ -1,0 +1,206 @@
+"""Where the time of a CUDA step goes, on one GPU: what to work on next.
+
+Run on a machine with an NVIDIA GPU (``benchmarks/gpu.sh`` does not run it)::
+
+    python benchmarks/gpu_phases.py [--out FILE]
+
+Three measurements, each a median over repeats after warm-up, device synchronised:
+
+1. **Grid sync.** A kernel doing nothing but ``n`` grid-wide syncs
+   (``cuda.cg.this_grid().sync()``, which numba-cuda implements with
+   ``cudaCGSynchronize``), per sync, for grids of 8-132 blocks of 512 threads: the
+   floor of every step of the persistent kernels.
+2. **Phases of a training step** at PyTorch's ``fastrnns`` size (T = 100, B = 64,
+   I = H = 512, float32) for ``gru_reset_after`` and ``lstm``, and of small-batch
+   inference: every launch timed alone (a sync before and after it), grouped by kernel
+   and product shape.
+3. **Tile geometry.** Inference and the training step under the previous geometry
+   (8 warps, 8-row tiles at every batch) beside the current one (16 warps, rows per
+   tile shrunk to the batch: :meth:`Geometry.for_batch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from numba import cuda  # this script needs numba-cuda: it measures a GPU
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import gruablate  # noqa: E402
+from gruablate.kernels import cuda as kc  # noqa: E402
+from gruablate.kernels.cuda_source import DEFAULT_GEOMETRY  # noqa: E402
+
+PREVIOUS = replace(DEFAULT_GEOMETRY, nw=8, bm=8)
+#: --smoke (a check of this script in numba's simulator): every size divided by this,
+#: grids of one block.
+SHRINK = {"on": False}
+
+
+def _size(n: int) -> int:
+    return max(1, n // 64) if SHRINK["on"] else n
+
+
+def _median_ms(fn, cuda, warmup: int = 3, repeats: int = 15) -> float:
+    for _ in range(warmup):
+        fn()
+    cuda.synchronize()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        cuda.synchronize()
+        out.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(out)
+
+
+def _syncs(n, out):
+    """n grid-wide syncs and nothing else (``cuda`` is this module's global: numba
+    resolves it at compile time, and the simulator swaps in its own)."""
+    g = cuda.cg.this_grid()
+    for _ in range(n):
+        g.sync()
+    if cuda.grid(1) == 0:
+        out[0] = n
+
+
+def grid_sync_cost(cuda) -> list[str]:
+    syncs = cuda.jit(_syncs)
+    out = cuda.device_array(1, dtype=np.int64)
+    lines = ["### Grid sync", "", "| blocks × 512 threads | µs per sync |", "| ---: | ---: |"]
+    nt, n = (4, 2) if SHRINK["on"] else (512, 1000)
+    for nb in (1,) if SHRINK["on"] else (8, 32, 64, 132):
+        t0 = _median_ms(lambda nb=nb: syncs[nb, nt](0, out), cuda)
+        t1 = _median_ms(lambda nb=nb: syncs[nb, nt](n, out), cuda)
+        lines.append(f"| {nb} | {1e3 * (t1 - t0) / n:.2f} |")
+    return lines
+
+
+class _Phases:
+    """Times every product and cell launch of a CudaImpl alone."""
+
+    def __init__(self, impl, cuda) -> None:
+        self.cuda, self.times = cuda, defaultdict(list)
+        self.impl = impl
+        mm, cell = impl._matmul, impl._launch_cell
+
+        def timed(label, fn):
+            def run(*args):
+                cuda.synchronize()
+                t0 = time.perf_counter()
+                fn(*args)
+                cuda.synchronize()
+                self.times[label(args)].append(1e3 * (time.perf_counter() - t0))
+
+            return run
+
+        impl._matmul = timed(lambda a: f"matmul {a[0]}x{a[1]}x{a[2]}", mm)
+        impl._launch_cell = timed(lambda a: f"{a[0]} (persistent)", cell)
+
+    def table(self, total_ms: float, title: str) -> list[str]:
+        lines = [f"#### {title}: {total_ms:.2f} ms a call", "",
+                 "| launch | ms (median) | calls per step |", "| --- | ---: | ---: |"]
+        for label, ts in sorted(self.times.items(), key=lambda kv: -statistics.median(kv[1])):
+            lines.append(f"| {label} | {statistics.median(ts):.3f} | {len(ts) // self.n} |")
+        return lines + [""]
+
+    def measure(self, fn, n: int = 10) -> None:
+        fn()
+        self.cuda.synchronize()
+        self.times.clear()
+        self.n = n
+        for _ in range(n):
+            fn()
+
+
+def _layer(variant, T, B, H, cuda, geo=None):
+    T, B, H = _size(T), _size(B), _size(H)
+    layer = gruablate.RecurrentLayer(variant, H, H, seed=0, backend="cuda")
+    impl = layer._impl
+    if geo is not None:
+        impl.geo, impl.m = geo, kc.common_kernels(layer.dtype, geo)
+    S = len(layer.variant.state_names)
+    rng = np.random.default_rng(0)
+    xd = cuda.to_device(rng.standard_normal(T * B * H).astype("float32"))
+    s0 = cuda.to_device(np.zeros(S * B * H, dtype="float32"))
+    dy = cuda.to_device(rng.standard_normal(T * B * H).astype("float32"))
+    ds = cuda.to_device(np.zeros(S * B * H, dtype="float32"))
+
+    def infer():
+        impl.forward_device(xd, s0, T, B, False)
+
+    def train_step():
+        saved = impl.forward_device(xd, s0, T, B, True)
+        impl.backward_device(saved, dy, ds, T, B)
+
+    return impl, infer, train_step
+
+
+def phases(cuda) -> list[str]:
+    lines = ["### Phases", ""]
+    for variant, T, B, H, mode in (
+        ("gru_reset_after", 100, 64, 512, "train"),
+        ("lstm", 100, 64, 512, "train"),
+        ("gru_reset_after", 100, 1, 1024, "inference"),
+        ("lstm", 100, 8, 512, "inference"),
+    ):
+        impl, infer, train = _layer(variant, T, B, H, cuda)
+        fn = train if mode == "train" else infer
+        total = _median_ms(fn, cuda)
+        p = _Phases(impl, cuda)
+        p.measure(fn)
+        lines += p.table(total, f"`{variant}` {mode}, T = {T}, B = {B}, H = I = {H}")
+    return lines
+
+
+def geometries(cuda) -> list[str]:
+    lines = ["### Tile geometry: previous (8 warps, 8-row tiles) against current", "",
+             "| variant | mode | B | H | previous ms | current ms | previous / current |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for variant, B, H in (("gru_reset_after", 1, 256), ("gru_reset_after", 1, 1024),
+                          ("lstm", 4, 512), ("gru_reset_after", 8, 512),
+                          ("gru_reset_after", 32, 256), ("gru_reset_after", 64, 512),
+                          ("lstm", 64, 512)):
+        for mode in ("inference", "train"):
+            if B < 8 and mode == "train":
+                continue
+            t = []
+            for geo in (PREVIOUS, DEFAULT_GEOMETRY):
+                _, infer, train = _layer(variant, 100, B, H, cuda, geo)
+                t.append(_median_ms(infer if mode == "inference" else train, cuda))
+            lines.append(f"| `{variant}` | {mode} | {B} | {H} | {t[0]:.3f} | {t[1]:.3f} |"
+                         f" {t[0] / t[1]:.2f} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "gpu_phases.md")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (for the simulator)")
+    args = ap.parse_args(argv)
+    SHRINK["on"] = args.smoke
+    cuda = kc.require_cuda()
+    dev = cuda.get_current_device()
+    name = getattr(dev, "name", "the simulator")
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    lines = [f"## Where the time goes: {name}", ""]
+    for part in (grid_sync_cost, geometries, phases):
+        got = part(cuda) + [""]
+        print("\n".join(got), flush=True)
+        lines += got
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
