@@ -4,7 +4,9 @@
 #      PTX for sm_90 and the on-GPU comparisons with the CPU backend that are skipped
 #      everywhere else; the simulator comparisons are CI's and are left out here);
 #   2. if it passes, times gruablate's CUDA kernels against cuDNN (torch.nn.GRU/LSTM)
-#      and writes the Markdown tables to benchmarks/gpu_results.md (or to $1).
+#      and writes the Markdown tables to benchmarks/gpu_results.md (or to $1); then
+#      again with cuDNN held to float32 arithmetic (PyTorch lets it use TF32 on the
+#      tensor cores by default), into gpu_results-fp32.md (beside $1).
 #
 # Needs the project installed with numba-cuda (pip install -e '.[cuda,test,torch]',
 # torch built with CUDA for the peer columns). GPU_BENCH_ARGS passes extra options to
@@ -28,6 +30,10 @@ workers=$(python -c "import os; print(max(1, min(16, (os.cpu_count() or 2) - 1))
 python -m pytest tests/test_cuda.py tests/test_cuda_training.py -q -rs -p no:cacheprovider \
     -n "$workers" -k "not simulat"
 
-echo "== benchmarks -> $out =="
+strict="${out%.md}-fp32.md"
+echo "== benchmarks -> $out (cuDNN as PyTorch runs it: TF32 allowed) =="
 # shellcheck disable=SC2086  # GPU_BENCH_ARGS is a list of options on purpose
 python benchmarks/gpu_bench.py --out "$out" ${GPU_BENCH_ARGS:-}
+echo "== benchmarks -> $strict (cuDNN held to float32, as gruablate) =="
+# shellcheck disable=SC2086
+python benchmarks/gpu_bench.py --out "$strict" --no-tf32 ${GPU_BENCH_ARGS:-}

@@ -127,7 +127,10 @@ class Torch:
             return self.mod(self.x)[0].cpu().numpy()
 
 
-def _torch_cuda() -> Any | None:
+def _torch_cuda(tf32: bool = True) -> Any | None:
+    """torch with cuDNN, or None. ``tf32``: let cuDNN do the products in TF32 on the
+    tensor cores (PyTorch's default for cuDNN); False holds it to float32 arithmetic,
+    as gruablate's kernels are."""
     try:
         import torch
     except ImportError:
@@ -136,6 +139,8 @@ def _torch_cuda() -> Any | None:
         return None
     torch.backends.cudnn.enabled = True
     torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     return torch
 
 
@@ -147,9 +152,10 @@ def run(
     grids: list[tuple[str, list[tuple[str, int, int, int, int]], tuple[str, ...]]],
     warmup: int,
     repeats: int,
+    tf32: bool = True,
 ) -> list[str]:
     """Measure every (variant, T, B, H, I) of every grid; the Markdown lines of the tables."""
-    torch = _torch_cuda()
+    torch = _torch_cuda(tf32)
     lines: list[str] = []
     for title, cases, modes in grids:
         lines += ["", f"### {title}", ""]
@@ -222,7 +228,9 @@ def _header(torch: Any | None) -> list[str]:
         nc = "?"
     tv = "not available (peer columns are n/a)"
     if torch is not None:
-        tv = f"{torch.__version__}, cuDNN {torch.backends.cudnn.version()}"
+        math = ("TF32 allowed (PyTorch's default)" if torch.backends.cudnn.allow_tf32
+                else "TF32 off: float32 arithmetic, as gruablate's kernels")
+        tv = f"{torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {math}"
     return [
         f"## GPU benchmark: {name} (compute capability {cc})",
         "",
@@ -239,9 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="one case per grid (smoke run)")
+    ap.add_argument("--no-tf32", dest="tf32", action="store_false",
+                    help="hold cuDNN to float32 arithmetic (PyTorch lets it use TF32)")
     args = ap.parse_args(argv)
-    lines = _header(_torch_cuda())
-    lines += run(grids(args.quick), args.warmup, args.repeats)
+    lines = _header(_torch_cuda(args.tf32))
+    lines += run(grids(args.quick), args.warmup, args.repeats, args.tf32)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

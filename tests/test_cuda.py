@@ -301,6 +301,38 @@ def test_gpu_matches_cpu(name, dtype):
 
 
 @gpu_only
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "big, splits", [(False, 1), (True, 1), (False, 3)], ids=["matmul", "matmul_big", "split_k"]
+)
+def test_gpu_matmul_matches_numpy(dtype, big, splits):
+    """Both product kernels, forced, and a product split along k, on sizes off their
+    tile multiples, in the three flavours the layer uses (A B^T, A^T B, A B by strides)."""
+    from numba import cuda
+
+    from gruablate.kernels.cuda import common_kernels, geometry, launch_matmul
+
+    geo = geometry()
+    m = common_kernels(dtype, geo)
+    rng = np.random.default_rng(0)
+    M, N, K = 300, 260, 70
+    A, Bm = rng.standard_normal((M, K)), rng.standard_normal((K, N))
+    tol = TOL[dtype] * K
+    for name, a, sam, sak, b, sbk, sbn in (
+        ("A B^T", A, K, 1, Bm.T.copy(), 1, K),  # b holds B^T (N, K)
+        ("A^T B", A.T.copy(), 1, M, Bm, N, 1),  # a holds A^T (K, M)
+        ("A B", A, K, 1, Bm, N, 1),
+    ):
+        out = cuda.to_device(np.full(M * N + 5, 7.0, dtype=dtype))
+        launch_matmul(m, geo, M, N, K, cuda.to_device(a.astype(dtype).ravel()), 0, sam, sak,
+                      cuda.to_device(b.astype(dtype).ravel()), 0, sbk, sbn, out, 5, N, big=big,
+                      work=lambda n: cuda.device_array(n, dtype=dtype), splits=splits)
+        got = out.copy_to_host()
+        assert np.all(got[:5] == 7.0), name  # nothing written before c_off
+        np.testing.assert_allclose(got[5:].reshape(M, N), A @ Bm, atol=tol, err_msg=name)
+
+
+@gpu_only
 def test_gpu_buffers_and_parameter_uploads():
     """Cached device buffers follow changes of T and B; host parameter edits reach the
     GPU through params_changed() and reset_parameters()."""

@@ -25,7 +25,7 @@ and a missing package or GPU gives one clear :class:`CudaUnavailableError`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from types import ModuleType
@@ -253,6 +253,15 @@ class CudaImpl:
             self._buf[name] = buf
         return buf
 
+    def _scratch(self, name: str, size: int) -> Any:
+        """A cached flat device buffer of at least ``size`` elements (it only grows, so
+        products of different sizes sharing it do not reallocate it in turn)."""
+        buf = self._buf.get(name)
+        if buf is None or buf.size < size:
+            buf = self.cuda.device_array(max(int(size), 1), dtype=self.dt)
+            self._buf[name] = buf
+        return buf
+
     def _upload(self, name: str, host: np.ndarray) -> Any:
         buf = self._get(name, host.size)
         buf.copy_to_device(np.ascontiguousarray(host).reshape(-1))
@@ -262,7 +271,7 @@ class CudaImpl:
     def _matmul(self, M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc) -> None:
         """``C = A B`` with strided operands (see :func:`launch_matmul`)."""
         launch_matmul(self.m, self.geo, M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn,
-                      c, c_off, ldc)
+                      c, c_off, ldc, work=lambda n: self._scratch("split_k", n))
 
     def _launch_cell(self, name: str, B: int, args: tuple) -> None:
         """Launch a cell kernel: cooperative and persistent if the variant recurs, with
@@ -406,10 +415,39 @@ def blocks(n: int, per: int) -> int:
 
 
 def launch_matmul(m: ModuleType, geo: Geometry, M, N, K, a, a_off, sam, sak, b, b_off,
-                  sbk, sbn, c, c_off, ldc) -> None:
-    """``C = A B`` with strided operands by the tiled ``matmul`` kernel of ``m``
-    (:func:`common_kernels`): one thread block per ``mm_tile`` × ``mm_tile`` tile of C."""
-    grid = (blocks(N, geo.mm_tile), blocks(M, geo.mm_tile))
-    m.matmul[grid, (geo.mm_side, geo.mm_side)](
-        M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc
+                  sbk, sbn, c, c_off, ldc, big: bool | None = None,
+                  work: Callable[[int], Any] | None = None, splits: int | None = None) -> None:
+    """``C = A B`` with strided operands by a tiled product kernel of ``m``
+    (:func:`common_kernels`), one thread block per tile of C: ``matmul_big``
+    (``mm_big``² tiles) when that still makes ``mm_big_min`` blocks, else ``matmul``
+    (``mm_tile``²).
+
+    A product with fewer tiles than ``mm_big_min`` and a long reduction (the weight
+    gradients: small outputs, k over all T·B rows) is split along k when ``work``
+    gives scratch space (``work(n)``: a device array of at least ``n`` elements):
+    each slice goes to its own part of it and ``ksum`` adds them in a fixed order.
+    ``big`` and ``splits`` force the choices (the tests use them)."""
+    if big is None:
+        big = blocks(N, geo.mm_big) * blocks(M, geo.mm_big) >= geo.mm_big_min
+    tile, kern = (geo.mm_big, m.matmul_big) if big else (geo.mm_tile, m.matmul)
+    grid = (blocks(N, tile), blocks(M, tile))
+    if splits is None:
+        splits = 1
+        if work is not None and grid[0] * grid[1] < geo.mm_big_min:
+            want = blocks(2 * geo.mm_big_min, grid[0] * grid[1])
+            splits = max(1, min(want, K // geo.mm_split_k))
+    if splits <= 1:
+        kern[(*grid, 1), (geo.mm_side, geo.mm_side)](
+            M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc, K, 0
+        )
+        return
+    if work is None:
+        raise ValueError("a split-K product needs work space")
+    kc = blocks(K, splits)
+    splits = blocks(K, kc)  # no empty slice
+    part = work(splits * M * N)
+    kern[(*grid, splits), (geo.mm_side, geo.mm_side)](
+        M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn, part, 0, N, kc, M * N
     )
+    ew = geo.ew_threads
+    m.ksum[blocks(M * N, ew), ew](splits, M, N, part, c, c_off, ldc)

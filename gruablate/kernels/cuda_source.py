@@ -62,6 +62,16 @@ class Geometry:
         the tiled product: ``mm_tile``² outputs per block, ``mm_bk`` deep shared-memory
         tiles, ``mm_side``² threads, each computing (``mm_tile``/``mm_side``)² outputs
         held in registers.
+    ``mm_split_k``
+        the least reduction length per block when a product with too few output tiles
+        for the GPU (fewer than ``mm_big_min``: the weight gradients, whose outputs are
+        small and whose reduction runs over all T·B rows) is split along k.
+    ``mm_big``, ``mm_big_min``
+        the product for large outputs (``matmul_big``): ``mm_big``² outputs per block,
+        so each thread holds (``mm_big``/``mm_side``)² and every shared-memory load
+        feeds twice the multiply-adds. It is used when it still makes at least
+        ``mm_big_min`` blocks (enough to fill the GPU; fewer, larger blocks would leave
+        SMs idle on the weight-gradient products, whose outputs are small).
     ``ew_threads``
         block size of the element-wise kernels (scan path, transpose).
     """
@@ -72,16 +82,20 @@ class Geometry:
     mm_tile: int = 64
     mm_bk: int = 16
     mm_side: int = 16
+    mm_big: int = 128
+    mm_big_min: int = 264  # two blocks of 256 threads on each of an H100's 132 SMs
+    mm_split_k: int = 512
     ew_threads: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("jt", "nw", "bm", "mm_tile", "mm_bk", "mm_side", "ew_threads"):
+        for name in ("jt", "nw", "bm", "mm_tile", "mm_bk", "mm_side", "mm_big", "mm_split_k",
+                     "ew_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Geometry.{name} must be positive")
         if self.bm > self.nw:
             raise ValueError("Geometry.bm must be at most nw (one warp per row in the gate pass)")
-        if self.mm_tile % self.mm_side:
-            raise ValueError("Geometry.mm_tile must be a multiple of mm_side")
+        if self.mm_tile % self.mm_side or self.mm_big % self.mm_side:
+            raise ValueError("Geometry.mm_tile and mm_big must be multiples of mm_side")
 
     @property
     def threads(self) -> int:
@@ -92,7 +106,7 @@ class Geometry:
     def key(self) -> str:
         return (
             f"j{self.jt}w{self.nw}m{self.bm}t{self.mm_tile}k{self.mm_bk}s{self.mm_side}"
-            f"e{self.ew_threads}"
+            f"g{self.mm_big}x{self.mm_split_k}e{self.ew_threads}"
         )
 
     def for_batch(self, B: int) -> Geometry:
@@ -107,10 +121,13 @@ class Geometry:
 DEFAULT_GEOMETRY = Geometry()
 #: Tiny tiles for the simulator: it runs every thread as a Python thread, and small
 #: tiles make tiny test sizes span several tiles, which exercises the tiling logic.
-SIM_GEOMETRY = Geometry(jt=2, nw=2, bm=2, mm_tile=4, mm_bk=2, mm_side=2, ew_threads=4)
+SIM_GEOMETRY = Geometry(
+    jt=2, nw=2, bm=2, mm_tile=4, mm_bk=2, mm_side=2, mm_big=8, mm_big_min=4, mm_split_k=4,
+    ew_threads=4
+)
 
 CELL_KERNELS = ("forward", "backward")
-COMMON_KERNELS = ("matmul", "colsum", "transpose")
+COMMON_KERNELS = ("matmul", "matmul_big", "colsum", "transpose", "ksum")
 
 # Argument lists, identical for every variant (unused arrays get a 1-element dummy).
 _FORWARD_ARGS = ("T", "B", "H", "keep", "xp", "b", "UT", "hs", "cs", "acts", "aux")
@@ -136,6 +153,24 @@ _BACKWARD_ARGS = (
 _ARGS = {
     "forward": _FORWARD_ARGS,
     "backward": _BACKWARD_ARGS,
+    "matmul_big": (
+        "M",
+        "N",
+        "K",
+        "a",
+        "a_off",
+        "sam",
+        "sak",
+        "bm",
+        "b_off",
+        "sbk",
+        "sbn",
+        "cm",
+        "c_off",
+        "ldc",
+        "kc",
+        "czs",
+    ),
     "matmul": (
         "M",
         "N",
@@ -151,9 +186,12 @@ _ARGS = {
         "cm",
         "c_off",
         "ldc",
+        "kc",
+        "czs",
     ),
     "colsum": ("R", "N", "src", "dst", "d_off"),
     "transpose": ("R", "C", "src", "s_off", "dst"),
+    "ksum": ("S", "R", "C", "src", "dst", "d_off", "ldd"),
 }
 _INT_ARGS = frozenset(
     (
@@ -176,6 +214,10 @@ _INT_ARGS = frozenset(
         "ldc",
         "d_off",
         "s_off",
+        "kc",
+        "czs",
+        "S",
+        "ldd",
     )
 )
 
@@ -244,42 +286,47 @@ def _header(kind: str, what: str, dtype: str, geo: Geometry) -> list[str]:
         f"EW = {geo.ew_threads}",
         # Shared-array shapes must be literal constants for numba, not expressions.
         f"TM1 = {geo.mm_tile + 1}",
+        f"TG = {geo.mm_big}",
+        f"TG1 = {geo.mm_big + 1}",
     ]
 
 
 # ---------------------------------------------------------------------- common
-@cache
-def common_source(dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
-    """Module text of the variant-independent kernels (``matmul``, ``colsum``, ``transpose``)."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    c = _Code()
-    c(*_header("common", "all variants", dtype, geo))
-    rm = geo.mm_tile // geo.mm_side
+def _matmul(c: _Code, geo: Geometry, name: str, tile: int) -> None:
+    """Emit the tiled product kernel ``name`` with ``tile``² outputs per block."""
+    rm = tile // geo.mm_side
+    TM, TM1 = ("TG", "TG1") if name == "matmul_big" else ("TM", "TM1")
     c(
         "",
         "",
         "@cuda.jit(cache=True)",
-        "def matmul(M, N, K, a, a_off, sam, sak, bm, b_off, sbk, sbn, cm, c_off, ldc):",
+        f"def {name}(M, N, K, a, a_off, sam, sak, bm, b_off, sbk, sbn, cm, c_off, ldc, kc, czs):",
     )
     c.indent()
     c(
         '"""cm[c_off + m*ldc + n] = sum_k A[m, k] B[k, n] with A[m, k] = a[a_off + m*sam +',
         "k*sak] and B[k, n] = bm[b_off + k*sbk + n*sbn]: one kernel serves the products",
-        'A B, A B^T and A^T B of the layer by strides alone."""',
+        "A B, A B^T and A^T B of the layer by strides alone. Split-K: block z sums",
+        "k in [z*kc, z*kc + kc) into the slice at c_off + z*czs (ksum adds the slices);",
+        'with one z, kc = K."""',
         "# k-major tiles, padded by one column so the transposing stores do not all",
         "# hit one shared-memory bank.",
-        "As = cuda.shared.array((BK, TM1), NBT)",
-        "Bs = cuda.shared.array((BK, TM1), NBT)",
+        f"As = cuda.shared.array((BK, {TM1}), NBT)",
+        f"Bs = cuda.shared.array((BK, {TM1}), NBT)",
         "tx = cuda.threadIdx.x",
         "ty = cuda.threadIdx.y",
         "tid = ty * TH + tx",
-        "m0 = cuda.blockIdx.y * TM",
-        "n0 = cuda.blockIdx.x * TM",
+        f"m0 = cuda.blockIdx.y * {TM}",
+        f"n0 = cuda.blockIdx.x * {TM}",
     )
     for i in range(rm):
         c(" = ".join(f"acc_{i}_{j}" for j in range(rm)) + " = ZERO")
-    c("for k0 in range(0, K, BK):")
+    c(
+        "kb = cuda.blockIdx.z * kc",
+        "ke = min(K, kb + kc)",
+        "c_base = c_off + cuda.blockIdx.z * czs",
+        "for k0 in range(kb, ke, BK):",
+    )
     c.indent()
     # The loads walk whichever index is contiguous in memory, so they coalesce for
     # every transpose flavour (the branch is uniform across the block).
@@ -288,17 +335,17 @@ def common_source(dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
         ("Bs", "bm", "b_off", "sbn", "sbk", "N", "n0", "sbn == 1"),
     ):
         c(
-            "for e in range(tid, TM * BK, TH * TH):",
+            f"for e in range(tid, {TM} * BK, TH * TH):",
             f"    if {o_fast}:",
-            "        oo = e % TM",
-            "        kk = e // TM",
+            f"        oo = e % {TM}",
+            f"        kk = e // {TM}",
             "    else:",
             "        kk = e % BK",
             "        oo = e // BK",
             f"    go = {base} + oo",
             "    gk = k0 + kk",
             "    v = ZERO",
-            f"    if go < {lim} and gk < K:",
+            f"    if go < {lim} and gk < ke:",
             f"        v = {arr}[{off} + go * {s_o} + gk * {s_k}]",
             f"    {tile}[kk, oo] = v",
         )
@@ -321,10 +368,21 @@ def common_source(dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
             c(
                 f"gn = n0 + tx + {j * geo.mm_side}",
                 "if gn < N:",
-                f"    cm[c_off + gm * ldc + gn] = acc_{i}_{j}",
+                f"    cm[c_base + gm * ldc + gn] = acc_{i}_{j}",
             )
         c.dedent()
     c.dedent()
+
+
+@cache
+def common_source(dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
+    """Module text of the variant-independent kernels (``matmul``, ``colsum``, ``transpose``)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    c = _Code()
+    c(*_header("common", "all variants", dtype, geo))
+    _matmul(c, geo, "matmul", geo.mm_tile)
+    _matmul(c, geo, "matmul_big", geo.mm_big)
     c(
         "",
         "",
@@ -358,6 +416,19 @@ def common_source(dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
         "        col = i // R",
         "        row = i % R",
         "        dst[i] = src[s_off + row * C + col]",
+        "",
+        "",
+        "@cuda.jit(cache=True)",
+        "def ksum(S, R, C, src, dst, d_off, ldd):",
+        '    """dst[d_off + r*ldd + c] = sum_s src[(s*R + r)*C + c]: the split-K partial',
+        '    products added in a fixed order (no atomics), one thread per output."""',
+        "    i = cuda.grid(1)",
+        "    if i < R * C:",
+        "        r = i // C",
+        "        t = ZERO",
+        "        for s in range(S):",
+        "            t += src[s * R * C + i]",
+        "        dst[d_off + r * ldd + i - r * C] = t",
     )
     return c.text()
 
