@@ -321,35 +321,58 @@ def _matmul(c: _Code, geo: Geometry, name: str, tile: int) -> None:
     )
     for i in range(rm):
         c(" = ".join(f"acc_{i}_{j}" for j in range(rm)) + " = ZERO")
+    # Each thread moves nld elements of each operand per k-tile. Which (row, k) of the
+    # tile they are does not change with k, so the indices are worked out once; the
+    # loads walk whichever index is contiguous in memory, so they coalesce for every
+    # transpose flavour (the branch is uniform across the block).
+    threads = geo.mm_side * geo.mm_side
+    if (tile * geo.mm_bk) % threads:
+        raise ValueError("Geometry: mm_tile * mm_bk must be a multiple of mm_side**2")
+    nld = tile * geo.mm_bk // threads
+    operands = (
+        ("As", "a", "a_off", "sam", "sak", "M", "m0", "sak != 1", "a"),
+        ("Bs", "bm", "b_off", "sbn", "sbk", "N", "n0", "sbn == 1", "b"),
+    )
+    for _, _, off, s_o, _, lim, base, o_fast, p in operands:
+        for r in range(nld):
+            c(
+                f"e = tid + {r * threads}",
+                f"if {o_fast}:",
+                f"    {p}o_{r} = e % {TM}",
+                f"    {p}k_{r} = e // {TM}",
+                "else:",
+                f"    {p}k_{r} = e % BK",
+                f"    {p}o_{r} = e // BK",
+                f"{p}b_{r} = {off} + ({base} + {p}o_{r}) * {s_o}",
+                f"{p}in_{r} = {base} + {p}o_{r} < {lim}",
+            )
+
+    def loads(k0: str) -> None:
+        """Read the k-tile at ``k0`` into registers (zeros past the edges)."""
+        for _, arr, _, _, s_k, _, _, _, p in operands:
+            for r in range(nld):
+                c(
+                    f"gk = {k0} + {p}k_{r}",
+                    f"{p}v_{r} = {arr}[{p}b_{r} + gk * {s_k}] if {p}in_{r} and gk < ke else ZERO",
+                )
+
     c(
         "kb = cuda.blockIdx.z * kc",
         "ke = min(K, kb + kc)",
         "c_base = c_off + cuda.blockIdx.z * czs",
-        "for k0 in range(kb, ke, BK):",
     )
+    # Software pipelining: the next k-tile's global loads are issued before this one's
+    # multiply-adds, so their latency hides behind the arithmetic (with the loads and
+    # shared-memory stores interleaved, each load's latency was paid in turn).
+    loads("kb")
+    c("for k0 in range(kb, ke, BK):")
     c.indent()
-    # The loads walk whichever index is contiguous in memory, so they coalesce for
-    # every transpose flavour (the branch is uniform across the block).
-    for tile, arr, off, s_o, s_k, lim, base, o_fast in (
-        ("As", "a", "a_off", "sam", "sak", "M", "m0", "sak != 1"),
-        ("Bs", "bm", "b_off", "sbn", "sbk", "N", "n0", "sbn == 1"),
-    ):
-        c(
-            f"for e in range(tid, {TM} * BK, TH * TH):",
-            f"    if {o_fast}:",
-            f"        oo = e % {TM}",
-            f"        kk = e // {TM}",
-            "    else:",
-            "        kk = e % BK",
-            "        oo = e // BK",
-            f"    go = {base} + oo",
-            "    gk = k0 + kk",
-            "    v = ZERO",
-            f"    if go < {lim} and gk < ke:",
-            f"        v = {arr}[{off} + go * {s_o} + gk * {s_k}]",
-            f"    {tile}[kk, oo] = v",
-        )
-    c("cuda.syncthreads()", "for kk in range(BK):")
+    for tname, *_, p in operands:
+        for r in range(nld):
+            c(f"{tname}[{p}k_{r}, {p}o_{r}] = {p}v_{r}")
+    c("cuda.syncthreads()")
+    loads("k0 + BK")
+    c("for kk in range(BK):")
     c.indent()
     for i in range(rm):
         c(f"ra_{i} = As[kk, ty + {i * geo.mm_side}]")
