@@ -3,7 +3,10 @@
 Run by ``benchmarks/gpu.sh`` after the GPU test suite has passed; it can also be run
 alone::
 
-    python benchmarks/gpu_bench.py --out benchmarks/gpu_results.md [--quick]
+    python benchmarks/gpu_bench.py --out benchmarks/gpu_results.md [--quick] [--no-tf32]
+
+By default cuDNN runs as PyTorch runs it, free to do its products in TF32 on the tensor
+cores; ``--no-tf32`` holds it to float32 arithmetic, as gruablate's kernels are.
 
 Both sides are timed the same way: inputs already on the device, a few warm-up calls
 (which also compile gruablate's kernels), then ``--repeats`` calls each closed by a

@@ -1,10 +1,22 @@
-"""Support for the tests that run numba-cuda's simulator in a subprocess."""
+"""Support for the CUDA tests: which device is here, and the simulator's subprocesses."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
+
+
+def gpu_present() -> bool:
+    """Whether this process can run kernels on a real CUDA GPU (never under the simulator)."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        return False
+    try:
+        from numba import cuda
+    except ImportError:
+        return False
+    return bool(cuda.is_available())
 
 
 def lock_simulator_shared_arrays() -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cudasim import gpu_present  # tests/ is on sys.path
 
 import gruablate
 
@@ -273,17 +274,7 @@ def test_clear_error_without_numba_cuda():
 
 
 # --------------------------------------------------------------------- 4. real GPU
-def _gpu_present() -> bool:
-    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
-        return False
-    try:
-        from numba import cuda
-    except ImportError:
-        return False
-    return bool(cuda.is_available())
-
-
-gpu_only = pytest.mark.skipif(not _gpu_present(), reason="no CUDA GPU here")
+gpu_only = pytest.mark.skipif(not gpu_present(), reason="no CUDA GPU here")
 
 
 @gpu_only

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _cudasim import gpu_present  # tests/ is on sys.path
 
 import gruablate
 from gruablate.model import Model
@@ -139,17 +140,7 @@ def test_device_adam_refuses_a_cpu_model():
 
 
 # --------------------------------------------------------------------- 5. real GPU
-def _gpu_present() -> bool:
-    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
-        return False
-    try:
-        from numba import cuda
-    except ImportError:
-        return False
-    return bool(cuda.is_available())
-
-
-gpu_only = pytest.mark.skipif(not _gpu_present(), reason="no CUDA GPU here")
+gpu_only = pytest.mark.skipif(not gpu_present(), reason="no CUDA GPU here")
 
 
 @gpu_only
