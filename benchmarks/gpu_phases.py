@@ -88,8 +88,7 @@ class _Phases:
     """Times every product and cell launch of a CudaImpl alone."""
 
     def __init__(self, impl, cuda) -> None:
-        self.cuda, self.times = cuda, defaultdict(list)
-        self.impl = impl
+        self.cuda, self.times, self.n = cuda, defaultdict(list), 1
         mm, cell = impl._matmul, impl._launch_cell
 
         def timed(label, fn):

@@ -127,7 +127,7 @@ def kernels(variant: Variant, dtype: str, geo: Geometry | None = None) -> Module
 
 @cache
 def common_kernels(dtype: str, geo: Geometry | None = None) -> ModuleType:
-    """The variant-independent kernels (``matmul``, ``colsum``, ``transpose``)."""
+    """The variant-independent kernels (:data:`~.cuda_source.COMMON_KERNELS`)."""
     _numba_cuda()
     geo = geo or geometry()
     return load_module(f"cudacommon_{dtype}", common_source(dtype, geo))
@@ -140,7 +140,8 @@ def compile_ptx(
     geo: Geometry | None = None,
 ) -> dict[str, str]:
     """PTX of the kernels of ``variant`` (``forward``, ``backward``), or with ``None`` of
-    the variant-independent ones (``matmul``, ``colsum``, ``transpose``), compiled by
+    the variant-independent ones (``COMMON_KERNELS``: the products, ``ksum``, ``colsum``,
+    ``transpose``), compiled by
     NVVM for compute capability ``cc``.
 
     Needs numba-cuda's compiler libraries but no GPU. Raises whatever the compiler

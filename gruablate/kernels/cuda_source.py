@@ -9,9 +9,11 @@ read the generated source on a machine without numba-cuda.
 Two modules are generated per dtype and geometry:
 
 ``common`` (shared by all variants)
-    ``matmul`` — a shared-memory tiled product ``C = A B`` of strided operands read
-    from flat arrays (numba-cuda has no cuBLAS binding); ``colsum`` — column sums
-    (the bias gradients, reduced without atomics); ``transpose``.
+    ``matmul`` and ``matmul_big`` — shared-memory tiled products ``C = A B`` of strided
+    operands read from flat arrays (numba-cuda has no cuBLAS binding), 64² and 128²
+    outputs per block; ``ksum`` — the slices of a product split along k, added;
+    ``colsum`` — column sums (the bias gradients, reduced without atomics);
+    ``transpose``.
 
 ``cell`` (one per variant)
     ``forward`` (training or, with ``keep = 0``, inference: one kernel, so one
@@ -94,8 +96,14 @@ class Geometry:
                 raise ValueError(f"Geometry.{name} must be positive")
         if self.bm > self.nw:
             raise ValueError("Geometry.bm must be at most nw (one warp per row in the gate pass)")
-        if self.mm_tile % self.mm_side or self.mm_big % self.mm_side:
-            raise ValueError("Geometry.mm_tile and mm_big must be multiples of mm_side")
+        for tile in (self.mm_tile, self.mm_big):
+            # Every thread holds (tile / mm_side)² outputs and loads the same number of
+            # elements of each operand's k-tile.
+            if tile % self.mm_side or (tile * self.mm_bk) % (self.mm_side * self.mm_side):
+                raise ValueError(
+                    "Geometry.mm_tile and mm_big must be multiples of mm_side, and their"
+                    " k-tiles (times mm_bk) multiples of mm_side**2"
+                )
 
     @property
     def threads(self) -> int:
@@ -276,10 +284,11 @@ def _header(kind: str, what: str, dtype: str, geo: Geometry) -> list[str]:
 
 
 # ---------------------------------------------------------------------- common
-def _matmul(c: _Code, geo: Geometry, name: str, tile: int) -> None:
-    """Emit the tiled product kernel ``name`` with ``tile``² outputs per block."""
+def _matmul(c: _Code, geo: Geometry, name: str, big: bool) -> None:
+    """Emit the tiled product kernel ``name``: ``mm_big``² outputs per block if ``big``,
+    else ``mm_tile``²."""
+    tile, TM, TM1 = (geo.mm_big, "TG", "TG1") if big else (geo.mm_tile, "TM", "TM1")
     rm = tile // geo.mm_side
-    TM, TM1 = ("TG", "TG1") if name == "matmul_big" else ("TM", "TM1")
     c(
         "",
         "",
@@ -310,9 +319,7 @@ def _matmul(c: _Code, geo: Geometry, name: str, tile: int) -> None:
     # loads walk whichever index is contiguous in memory, so they coalesce for every
     # transpose flavour (the branch is uniform across the block).
     threads = geo.mm_side * geo.mm_side
-    if (tile * geo.mm_bk) % threads:
-        raise ValueError("Geometry: mm_tile * mm_bk must be a multiple of mm_side**2")
-    nld = tile * geo.mm_bk // threads
+    nld = tile * geo.mm_bk // threads  # a whole number: Geometry checks it
     operands = (
         ("As", "a", "a_off", "sam", "sak", "M", "m0", "sak != 1", "a"),
         ("Bs", "bm", "b_off", "sbn", "sbk", "N", "n0", "sbn == 1", "b"),
@@ -383,13 +390,13 @@ def _matmul(c: _Code, geo: Geometry, name: str, tile: int) -> None:
 
 @cache
 def common_source(dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
-    """Module text of the variant-independent kernels (``matmul``, ``colsum``, ``transpose``)."""
+    """Module text of the variant-independent kernels (:data:`COMMON_KERNELS`)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     c = _Code()
     c(*_header("common", "all variants", dtype, geo))
-    _matmul(c, geo, "matmul", geo.mm_tile)
-    _matmul(c, geo, "matmul_big", geo.mm_big)
+    _matmul(c, geo, "matmul", big=False)
+    _matmul(c, geo, "matmul_big", big=True)
     c(
         "",
         "",
@@ -644,11 +651,10 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) 
     c(
         "# Launch bounds make ptxas fit the registers to the block size (a cooperative",
         "# launch must fit whole); numba's simulator takes no such option.",
-        "try:",
-        "    from numba.cuda.core.config import ENABLE_CUDASIM",
-        "except ImportError:  # other numba-cuda layouts",
-        "    from numba.config import ENABLE_CUDASIM",
-        f"BOUNDS = {{}} if ENABLE_CUDASIM else {{'launch_bounds': {'NT' if recurrent else 'EW'}}}",
+        "from gruablate.kernels.cuda import simulator_enabled",
+        "",
+        "BOUNDS = {} if simulator_enabled() else {'launch_bounds': %s}"
+        % ("NT" if recurrent else "EW"),
     )
 
     # ------------------------------------------------------------------ forward
