@@ -14,9 +14,11 @@ Three measurements, each a median over repeats after warm-up, device synchronise
    I = H = 512, float32) for ``gru_reset_after`` and ``lstm``, and of small-batch
    inference: every launch timed alone (a sync before and after it), grouped by kernel
    and product shape.
-3. **Tile geometry.** Inference and the training step under the previous geometry
-   (8 warps, 8-row tiles at every batch) beside the current one (16 warps, rows per
-   tile shrunk to the batch: :meth:`Geometry.for_batch`).
+3. **Geometry.** Inference and the training step under each geometry of
+   ``CANDIDATES`` beside the current one (``DEFAULT_GEOMETRY``), in one process and
+   on the same inputs: the reduction steps a per-step product loads at once
+   (``Geometry.ku``; 1 is the kernels before it existed) and the training products
+   without the 128-wide tiles of ``matmul_big``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,13 @@ import gruablate  # noqa: E402
 from gruablate.kernels import cuda as kc  # noqa: E402
 from gruablate.kernels.cuda_source import DEFAULT_GEOMETRY  # noqa: E402
 
-PREVIOUS = replace(DEFAULT_GEOMETRY, nw=8, bm=8)
+#: Geometries timed beside DEFAULT_GEOMETRY, by the name their column gets.
+CANDIDATES = {
+    "ku=1": replace(DEFAULT_GEOMETRY, ku=1),
+    "ku=2": replace(DEFAULT_GEOMETRY, ku=2),
+    "ku=8": replace(DEFAULT_GEOMETRY, ku=8),
+    "no big tiles": replace(DEFAULT_GEOMETRY, mm_big_min=1 << 30),
+}
 #: --smoke (a check of this script in numba's simulator): every size divided by this,
 #: grids of one block.
 SHRINK = {"on": False}
@@ -161,9 +169,15 @@ def phases(cuda) -> list[str]:
 
 
 def geometries(cuda) -> list[str]:
-    lines = ["### Tile geometry: previous (8 warps, 8-row tiles) against current", "",
-             "| variant | mode | B | H | previous ms | current ms | previous / current |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    d = DEFAULT_GEOMETRY
+    names = list(CANDIDATES)
+    lines = [f"### Geometry: current (ku={d.ku}, big tiles from {d.mm_big_min} blocks) against"
+             " others", "",
+             "ms per call (median); the last columns are each other geometry's time over the"
+             " current one's (above 1: the current one is faster).", "",
+             "| variant | mode | B | H | current ms | " + " | ".join(f"{n} ms" for n in names)
+             + " | " + " | ".join(f"{n} / current" for n in names) + " |",
+             "| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in names * 2) + " |"]
     for variant, B, H in (("gru_reset_after", 1, 256), ("gru_reset_after", 1, 1024),
                           ("lstm", 4, 512), ("gru_reset_after", 8, 512),
                           ("gru_reset_after", 32, 256), ("gru_reset_after", 64, 512),
@@ -171,12 +185,14 @@ def geometries(cuda) -> list[str]:
         for mode in ("inference", "train"):
             if B < 8 and mode == "train":
                 continue
-            t = []
-            for geo in (PREVIOUS, DEFAULT_GEOMETRY):
+            t = {}
+            for name, geo in [("current", d), *CANDIDATES.items()]:
                 _, infer, train = _layer(variant, 100, B, H, cuda, geo)
-                t.append(_median_ms(infer if mode == "inference" else train, cuda))
-            lines.append(f"| `{variant}` | {mode} | {B} | {H} | {t[0]:.3f} | {t[1]:.3f} |"
-                         f" {t[0] / t[1]:.2f} |")
+                t[name] = _median_ms(infer if mode == "inference" else train, cuda)
+            ms = [f"{t[n]:.3f}" for n in names]
+            ratio = [f"{t[n] / t['current']:.2f}" for n in names]
+            lines.append(f"| `{variant}` | {mode} | {B} | {H} | {t['current']:.3f} | "
+                         + " | ".join(ms) + " | " + " | ".join(ratio) + " |")
             print(lines[-1], flush=True)
     return lines
 

@@ -74,6 +74,11 @@ class Geometry:
         feeds twice the multiply-adds. It is used when it still makes at least
         ``mm_big_min`` blocks (enough to fill the GPU; fewer, larger blocks would leave
         SMs idle on the weight-gradient products, whose outputs are small).
+    ``ku``
+        reduction steps a warp of a recurrent product loads at once, before any of
+        their multiply-adds: the loads of one step wait on L2 (the operands were
+        written by other blocks a step before), and issuing ``ku`` steps' loads
+        together overlaps those waits instead of paying one per step.
     ``ew_threads``
         block size of the element-wise kernels (scan path, transpose).
     """
@@ -81,6 +86,7 @@ class Geometry:
     jt: int = 32
     nw: int = 16
     bm: int = 8
+    ku: int = 4
     mm_tile: int = 64
     mm_bk: int = 16
     mm_side: int = 16
@@ -90,7 +96,7 @@ class Geometry:
     ew_threads: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("jt", "nw", "bm", "mm_tile", "mm_bk", "mm_side", "mm_big", "mm_split_k",
+        for name in ("jt", "nw", "bm", "ku", "mm_tile", "mm_bk", "mm_side", "mm_big", "mm_split_k",
                      "ew_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Geometry.{name} must be positive")
@@ -113,7 +119,7 @@ class Geometry:
     @property
     def key(self) -> str:
         return (
-            f"j{self.jt}w{self.nw}m{self.bm}t{self.mm_tile}k{self.mm_bk}s{self.mm_side}"
+            f"j{self.jt}w{self.nw}m{self.bm}u{self.ku}t{self.mm_tile}k{self.mm_bk}s{self.mm_side}"
             f"g{self.mm_big}x{self.mm_split_k}e{self.ew_threads}"
         )
 
@@ -130,7 +136,7 @@ DEFAULT_GEOMETRY = Geometry()
 #: Tiny tiles for the simulator: it runs every thread as a Python thread, and small
 #: tiles make tiny test sizes span several tiles, which exercises the tiling logic.
 SIM_GEOMETRY = Geometry(
-    jt=2, nw=2, bm=2, mm_tile=4, mm_bk=2, mm_side=2, mm_big=8, mm_big_min=4, mm_split_k=4,
+    jt=2, nw=2, bm=2, ku=2, mm_tile=4, mm_bk=2, mm_side=2, mm_big=8, mm_big_min=4, mm_split_k=4,
     ew_threads=4
 )
 
@@ -271,6 +277,7 @@ def _header(kind: str, what: str, dtype: str, geo: Geometry) -> list[str]:
         f"JT = {geo.jt}",
         f"NW = {geo.nw}",
         f"BM = {geo.bm}",
+        f"KU = {geo.ku}",
         f"NT = {geo.threads}",
         f"TM = {geo.mm_tile}",
         f"BK = {geo.mm_bk}",
@@ -457,25 +464,41 @@ def _product(
     for the tile's batch rows ``r0 + w`` and hidden units ``j0 + l`` (``g < G`` selects
     a gate's block of columns). Warp ``q_w`` sums the ``k`` of its slice for all BM rows
     and G groups in the local arrays (constant trip counts: NVVM unrolls them into
-    registers; the tests check the PTX has no local memory); the A value is a
-    broadcast load, the B row a coalesced one reused across rows. The warps' partial
-    sums are then added through shared memory.
+    registers; the tests check the PTX has no local memory), KU steps of k at a time,
+    all their loads issued before their multiply-adds; the A value is a broadcast
+    load, the B row a coalesced one reused across rows. The warps' partial sums are
+    then added through shared memory.
     """
     c(
-        f"q_kc = ({K} + NW - 1) // NW",
+        # Each warp's slice is a whole number of KU-step groups; the last warp's may
+        # end early (q_ke), and its remainder runs one step at a time.
+        f"q_kc = (({K} + NW - 1) // NW + KU - 1) // KU * KU",
         "q_kb = q_w * q_kc",
         f"q_ke = min({K}, q_kb + q_kc)",
+        "q_ku = q_kb + max(q_ke - q_kb, 0) // KU * KU  # end of the whole groups",
         "q_jc = min(j, H - 1)  # clamped: lanes past H load valid data, never store it",
         f"for q_i in range(BM * {G}):",
         "    q_acc[q_i] = ZERO",
-        "for q_k in range(q_kb, q_ke):",
+        "for q_k in range(q_kb, q_ku, KU):",
+        "    for q_u in range(KU):  # every load of the group first ...",
+        f"        q_kr = (q_k + q_u) * {ldb}",
+        f"        for q_g in range({G}):",
+        f"            q_y[q_u * {G} + q_g] = {bm}[{col} + q_g * H + q_jc + q_kr]",
+        "        for q_r in range(BM):",
+        "            q_x[q_u * BM + q_r] = "
+        f"{a}[{a_off} + min(r0 + q_r, B - 1) * {lda} + q_k + q_u]",
+        "    for q_u in range(KU):  # ... then their multiply-adds",
+        "        for q_r in range(BM):",
+        f"            for q_g in range({G}):",
+        f"                q_acc[q_r * {G} + q_g] += q_x[q_u * BM + q_r] * q_y[q_u * {G} + q_g]",
+        "for q_k in range(q_ku, q_ke):",
         f"    q_kr = q_k * {ldb}",
         f"    for q_g in range({G}):",
         f"        q_y[q_g] = {bm}[{col} + q_g * H + q_jc + q_kr]",
         "    for q_r in range(BM):",
-        f"        q_x = {a}[{a_off} + min(r0 + q_r, B - 1) * {lda} + q_k]",
+        f"        q_x[0] = {a}[{a_off} + min(r0 + q_r, B - 1) * {lda} + q_k]",
         f"        for q_g in range({G}):",
-        f"            q_acc[q_r * {G} + q_g] += q_x * q_y[q_g]",
+        f"            q_acc[q_r * {G} + q_g] += q_x[0] * q_y[q_g]",
         f"for q_g in range({G}):",
         "    for q_r in range(BM):",
         f"        part[(q_w * BM + q_r) * JT + q_l] = q_acc[q_r * {G} + q_g]",
@@ -502,7 +525,8 @@ def _consts(plan: KernelPlan, geo: Geometry) -> list[str]:
         f"HPS_N = {geo.bm * g * geo.jt}",
         f"PART_N = {geo.nw * geo.bm * geo.jt}",
         f"ACC_N = {geo.bm * g}",
-        f"GMAX = {g}",
+        f"YK_N = {geo.ku * g}",
+        f"XK_N = {geo.ku * geo.bm}",
     ]
 
 
@@ -608,7 +632,8 @@ def _prelude(c: _Code, recurrent: bool) -> None:
             "hps = cuda.shared.array(HPS_N, NBT)",
             "part = cuda.shared.array(PART_N, NBT)",
             "q_acc = cuda.local.array(ACC_N, NBT)",
-            "q_y = cuda.local.array(GMAX, NBT)",
+            "q_y = cuda.local.array(YK_N, NBT)",
+            "q_x = cuda.local.array(XK_N, NBT)",
             "q_w = cuda.threadIdx.x // JT",
             "q_l = cuda.threadIdx.x % JT",
             "ntj = (H + JT - 1) // JT",
