@@ -17,8 +17,8 @@ Three measurements, each a median over repeats after warm-up, device synchronise
 3. **Geometry.** Inference and the training step under each geometry of
    ``CANDIDATES`` beside the current one (``DEFAULT_GEOMETRY``), in one process and
    on the same inputs: the reduction steps a per-step product loads at once
-   (``Geometry.ku``; 1 is the kernels before it existed) and the training products
-   without the 128-wide tiles of ``matmul_big``.
+   (``Geometry.ku``; 1 is the kernels before it existed) and the hidden units each
+   lane of a per-step product computes (``Geometry.jc``).
 """
 
 from __future__ import annotations
@@ -44,9 +44,8 @@ from gruablate.kernels.cuda_source import DEFAULT_GEOMETRY  # noqa: E402
 #: Geometries timed beside DEFAULT_GEOMETRY, by the name their column gets.
 CANDIDATES = {
     "ku=1": replace(DEFAULT_GEOMETRY, ku=1),
-    "ku=2": replace(DEFAULT_GEOMETRY, ku=2),
-    "ku=8": replace(DEFAULT_GEOMETRY, ku=8),
-    "no big tiles": replace(DEFAULT_GEOMETRY, mm_big_min=1 << 30),
+    "8 rows, 1 col/lane": replace(DEFAULT_GEOMETRY, bm=8, jc=1),
+    "8 rows, 1 col/lane, ku=1": replace(DEFAULT_GEOMETRY, bm=8, jc=1, ku=1),
 }
 #: --smoke (a check of this script in numba's simulator): every size divided by this,
 #: grids of one block.
@@ -171,8 +170,8 @@ def phases(cuda) -> list[str]:
 def geometries(cuda) -> list[str]:
     d = DEFAULT_GEOMETRY
     names = list(CANDIDATES)
-    lines = [f"### Geometry: current (ku={d.ku}, big tiles from {d.mm_big_min} blocks) against"
-             " others", "",
+    lines = [f"### Geometry: current ({d.bm}-row tiles, {d.jc} column(s) per lane, ku={d.ku})"
+             " against others", "",
              "ms per call (median); the last columns are each other geometry's time over the"
              " current one's (above 1: the current one is faster).", "",
              "| variant | mode | B | H | current ms | " + " | ".join(f"{n} ms" for n in names)

@@ -285,7 +285,7 @@ class CudaImpl:
             kern[blocks(B * H, ew), ew](*args)
             return
         nt = geo.threads
-        tiles = blocks(B, geo.bm) * blocks(H, geo.jt)
+        tiles = blocks(B, geo.bm) * blocks(H, geo.tile_cols)
         kern[min(tiles, self._coop_blocks(name, geo, kern, nt)), nt](*args)
 
     def _coop_blocks(self, name: str, geo: Geometry, kern: Any, nt: int) -> int:

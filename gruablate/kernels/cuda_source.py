@@ -55,11 +55,15 @@ class Geometry:
         warps per block of the recurrent kernels. In a product each warp sums one slice
         of the reduction dimension (split-K: the per-step products are latency-bound,
         and more warps make each one's serial slice shorter).
-    ``bm``
-        batch rows per tile (at most ``nw``): a tile is ``bm`` rows by ``jt`` hidden
-        units, and in the gate pass warp ``w < bm`` handles row ``r0 + w``, one element
-        per thread. :meth:`for_batch` shrinks it for small batches, so a product does
-        no work for rows that do not exist.
+    ``bm``, ``jc``
+        batch rows per tile, and hidden units per lane (``bm * jc`` at most ``nw``): a
+        tile is ``bm`` rows by ``jt * jc`` hidden units. In a product each thread
+        computes ``jc`` columns ``jt`` apart for all ``bm`` rows, so one load of a row's
+        value feeds ``jc`` multiply-adds per gate; in the gate pass warp ``w < bm * jc``
+        handles row ``r0 + w % bm``, columns ``(w // bm) * jt`` on, one element per
+        thread. :meth:`for_batch` shrinks the rows for small batches (and sets ``jc``
+        to 1 there: wider tiles would leave SMs idle), so a product does no work for
+        rows that do not exist.
     ``mm_tile``, ``mm_bk``, ``mm_side``
         the tiled product: ``mm_tile``² outputs per block, ``mm_bk`` deep shared-memory
         tiles, ``mm_side``² threads, each computing (``mm_tile``/``mm_side``)² outputs
@@ -85,7 +89,8 @@ class Geometry:
 
     jt: int = 32
     nw: int = 16
-    bm: int = 8
+    bm: int = 4
+    jc: int = 2
     ku: int = 4
     mm_tile: int = 64
     mm_bk: int = 16
@@ -96,12 +101,15 @@ class Geometry:
     ew_threads: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("jt", "nw", "bm", "ku", "mm_tile", "mm_bk", "mm_side", "mm_big", "mm_split_k",
-                     "ew_threads"):
+        for name in ("jt", "nw", "bm", "jc", "ku", "mm_tile", "mm_bk", "mm_side", "mm_big",
+                     "mm_split_k", "ew_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Geometry.{name} must be positive")
-        if self.bm > self.nw:
-            raise ValueError("Geometry.bm must be at most nw (one warp per row in the gate pass)")
+        if self.bm * self.jc > self.nw:
+            raise ValueError(
+                "Geometry.bm * jc must be at most nw (one warp per row and column group"
+                " in the gate pass)"
+            )
         for tile in (self.mm_tile, self.mm_big):
             # Every thread holds (tile / mm_side)² outputs and loads the same number of
             # elements of each operand's k-tile.
@@ -117,27 +125,37 @@ class Geometry:
         return self.jt * self.nw
 
     @property
+    def tile_cols(self) -> int:
+        """Hidden units per tile of the recurrent kernels."""
+        return self.jt * self.jc
+
+    @property
     def key(self) -> str:
         return (
-            f"j{self.jt}w{self.nw}m{self.bm}u{self.ku}t{self.mm_tile}k{self.mm_bk}s{self.mm_side}"
+            f"j{self.jt}w{self.nw}m{self.bm}c{self.jc}u{self.ku}t{self.mm_tile}k{self.mm_bk}s{self.mm_side}"
             f"g{self.mm_big}x{self.mm_split_k}e{self.ew_threads}"
         )
 
     def for_batch(self, B: int) -> Geometry:
         """This geometry with tiles of no more rows than the next power of two >= ``B``
         (so batches of 1, 2 and 4 get 1-, 2- and 4-row tiles, and at most four kernel
-        modules exist per variant)."""
+        modules exist per variant), and one column per lane where the batch fits one
+        tile: there a tile ``jc`` times as wide would make ``jc`` times fewer tiles, and
+        leave SMs idle."""
         rows = 1 << max(int(B) - 1, 0).bit_length()
-        return self if rows >= self.bm else replace(self, bm=rows)
+        if rows > self.bm or (rows == self.bm and self.jc == 1):
+            return self
+        return replace(self, bm=min(rows, self.bm), jc=1)
 
 
-#: What a GPU runs: 512-thread blocks, warp-wide tiles of up to 8 batch rows.
+#: What a GPU runs: 512-thread blocks; tiles of 4 batch rows by 64 hidden units (two
+#: per lane), and of 1, 2 or 4 rows by 32 units for batches of up to 4.
 DEFAULT_GEOMETRY = Geometry()
 #: Tiny tiles for the simulator: it runs every thread as a Python thread, and small
 #: tiles make tiny test sizes span several tiles, which exercises the tiling logic.
 SIM_GEOMETRY = Geometry(
-    jt=2, nw=2, bm=2, ku=2, mm_tile=4, mm_bk=2, mm_side=2, mm_big=8, mm_big_min=4, mm_split_k=4,
-    ew_threads=4
+    jt=2, nw=4, bm=2, jc=2, ku=2, mm_tile=4, mm_bk=2, mm_side=2, mm_big=8, mm_big_min=4,
+    mm_split_k=4, ew_threads=4
 )
 
 CELL_KERNELS = ("forward", "backward")
@@ -277,6 +295,9 @@ def _header(kind: str, what: str, dtype: str, geo: Geometry) -> list[str]:
         f"JT = {geo.jt}",
         f"NW = {geo.nw}",
         f"BM = {geo.bm}",
+        f"JC = {geo.jc}",
+        f"JTC = {geo.tile_cols}",
+        f"BMC = {geo.bm * geo.jc}",
         f"KU = {geo.ku}",
         f"NT = {geo.threads}",
         f"TM = {geo.mm_tile}",
@@ -460,15 +481,18 @@ def _product(
 ) -> None:
     """Emit one tile of a recurrent product into the shared array ``hps``.
 
-    ``hps[w*GJT + g*JT + l] = sum_k a[a_off + (r0+w)*lda + k] * bm[col + g*H + j0+l + k*ldb]``
-    for the tile's batch rows ``r0 + w`` and hidden units ``j0 + l`` (``g < G`` selects
-    a gate's block of columns). Warp ``q_w`` sums the ``k`` of its slice for all BM rows
-    and G groups in the local arrays (constant trip counts: NVVM unrolls them into
-    registers; the tests check the PTX has no local memory), KU steps of k at a time,
-    all their loads issued before their multiply-adds; the A value is a broadcast
-    load, the B row a coalesced one reused across rows. The warps' partial sums are
-    then added through shared memory.
+    ``hps[m*GJT + g*JTC + n] = sum_k a[a_off + (r0+m)*lda + k] * bm[col + g*H + j0+n + k*ldb]``
+    for the tile's batch rows ``r0 + m`` and hidden units ``j0 + n`` (``g < G`` selects
+    a gate's block of columns). Warp ``q_w`` sums the ``k`` of its slice for all BM rows,
+    G groups and JC columns per lane (``q_l``, ``q_l + JT``, ...) in the local arrays
+    (constant trip counts: NVVM unrolls them into registers; the tests check the PTX
+    has no local memory), KU steps of k at a time, all their loads issued before their
+    multiply-adds; the A value is a broadcast load, the B rows coalesced ones, each
+    value reused across rows or columns. The warps' partial sums are then added
+    through shared memory.
     """
+    yi = f"(q_u * {G} + q_g) * JC + q_c"
+    ai = f"(q_r * {G} + q_g) * JC + q_c"
     c(
         # Each warp's slice is a whole number of KU-step groups; the last warp's may
         # end early (q_ke), and its remainder runs one step at a time.
@@ -476,38 +500,44 @@ def _product(
         "q_kb = q_w * q_kc",
         f"q_ke = min({K}, q_kb + q_kc)",
         "q_ku = q_kb + max(q_ke - q_kb, 0) // KU * KU  # end of the whole groups",
-        "q_jc = min(j, H - 1)  # clamped: lanes past H load valid data, never store it",
-        f"for q_i in range(BM * {G}):",
+        f"for q_i in range(BM * {G} * JC):",
         "    q_acc[q_i] = ZERO",
         "for q_k in range(q_kb, q_ku, KU):",
         "    for q_u in range(KU):  # every load of the group first ...",
         f"        q_kr = (q_k + q_u) * {ldb}",
         f"        for q_g in range({G}):",
-        f"            q_y[q_u * {G} + q_g] = {bm}[{col} + q_g * H + q_jc + q_kr]",
+        "            for q_c in range(JC):  # clamped: columns past H are never stored",
+        f"                q_y[{yi}] = {bm}[{col} + q_g * H + min(j0 + q_c * JT + q_l, H - 1)"
+        " + q_kr]",
         "        for q_r in range(BM):",
         "            q_x[q_u * BM + q_r] = "
         f"{a}[{a_off} + min(r0 + q_r, B - 1) * {lda} + q_k + q_u]",
         "    for q_u in range(KU):  # ... then their multiply-adds",
         "        for q_r in range(BM):",
         f"            for q_g in range({G}):",
-        f"                q_acc[q_r * {G} + q_g] += q_x[q_u * BM + q_r] * q_y[q_u * {G} + q_g]",
+        "                for q_c in range(JC):",
+        f"                    q_acc[{ai}] += q_x[q_u * BM + q_r] * q_y[{yi}]",
         "for q_k in range(q_ku, q_ke):",
+        "    q_u = 0",
         f"    q_kr = q_k * {ldb}",
         f"    for q_g in range({G}):",
-        f"        q_y[q_g] = {bm}[{col} + q_g * H + q_jc + q_kr]",
+        "        for q_c in range(JC):",
+        f"            q_y[{yi}] = {bm}[{col} + q_g * H + min(j0 + q_c * JT + q_l, H - 1) + q_kr]",
         "    for q_r in range(BM):",
         f"        q_x[0] = {a}[{a_off} + min(r0 + q_r, B - 1) * {lda} + q_k]",
         f"        for q_g in range({G}):",
-        f"            q_acc[q_r * {G} + q_g] += q_x[0] * q_y[q_g]",
+        "            for q_c in range(JC):",
+        f"                q_acc[{ai}] += q_x[0] * q_y[{yi}]",
         f"for q_g in range({G}):",
         "    for q_r in range(BM):",
-        f"        part[(q_w * BM + q_r) * JT + q_l] = q_acc[q_r * {G} + q_g]",
+        "        for q_c in range(JC):",
+        f"            part[(q_w * BM + q_r) * JTC + q_c * JT + q_l] = q_acc[{ai}]",
         "    cuda.syncthreads()",
-        "    if q_w < BM:  # warp w adds the NW partial sums of row r0 + w",
+        "    if q_w < BMC:  # warp w adds the NW partial sums of its row and columns",
         "        q_t = ZERO",
         "        for q_v in range(NW):",
-        "            q_t += part[(q_v * BM + q_w) * JT + q_l]",
-        "        hps[q_w * GJT + q_g * JT + q_l] = q_t",
+        "            q_t += part[(q_v * BM + q_m) * JTC + q_n]",
+        "        hps[q_m * GJT + q_g * JTC + q_n] = q_t",
         "    cuda.syncthreads()",
     )
 
@@ -521,11 +551,11 @@ def _consts(plan: KernelPlan, geo: Geometry) -> list[str]:
         f"NA = {plan.na}",
         f"NB = {plan.nb}",
         # Shared and local array shapes must be literal constants for numba.
-        f"GJT = {g * geo.jt}",
-        f"HPS_N = {geo.bm * g * geo.jt}",
-        f"PART_N = {geo.nw * geo.bm * geo.jt}",
-        f"ACC_N = {geo.bm * g}",
-        f"YK_N = {geo.ku * g}",
+        f"GJT = {g * geo.tile_cols}",
+        f"HPS_N = {geo.bm * g * geo.tile_cols}",
+        f"PART_N = {geo.nw * geo.bm * geo.tile_cols}",
+        f"ACC_N = {geo.bm * g * geo.jc}",
+        f"YK_N = {geo.ku * g * geo.jc}",
         f"XK_N = {geo.ku * geo.bm}",
     ]
 
@@ -564,8 +594,8 @@ def _table(plan: KernelPlan, backward: bool, recurrent: bool) -> dict[str, str]:
     lstm = plan.variant.family == "lstm"
     t = {
         "XP(k)": "xp[xrow + {k} * H + j]",
-        "HP(k)": "hps[q_w * GJT + {k} * JT + q_l]",
-        "CP": "hps[q_w * GJT + q_l]",
+        "HP(k)": "hps[q_m * GJT + {k} * JTC + q_n]",
+        "CP": "hps[q_m * GJT + q_n]",
         "B(k)": "b[{k} * H + j]",
         "HPREV": "hs[hrow + j]",
         "G(k)": "acts[arow + {k} * H + j]",
@@ -578,13 +608,13 @@ def _table(plan: KernelPlan, backward: bool, recurrent: bool) -> dict[str, str]:
         "COUT": "cs[orow + j]",
     }
     if backward:
-        dhr = " + hps[q_w * GJT + q_l]" if recurrent and plan.nhm else ""
+        dhr = " + hps[q_m * GJT + q_n]" if recurrent and plan.nhm else ""
         t.update(
             {
                 "DH": f"(dy[hrow + j] + dhd[srow + j]{dhr})",
                 "DC": "dc[srow + j]",
                 "DCPREV": "dc[srow + j]",
-                "DRH": "hps[q_w * GJT + q_l]",
+                "DRH": "hps[q_m * GJT + q_n]",
                 "DX(k)": "dgx[xrow + {k} * H + j]",
                 "DHB(k)": "dgh[grow + {k} * H + j]",
                 "DCAND": "dgc[hrow + j]",
@@ -636,7 +666,10 @@ def _prelude(c: _Code, recurrent: bool) -> None:
             "q_x = cuda.local.array(XK_N, NBT)",
             "q_w = cuda.threadIdx.x // JT",
             "q_l = cuda.threadIdx.x % JT",
-            "ntj = (H + JT - 1) // JT",
+            "# In the gate pass warp q_w handles tile row q_m, tile column q_n.",
+            "q_m = q_w % BM",
+            "q_n = (q_w // BM) * JT + q_l",
+            "ntj = (H + JTC - 1) // JTC",
             "ntiles = ((B + BM - 1) // BM) * ntj",
         )
 
@@ -645,15 +678,15 @@ def _tile_loop(c: _Code) -> None:
     c(
         "for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):",
         "    r0 = (tile // ntj) * BM",
-        "    j0 = (tile % ntj) * JT",
-        "    bi = r0 + q_w",
-        "    j = j0 + q_l",
+        "    j0 = (tile % ntj) * JTC",
+        "    bi = r0 + q_m",
+        "    j = j0 + q_n",
     )
     c.indent()
 
 
 def _item(c: _Code, backward: bool, body: str, extra: tuple[str, ...] = ()) -> None:
-    c("if q_w < BM and bi < B and j < H:")
+    c("if q_w < BMC and bi < B and j < H:")
     c.indent()
     _rows(c, backward)
     c(*extra)
@@ -762,10 +795,10 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) 
         _product(c, 1, "dgh", "(t + 1) * B * NHMH", "NHMH", "U", "0", "H", "NHMH")
         c.dedent()
         c("else:")
-        c("    if q_w < BM:")
-        c("        hps[q_w * GJT + q_l] = ZERO")
+        c("    if q_w < BMC:")
+        c("        hps[q_m * GJT + q_n] = ZERO")
         c("    cuda.syncthreads()")
-    c("if q_w < BM and bi < B and j < H:")
+    c("if q_w < BMC and bi < B and j < H:")
     c.indent()
     c("if t >= 0:")
     c.indent()
@@ -774,7 +807,7 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) 
     c.block(_cell(code.bwd1, tab))
     c.dedent()
     c("else:")
-    dhr = " + hps[q_w * GJT + q_l]" if plan.nhm else ""
+    dhr = " + hps[q_m * GJT + q_n]" if plan.nhm else ""
     c(f"    ds0[bi * H + j] = dhd[bi * H + j]{dhr}")
     if lstm:
         c("    ds0[BH + bi * H + j] = dc[bi * H + j]")
