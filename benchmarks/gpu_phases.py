@@ -15,10 +15,10 @@ Three measurements, each a median over repeats after warm-up, device synchronise
    inference: every launch timed alone (a sync before and after it), grouped by kernel
    and product shape.
 3. **Geometry.** Inference and the training step under each geometry of
-   ``CANDIDATES`` beside the current one (``DEFAULT_GEOMETRY``), in one process and
-   on the same inputs: the reduction steps a per-step product loads at once
-   (``Geometry.ku``; 1 is the kernels before it existed) and the hidden units each
-   lane of a per-step product computes (``Geometry.jc``).
+   ``CANDIDATES`` beside the current one (``DEFAULT_GEOMETRY``), in one process, on
+   the same inputs, timed in interleaved rounds: the reduction steps a per-step
+   product loads at once (``Geometry.ku``; 1 is the kernels before it existed) and the
+   hidden units each lane of a per-step product computes (``Geometry.jc``).
 """
 
 from __future__ import annotations
@@ -47,6 +47,18 @@ CANDIDATES = {
     "8 rows, 1 col/lane": replace(DEFAULT_GEOMETRY, bm=8, jc=1),
     "8 rows, 1 col/lane, ku=1": replace(DEFAULT_GEOMETRY, bm=8, jc=1, ku=1),
 }
+#: The geometry table's rows (variant, B, H), and its interleaved rounds (each the
+#: median of 5 calls).
+GEOMETRY_ROWS = (
+    ("gru_reset_after", 1, 256),
+    ("gru_reset_after", 1, 1024),
+    ("lstm", 4, 512),
+    ("gru_reset_after", 8, 512),
+    ("gru_reset_after", 32, 256),
+    ("gru_reset_after", 64, 512),
+    ("lstm", 64, 512),
+)
+ROUNDS = 5
 #: --smoke (a check of this script in numba's simulator): every size divided by this,
 #: grids of one block.
 SHRINK = {"on": False}
@@ -177,17 +189,23 @@ def geometries(cuda) -> list[str]:
              "| variant | mode | B | H | current ms | " + " | ".join(f"{n} ms" for n in names)
              + " | " + " | ".join(f"{n} / current" for n in names) + " |",
              "| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in names * 2) + " |"]
-    for variant, B, H in (("gru_reset_after", 1, 256), ("gru_reset_after", 1, 1024),
-                          ("lstm", 4, 512), ("gru_reset_after", 8, 512),
-                          ("gru_reset_after", 32, 256), ("gru_reset_after", 64, 512),
-                          ("lstm", 64, 512)):
+    for variant, B, H in GEOMETRY_ROWS[: 1 if SHRINK["on"] else None]:
         for mode in ("inference", "train"):
             if B < 8 and mode == "train":
                 continue
-            t = {}
+            # Every geometry compiled and warmed first, then timed in interleaved
+            # rounds: timed one after another, the first of a row ran up to a quarter
+            # slower than an identical kernel timed after it (the cause was not found).
+            fns = {}
             for name, geo in [("current", d), *CANDIDATES.items()]:
                 _, infer, train = _layer(variant, 100, B, H, cuda, geo)
-                t[name] = _median_ms(infer if mode == "inference" else train, cuda)
+                fns[name] = infer if mode == "inference" else train
+                _median_ms(fns[name], cuda, warmup=3, repeats=1)
+            runs = {name: [] for name in fns}
+            for _ in range(1 if SHRINK["on"] else ROUNDS):
+                for name, fn in fns.items():
+                    runs[name].append(_median_ms(fn, cuda, warmup=1, repeats=5))
+            t = {name: statistics.median(v) for name, v in runs.items()}
             ms = [f"{t[n]:.3f}" for n in names]
             ratio = [f"{t[n] / t['current']:.2f}" for n in names]
             lines.append(f"| `{variant}` | {mode} | {B} | {H} | {t['current']:.3f} | "
