@@ -80,9 +80,9 @@ class Geometry:
         SMs idle on the weight-gradient products, whose outputs are small).
     ``ku``
         reduction steps a warp of a recurrent product loads at once, before any of
-        their multiply-adds: the loads of one step wait on L2 (the operands were
-        written by other blocks a step before), and issuing ``ku`` steps' loads
-        together overlaps those waits instead of paying one per step.
+        their multiply-adds, so that the waits of their loads on L2 (the operands were
+        written by other blocks a step before) overlap. On an H100 its effect was
+        within the noise of three calls (``benchmarks/RESULTS.md``); 4 is kept.
     ``ew_threads``
         block size of the element-wise kernels (scan path, transpose).
     """
@@ -132,7 +132,8 @@ class Geometry:
     @property
     def key(self) -> str:
         return (
-            f"j{self.jt}w{self.nw}m{self.bm}c{self.jc}u{self.ku}t{self.mm_tile}k{self.mm_bk}s{self.mm_side}"
+            f"j{self.jt}w{self.nw}m{self.bm}c{self.jc}u{self.ku}"
+            f"t{self.mm_tile}k{self.mm_bk}s{self.mm_side}"
             f"g{self.mm_big}x{self.mm_split_k}e{self.ew_threads}"
         )
 
