@@ -33,7 +33,7 @@ compile to PTX for a real GPU architecture without needing one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import cache
 
 from ..spec import Variant
@@ -101,10 +101,9 @@ class Geometry:
     ew_threads: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("jt", "nw", "bm", "jc", "ku", "mm_tile", "mm_bk", "mm_side", "mm_big",
-                     "mm_split_k", "ew_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"Geometry.{name} must be positive")
+        for f in fields(self):
+            if getattr(self, f.name) < 1:
+                raise ValueError(f"Geometry.{f.name} must be positive")
         if self.bm * self.jc > self.nw:
             raise ValueError(
                 "Geometry.bm * jc must be at most nw (one warp per row and column group"
@@ -131,11 +130,8 @@ class Geometry:
 
     @property
     def key(self) -> str:
-        return (
-            f"j{self.jt}w{self.nw}m{self.bm}c{self.jc}u{self.ku}"
-            f"t{self.mm_tile}k{self.mm_bk}s{self.mm_side}"
-            f"g{self.mm_big}x{self.mm_split_k}e{self.ew_threads}"
-        )
+        """Every field, for the generated modules' headers (and so their file names)."""
+        return "-".join(f"{f.name}{getattr(self, f.name)}" for f in fields(self))
 
     def for_batch(self, B: int) -> Geometry:
         """This geometry with tiles of no more rows than the next power of two >= ``B``
@@ -494,6 +490,29 @@ def _product(
     """
     yi = f"(q_u * {G} + q_g) * JC + q_c"
     ai = f"(q_r * {G} + q_g) * JC + q_c"
+
+    def steps(n: str) -> None:
+        """The loop body for ``n`` reduction steps from ``q_k``: every load, then every
+        multiply-add."""
+        c.indent()
+        c(
+            f"for q_u in range({n}):",
+            f"    q_kr = (q_k + q_u) * {ldb}",
+            f"    for q_g in range({G}):",
+            "        for q_c in range(JC):  # clamped: columns past H are never stored",
+            f"            q_y[{yi}] = {bm}[{col} + q_g * H + min(j0 + q_c * JT + q_l, H - 1)"
+            " + q_kr]",
+            "    for q_r in range(BM):",
+            "        q_x[q_u * BM + q_r] = "
+            f"{a}[{a_off} + min(r0 + q_r, B - 1) * {lda} + q_k + q_u]",
+            f"for q_u in range({n}):",
+            "    for q_r in range(BM):",
+            f"        for q_g in range({G}):",
+            "            for q_c in range(JC):",
+            f"                q_acc[{ai}] += q_x[q_u * BM + q_r] * q_y[{yi}]",
+        )
+        c.dedent()
+
     c(
         # Each warp's slice is a whole number of KU-step groups; the last warp's may
         # end early (q_ke), and its remainder runs one step at a time.
@@ -504,31 +523,11 @@ def _product(
         f"for q_i in range(BM * {G} * JC):",
         "    q_acc[q_i] = ZERO",
         "for q_k in range(q_kb, q_ku, KU):",
-        "    for q_u in range(KU):  # every load of the group first ...",
-        f"        q_kr = (q_k + q_u) * {ldb}",
-        f"        for q_g in range({G}):",
-        "            for q_c in range(JC):  # clamped: columns past H are never stored",
-        f"                q_y[{yi}] = {bm}[{col} + q_g * H + min(j0 + q_c * JT + q_l, H - 1)"
-        " + q_kr]",
-        "        for q_r in range(BM):",
-        "            q_x[q_u * BM + q_r] = "
-        f"{a}[{a_off} + min(r0 + q_r, B - 1) * {lda} + q_k + q_u]",
-        "    for q_u in range(KU):  # ... then their multiply-adds",
-        "        for q_r in range(BM):",
-        f"            for q_g in range({G}):",
-        "                for q_c in range(JC):",
-        f"                    q_acc[{ai}] += q_x[q_u * BM + q_r] * q_y[{yi}]",
-        "for q_k in range(q_ku, q_ke):",
-        "    q_u = 0",
-        f"    q_kr = q_k * {ldb}",
-        f"    for q_g in range({G}):",
-        "        for q_c in range(JC):",
-        f"            q_y[{yi}] = {bm}[{col} + q_g * H + min(j0 + q_c * JT + q_l, H - 1) + q_kr]",
-        "    for q_r in range(BM):",
-        f"        q_x[0] = {a}[{a_off} + min(r0 + q_r, B - 1) * {lda} + q_k]",
-        f"        for q_g in range({G}):",
-        "            for q_c in range(JC):",
-        f"                q_acc[{ai}] += q_x[0] * q_y[{yi}]",
+    )
+    steps("KU")
+    c("for q_k in range(q_ku, q_ke):")
+    steps("1")
+    c(
         f"for q_g in range({G}):",
         "    for q_r in range(BM):",
         "        for q_c in range(JC):",
