@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from .identity import spec_digest
 from .spec import SpecError, Variant
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -46,22 +47,34 @@ def get_variant(name_or_path: str | Path | Variant) -> Variant:
     """A built-in variant by name, or a user's spec file by path (``*.toml``).
 
     A :class:`Variant` is passed through, so every API that takes a variant takes any
-    of the three.
+    of the three. A spec that takes a built-in's name but differs from it is refused
+    (:class:`SpecError`): names must not mix different cells.
     """
-    if isinstance(name_or_path, Variant):
-        return name_or_path
-    key = str(name_or_path)
     builtins = _builtins()
+    if isinstance(name_or_path, Variant):
+        return _not_shadowing(name_or_path, builtins)
+    key = str(name_or_path)
     if key in builtins:
         return builtins[key]
     path = Path(key)
     if path.suffix == ".toml" or path.exists():
         if not path.exists():
             raise SpecError(f"variant spec file not found: {path}")
-        return Variant.from_toml(path)
+        return _not_shadowing(Variant.from_toml(path), builtins)
     raise SpecError(
         f"unknown variant {key!r}; built-ins: {', '.join(builtins)} (or a path to a .toml spec)"
     )
+
+
+def _not_shadowing(variant: Variant, builtins: dict[str, Variant]) -> Variant:
+    # A variant's identity is its content: a user's spec under a built-in's name but
+    # with other switches would be averaged with the built-in by anyone reading names.
+    builtin = builtins.get(variant.name)
+    if builtin is not None and spec_digest(builtin.to_dict()) != spec_digest(variant.to_dict()):
+        where = f" in {variant.source}" if variant.source else ""
+        raise SpecError(f"spec{where} is named {variant.name!r}, the name of a built-in"
+                        " variant with other switches; give it a name of its own")
+    return variant
 
 
 def markdown_table(input_size: int = 32, hidden_size: int = 64) -> str:

@@ -28,17 +28,30 @@ import socket
 import threading
 import time
 import traceback
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .envinfo import capture_environment, usable_cores
-from .store import RunDir, attach, is_run_dir, open_run
-from .study import Cell, Study, StudyError, load_study, settings_conflict
+from .envinfo import available_memory, capture_environment, usable_cores
+from .identity import spec_digest
+from .store import (
+    DamagedRecord,
+    DamagedRecordWarning,
+    RunDir,
+    attach,
+    is_run_dir,
+    open_run,
+    read_record_file,
+)
+from .study import Cell, Study, StudyError, load_study, merge_study
 
 EXECUTORS = ("local", "dask")
+# What one local worker holds once it has trained a cell (measured: ~190 MB resident
+# for a small GRU on adding, most of it NumPy, Numba and SciPy themselves).
+WORKER_BYTES = 250 * 2**20
 _THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                 "MKL_NUM_THREADS")
 
@@ -75,8 +88,9 @@ def _assemble(cell: Cell, result: dict[str, Any]) -> dict[str, Any]:
     so even a cell that failed before training has its variant, task, seed..."""
     base = {k: v for k, v in cell.config.items()}
     base.update({"metric_name": None, "metric": None, "baseline": None, "params": None,
-                 "train_seconds": None})
-    return {**base, **result, "kind": "train", "id": cell.id}
+                 "train_seconds": None, "variant_spec": cell.variant.to_dict()})
+    return {**base, **result, "kind": "train", "id": cell.id,
+            "spec_hash": spec_digest(cell.variant.to_dict())}
 
 
 # --------------------------------------------------------------- executors
@@ -240,12 +254,13 @@ class _Dask:
 class SweepEvent:
     """What happened, for a progress display: ``kind`` is ``plan``, ``start``,
     ``finish``, ``skip`` (done meanwhile by another sweep), ``wait`` (cells another
-    sweep is running) or ``end``."""
+    sweep is running), ``warn`` (``message`` says what) or ``end``."""
 
     kind: str
     summary: SweepSummary
     cell: Cell | None = None
     record: dict[str, Any] | None = None
+    message: str = ""  # the text of a ``warn`` event
 
 
 @dataclass
@@ -268,6 +283,7 @@ class SweepSummary:
     seconds: float = 0.0
     interrupted: bool = False
     executor: str = ""
+    write_error: str = ""  # why records could no longer be written (the sweep stopped)
 
     @property
     def finished(self) -> int:
@@ -275,10 +291,11 @@ class SweepSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 when every cell has a usable record, 1 when some failed, 130 if interrupted."""
+        """0 when every cell has a usable record, 1 when some failed or records could
+        not be written, 130 if interrupted."""
         if self.interrupted:
             return 130
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.write_error else 0
 
     def line(self) -> str:
         """The closing one-line summary."""
@@ -287,7 +304,8 @@ class SweepSummary:
             parts.append(f"{self.skipped} already done")
         if self.by_others:
             parts.append(f"{self.by_others} done by another sweep")
-        state = "interrupted" if self.interrupted else "finished"
+        state = ("interrupted" if self.interrupted
+                 else "stopped" if self.write_error else "finished")
         return (f"sweep {self.study!r} {state}: {self.total} cells — {', '.join(parts)}"
                 f" in {self.seconds:.1f}s; results in {self.run_dir}")
 
@@ -304,15 +322,37 @@ def _needs_run(run: RunDir, cell: Cell, force: bool, rerun_failed: bool,
     return rerun_failed and rec.get("status") == "failed"
 
 
+def joined_study(run_dir: Path, old: dict[str, Any] | None, study: Study) -> dict[str, Any]:
+    """``study.json`` once ``study`` joins ``run_dir`` (which holds ``old``), or a
+    :class:`StudyError` saying why it may not (see :func:`~gruablate.study.merge_study`)."""
+    try:
+        return merge_study(old, study)
+    except StudyError as exc:
+        raise StudyError(
+            f"{run_dir} holds another study's cells: {exc}; give this study its own"
+            " --out (or --name), or delete that directory"
+        ) from None
+
+
 def cell_states(study: Study, out: str | Path | None = None) -> list[tuple[Cell, str]]:
-    """Each cell of ``study`` with its recorded status in its run directory, or
-    ``"todo"`` when it has no record yet."""
+    """Each cell of ``study`` with its recorded status in its run directory:
+    ``"todo"`` when it has no record yet, ``"damaged"`` when its record cannot be read
+    (a sweep moves it aside and runs the cell again). Changes nothing on disk."""
     run_dir = Path(out) if out is not None else Path("runs") / study.name
     run = attach(run_dir) if is_run_dir(run_dir) else None
+    if run is not None:
+        joined_study(run_dir, run.study(), study)  # the conflict a sweep would meet
     out_states = []
     for cell in study.cells():
-        rec = run.read_record(cell.id) if run else None
-        out_states.append((cell, (rec or {}).get("status", "todo")))
+        state = "todo"
+        if run is not None:
+            with contextlib.suppress(FileNotFoundError):
+                try:
+                    state = read_record_file(run.cells_dir / f"{cell.id}.json").get(
+                        "status", "ok")
+                except DamagedRecord:
+                    state = "damaged"
+        out_states.append((cell, state))
     return out_states
 
 
@@ -347,13 +387,12 @@ def run_study(
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise StudyError(f"jobs must be a positive integer, got {jobs!r}")
     run_dir = Path(out) if out is not None else Path("runs") / study.name
-    if is_run_dir(run_dir):
-        why = settings_conflict(attach(run_dir).study(), study)
-        if why:
-            raise StudyError(
-                f"{run_dir} holds another study's cells: {why}; give this study its own"
-                " --out (or --name), or delete that directory"
-            )
+
+    def reconcile(old: dict[str, Any] | None) -> dict[str, Any]:
+        return joined_study(run_dir, old, study)
+
+    if is_run_dir(run_dir):  # fail fast; checked again under the open lock below
+        reconcile(attach(run_dir).study())
 
     cells = study.cells()
     summary = SweepSummary(run_dir=run_dir, study=study.name, total=len(cells))
@@ -371,12 +410,19 @@ def run_study(
         pool = None  # started below, once we know how many cells are left
     try:
         previous = attach(run_dir).environment() if is_run_dir(run_dir) else None
-        run = open_run(run_dir, study.to_dict(), env=previous or env)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DamagedRecordWarning)
+            run = open_run(run_dir, study.to_dict(), env=previous or env,
+                           reconcile=reconcile)
+        for w in caught:
+            emit(SweepEvent("warn", summary, message=str(w.message)))
         todo = [c for c in cells if _needs_run(run, c, force, rerun_failed, set())]
         summary.skipped = len(cells) - len(todo)
         summary.to_run = len(todo)
         if pool is None:
-            n = min(jobs or usable_cores(), max(1, len(todo)))
+            n, why = local_jobs(jobs, len(todo))
+            if why:
+                emit(SweepEvent("warn", summary, message=why))
             threads = max(1, usable_cores() // n)
             pool = _Serial() if n == 1 else _Processes(n, threads)
             env["executor"] = {"kind": "local", "jobs": n,
@@ -394,11 +440,30 @@ def run_study(
             pool = None
     finally:
         if pool is not None:
-            pool.close()
+            pool.close(cancel=bool(summary.write_error))
         summary.seconds = time.perf_counter() - start
         summary.running = 0
     emit(SweepEvent("end", summary))
     return summary
+
+
+def local_jobs(jobs: int | None, cells: int) -> tuple[int, str]:
+    """How many local workers to start for ``cells`` cells when ``jobs`` were asked
+    for (None: one per usable core), and why fewer, if so. More workers than cores
+    only slows every cell down, and each worker needs :data:`WORKER_BYTES`."""
+    cores = usable_cores()
+    n = min(jobs or cores, max(1, cells))
+    why = ""
+    if n > cores:
+        why = f"--jobs {jobs} is more than the {cores} usable cores: running {cores} workers"
+        n = cores
+    memory = available_memory()
+    if memory is not None and n > 1 and n * WORKER_BYTES > memory:
+        fit = max(1, memory // WORKER_BYTES)
+        why = (f"{n} workers need about {n * WORKER_BYTES / 2**30:.1f} GiB and"
+               f" {memory / 2**30:.1f} GiB is available: running {fit}")
+        n = fit
+    return n, why
 
 
 def _drive(run: RunDir, pool: Any, todo: list[Cell], force: bool, rerun_failed: bool,
@@ -435,6 +500,16 @@ def _drive(run: RunDir, pool: Any, todo: list[Cell], force: bool, rerun_failed: 
                     record = _assemble(cell, pool.result(fut))
                     try:
                         run.write_record(cell.id, record)
+                    except OSError as exc:
+                        # A full disk or a folder gone read-only: every later record
+                        # would fail too. Stop here; what is recorded stays recorded.
+                        summary.running -= 1
+                        summary.write_error = (
+                            f"cannot write the record of {cell.id} in {run.cells_dir}:"
+                            f" {exc.strerror or exc}; the sweep stopped, the"
+                            f" {summary.finished} finished cells are kept and a rerun"
+                            " resumes")
+                        return
                     finally:
                         run.release(fd)
                     summary.running -= 1

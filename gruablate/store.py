@@ -8,6 +8,7 @@ A run directory is what a sweep (``gruablate run sweep``) or a benchmark
       env.json            where it ran: versions, CPU, GPU, git commit (gruablate.envinfo)
       cells/<id>.json     one record per finished cell, each written atomically
       .claims/<id>        lock files of cells being run right now (fcntl locks)
+      damaged/            records that could not be read, moved aside by a sweep
 
 Public API (used by the sweep and by the benchmark)::
 
@@ -22,7 +23,14 @@ A record is a flat-ish JSON mapping. ``kind`` says what it is: ``"train"`` (the 
 one trained model of a sweep) or ``"bench"`` (one timing of ``gruablate run bench``).
 Scalars become columns; dict and list values become JSON text columns, except the
 learning ``curve`` (see :func:`load_curves`), ``versions`` (see ``env.json``) and a
-failed cell's ``traceback`` (in its file).
+failed cell's ``traceback`` (in its file). ``spec_hash`` is the digest of the cell's
+spec (:func:`gruablate.identity.spec_digest`): two cells under one variant name are one
+variant only when their ``spec_hash`` agrees.
+
+A record that cannot be read (a disk that lost its end, a hand edit) never blocks the
+directory: readers skip it with a :class:`DamagedRecordWarning` naming the file, and a
+sweep moves it into ``damaged/`` (:meth:`RunDir.quarantine_damaged`) so that its cell
+runs again.
 
 Why the files look like this: one file per cell, written to a temporary name, flushed to
 disk and renamed over the final name, means a sweep killed at any moment (even SIGKILL)
@@ -39,10 +47,14 @@ import math
 import os
 import re
 import socket
-from collections.abc import Iterable, Iterator
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .identity import spec_digest
 
 if TYPE_CHECKING:  # pandas loads on first use: workers and `import gruablate` skip it
     import pandas as pd
@@ -51,11 +63,12 @@ STUDY_FILE = "study.json"
 ENV_FILE = "env.json"
 CELLS_DIR = "cells"
 CLAIMS_DIR = ".claims"
+DAMAGED_DIR = "damaged"
 OPEN_LOCK = ".open.lock"  # serialises open_run between sweeps sharing a folder
 
 # Columns every train record has in load_results, in this order, even when missing.
 TRAIN_COLUMNS = (
-    "variant", "task", "hidden", "layers", "seed", "backend", "status",
+    "variant", "spec_hash", "task", "hidden", "layers", "seed", "backend", "status",
     "metric_name", "metric", "baseline", "params", "train_seconds",
 )
 # Same for bench records (the benchmark issue's contract).
@@ -71,6 +84,14 @@ _TMP_PREFIX = ".tmp-"
 
 class NotARunDir(ValueError):
     """A path that is not a gruablate run directory."""
+
+
+class DamagedRecordWarning(UserWarning):
+    """A record file that is not a readable JSON mapping; it was skipped or moved."""
+
+
+class DamagedRecord(ValueError):
+    """Raised by :func:`read_record_file` for a record that cannot be read."""
 
 
 def _check_id(cell_id: str) -> str:
@@ -130,6 +151,19 @@ def _read_json(path: Path) -> Any:
         return json.load(fh)
 
 
+def read_record_file(path: Path) -> dict[str, Any]:
+    """One record file as a mapping; :class:`DamagedRecord` (naming the file) when it
+    is truncated, not UTF-8, not JSON or not a mapping. A missing file raises
+    ``FileNotFoundError`` as usual."""
+    try:
+        rec = _read_json(path)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DamagedRecord(f"damaged record {path}: {exc}") from None
+    if not isinstance(rec, dict):
+        raise DamagedRecord(f"damaged record {path}: not a JSON object")
+    return rec
+
+
 def is_run_dir(path: str | Path) -> bool:
     """True when ``path`` holds a ``study.json`` and a ``cells/`` folder."""
     p = Path(path)
@@ -164,30 +198,71 @@ class RunDir:
         return self._record_path(cell_id).is_file()
 
     def read_record(self, cell_id: str) -> dict[str, Any] | None:
-        """The cell's record, or None when it has none."""
+        """The cell's record, or None when it has none or it is damaged (then with a
+        :class:`DamagedRecordWarning`)."""
         try:
-            return _read_json(self._record_path(cell_id))
+            return read_record_file(self._record_path(cell_id))
         except FileNotFoundError:
+            return None
+        except DamagedRecord as exc:
+            warnings.warn(str(exc), DamagedRecordWarning, stacklevel=2)
             return None
 
     def done_ids(self, statuses: Iterable[str] | None = None) -> set[str]:
-        """Ids with a record; only those whose ``status`` is in ``statuses`` if given."""
-        if statuses is None:
-            return {p.stem for p in self._record_files()}
-        wanted = set(statuses)
-        return {r["id"] for r in self.records() if r.get("status", "ok") in wanted}
+        """Ids with a readable record; only those whose ``status`` is in ``statuses``
+        if given."""
+        wanted = None if statuses is None else set(statuses)
+        return {r["id"] for r in self.records()
+                if wanted is None or r.get("status", "ok") in wanted}
 
     def _record_files(self) -> list[Path]:
         # Temporary files start with a dot and are never records.
         return sorted(p for p in self.cells_dir.glob("*.json") if not p.name.startswith("."))
 
-    def records(self) -> Iterator[dict[str, Any]]:
-        """Every record, sorted by cell id; each has ``id`` and ``kind``."""
+    def records(self, warn: bool = True) -> Iterator[dict[str, Any]]:
+        """Every readable record, sorted by cell id; each has ``id`` and ``kind``. A
+        damaged one is skipped, with a :class:`DamagedRecordWarning` naming it unless
+        ``warn`` is false (a second pass over records already warned about)."""
         for p in self._record_files():
-            rec = _read_json(p)
+            try:
+                rec = read_record_file(p)
+            except FileNotFoundError:  # moved aside meanwhile by a sweep
+                continue
+            except DamagedRecord as exc:
+                if warn:
+                    warnings.warn(f"{exc} (skipped)", DamagedRecordWarning, stacklevel=2)
+                continue
             rec.setdefault("id", p.stem)
             rec.setdefault("kind", "train")
             yield rec
+
+    def quarantine_damaged(self) -> list[Path]:
+        """Move every record that cannot be read into ``damaged/`` (so that its cell
+        has no record and runs again), warning for each; returns the new paths."""
+        moved = []
+        for p in self._record_files():
+            try:
+                read_record_file(p)
+            except FileNotFoundError:
+                continue
+            except DamagedRecord as exc:
+                target = self._free_name(self.path / DAMAGED_DIR, p.name)
+                target.parent.mkdir(exist_ok=True)
+                os.replace(p, target)
+                warnings.warn(f"{exc}: moved to {target}; its cell will run again",
+                              DamagedRecordWarning, stacklevel=2)
+                moved.append(target)
+        return moved
+
+    @staticmethod
+    def _free_name(folder: Path, name: str) -> Path:
+        if not (folder / name).exists():
+            return folder / name
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        n = 0
+        while (folder / f"{name}.{stamp}-{n}").exists():
+            n += 1
+        return folder / f"{name}.{stamp}-{n}"
 
     # ------------------------------------------------------------------ writing
     def write_record(self, cell_id: str, record: dict[str, Any]) -> Path:
@@ -263,14 +338,15 @@ class RunDir:
             for p in folder.glob(f"{_TMP_PREFIX}{host}-*"):
                 rest = p.name[len(_TMP_PREFIX) + len(host) + 1:]
                 pid = rest.split("-", 1)[0]
-                if pid.isdigit() and not _alive(int(pid)):
+                if pid.isdigit() and not process_alive(int(pid)):
                     with contextlib.suppress(FileNotFoundError):
                         p.unlink()
                         removed += 1
         return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True when a process of this host has that id (also when it is not ours)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -281,17 +357,35 @@ def _alive(pid: int) -> bool:
 
 
 def open_run(
-    run_dir: str | Path, study: dict[str, Any], env: dict[str, Any] | None = None
+    run_dir: str | Path,
+    study: dict[str, Any],
+    env: dict[str, Any] | None = None,
+    reconcile: Callable[[dict[str, Any] | None], dict[str, Any]] | None = None,
 ) -> RunDir:
     """Create (or reopen) a run directory, writing ``study.json`` and ``env.json``.
 
     ``env`` defaults to :func:`gruablate.envinfo.capture_environment`. Existing records
-    are kept. Refuses a path that exists and is neither empty nor a run directory.
+    are kept; damaged ones are moved into ``damaged/``. Refuses a path that exists and
+    is neither empty nor a run directory, or that cannot be written
+    (:class:`NotARunDir`, one line). ``reconcile``, when given, is called with the
+    study the directory already holds (None for a new one) and returns the study to
+    write, or raises to refuse the directory. It runs under the open lock, so no other
+    sweep can open the directory between its check and its write.
     """
     path = Path(run_dir)
     if path.exists() and not path.is_dir():
         raise NotARunDir(f"{path} exists and is not a directory")
     _refuse_foreign(path, locked=False)
+    try:
+        return _open_locked(path, study, env, reconcile)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise NotARunDir(f"cannot write to run directory {path}: {why}") from None
+
+
+def _open_locked(path: Path, study: dict[str, Any], env: dict[str, Any] | None,
+                 reconcile: Callable[[dict[str, Any] | None], dict[str, Any]] | None
+                 ) -> RunDir:
     path.mkdir(parents=True, exist_ok=True)
     # Two sweeps may open the same folder at once: one must not see the other's
     # half-made run (cells/ there, study.json not yet) and call it foreign.
@@ -299,9 +393,13 @@ def open_run(
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
         _refuse_foreign(path, locked=True)
-        (path / CELLS_DIR).mkdir(exist_ok=True)
         run = RunDir(path)
+        if reconcile is not None:
+            old = run.study() if (path / STUDY_FILE).is_file() else None
+            study = reconcile(old)
+        (path / CELLS_DIR).mkdir(exist_ok=True)
         run.clean_stale_temporaries()
+        run.quarantine_damaged()
         run.write_study(study)
         if env is None:
             from .envinfo import capture_environment
@@ -365,15 +463,24 @@ def _as_dirs(run_dirs: str | Path | Iterable[str | Path]) -> list[Path]:
     return [Path(p) for p in run_dirs]
 
 
+def _spec_hash(rec: dict[str, Any]) -> str | None:
+    # Records written before spec_hash existed carry the spec they ran.
+    if rec.get("spec_hash"):
+        return str(rec["spec_hash"])
+    spec = rec.get("variant_spec")
+    return spec_digest(spec) if isinstance(spec, dict) else None
+
+
 def load_results(run_dirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     """One tidy DataFrame of every record in one or more run directories.
 
     One row per record, sorted by run and cell id, with a ``run`` column (the run
     directory's name), ``id``, ``kind`` (``"train"`` or ``"bench"``), then the
-    record's fields. Train records always give the columns ``variant, task, hidden,
-    layers, seed, backend, status, metric_name, metric, baseline, params,
+    record's fields. Train records always give the columns ``variant, spec_hash, task,
+    hidden, layers, seed, backend, status, metric_name, metric, baseline, params,
     train_seconds``; bench records ``variant, impl, backend, mode, hidden, batch,
     seq_len, input_size, dtype, threads, median_ms, gflops``. A missing number is NaN.
+    A damaged record is skipped with a :class:`DamagedRecordWarning` naming its file.
     """
     import pandas as pd
 
@@ -381,7 +488,7 @@ def load_results(run_dirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     for d in _as_dirs(run_dirs):
         run = attach(d)
         for rec in run.records():
-            rows.append({"run": run.path.name, **_flatten(rec)})
+            rows.append({"run": run.path.name, **_flatten(rec), "spec_hash": _spec_hash(rec)})
     kinds = {r.get("kind") for r in rows} or {"train"}
     wanted = list(_LEADING)
     for kind, cols in (("train", TRAIN_COLUMNS), ("bench", BENCH_COLUMNS)):
@@ -390,7 +497,8 @@ def load_results(run_dirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     df = pd.DataFrame.from_records(rows)
     for col in wanted:
         if col not in df.columns:
-            df[col] = pd.Series(dtype=object if col in ("status", "task") else float)
+            df[col] = pd.Series(dtype=object if col in ("status", "task", "spec_hash")
+                                else float)
     rest = [c for c in df.columns if c not in wanted]
     df = df[wanted + rest]
     for col in ("metric", "baseline", "val_metric", "train_seconds", "median_ms", "gflops"):
@@ -411,7 +519,7 @@ def load_curves(run_dirs: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     rows = []
     for d in _as_dirs(run_dirs):
         run = attach(d)
-        for rec in run.records():
+        for rec in run.records(warn=False):  # load_results warns
             for point in rec.get("curve") or []:
                 rows.append(
                     {"run": run.path.name, "id": rec["id"], **{k: rec.get(k) for k in keys},

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from .catalogue import get_variant, list_variants
+from .identity import spec_content, spec_digest
 from .spec import SpecError, Variant
 
 # Settings every cell of a task shares; a task's table may override them.
@@ -48,6 +51,9 @@ AXES = ("variants", "tasks", "hidden", "layers", "seeds", "backends")
 _TOP_KEYS = ("name", "description", *AXES, "hidden_by_variant", *SETTINGS)
 _INT_AXES = ("hidden", "layers", "seeds")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Bounds that turn a typo (``--seeds 0-100000000``) into an error instead of a hang.
+MAX_AXIS_VALUES = 10_000
+MAX_CELLS = 100_000
 
 # The quick study `gruablate run sweep` runs with no arguments: 60 cells that take about
 # two and a half minutes on 2 cores once the kernels are compiled (measured), yet long
@@ -94,23 +100,26 @@ def parse_ints(text: str | int | list[Any], what: str) -> list[int]:
         items = [p.strip() for p in text.split(",")]
     else:
         raise StudyError(f"{what}: expected integers or ranges like 0-2, got {text!r}")
-    out: list[int] = []
+    out: dict[int, None] = {}  # ordered, and membership in constant time
     for item in items:
         if isinstance(item, bool):
             raise StudyError(f"{what}: expected an integer, got {item!r}")
         if isinstance(item, int):
-            values = [item]
+            values: Iterable[int] = [item]
         elif isinstance(item, str):
             values = _parse_range(item, what)
         else:
             raise StudyError(f"{what}: expected an integer or a range like 0-2, got {item!r}")
-        out.extend(v for v in values if v not in out)
+        out.update(dict.fromkeys(values))
+        if len(out) > MAX_AXIS_VALUES:
+            raise StudyError(f"{what}: more than {MAX_AXIS_VALUES} values; a grid that"
+                             " large would never finish")
     if not out:
         raise StudyError(f"{what}: empty list")
-    return out
+    return list(out)
 
 
-def _parse_range(item: str, what: str) -> list[int]:
+def _parse_range(item: str, what: str) -> range:
     m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*(?::\s*(\d+)\s*)?)?", item)
     if not m:
         raise StudyError(
@@ -118,13 +127,17 @@ def _parse_range(item: str, what: str) -> list[int]:
         )
     start = int(m.group(1))
     if m.group(2) is None:
-        return [start]
+        return range(start, start + 1)
     stop, step = int(m.group(2)), int(m.group(3) or 1)
     if stop < start:
         raise StudyError(f"{what}: malformed range {item!r} (it ends before it starts)")
     if step < 1:
         raise StudyError(f"{what}: malformed range {item!r} (step must be at least 1)")
-    return list(range(start, stop + 1, step))
+    values = range(start, stop + 1, step)
+    if len(values) > MAX_AXIS_VALUES:  # refused before it is expanded
+        raise StudyError(f"{what}: range {item!r} has {len(values)} values, more than"
+                         f" {MAX_AXIS_VALUES}")
+    return values
 
 
 def parse_names(text: str | list[Any], what: str) -> list[str]:
@@ -233,12 +246,16 @@ class Study:
         description = full.get("description", "")
         if not isinstance(description, str):
             raise StudyError(f"description{at} must be a string")
+        by_variant = _hidden_by_variant(full.get("hidden_by_variant", {}), variants, at)
+        n_cells = len(tasks) * len(ints["layers"]) * len(ints["seeds"]) * len(backends) * sum(
+            len(by_variant.get(v.name, ints["hidden"])) for v in variants)
+        if n_cells > MAX_CELLS:
+            raise StudyError(f"the study{at} has {n_cells} cells, more than {MAX_CELLS};"
+                             " split it into smaller studies")
         return cls(
             name=name, variants=variants, tasks=tasks, task_settings=settings,
             hidden=ints["hidden"], layers=ints["layers"], seeds=ints["seeds"],
-            backends=backends, description=description,
-            hidden_by_variant=_hidden_by_variant(full.get("hidden_by_variant", {}),
-                                                 variants, at),
+            backends=backends, description=description, hidden_by_variant=by_variant,
         )
 
     # ------------------------------------------------------------------ cells
@@ -289,9 +306,8 @@ def cell_id(config: dict[str, Any], variant: Variant) -> str:
     The variant's switches are hashed, not only its name, so an edited spec file
     never reuses the results of its old equations.
     """
-    switches = {k: v for k, v in variant.to_dict().items() if k not in ("description",
-                                                                         "citation")}
-    blob = json.dumps({"config": config, "spec": switches}, sort_keys=True)
+    blob = json.dumps({"config": config, "spec": spec_content(variant.to_dict())},
+                      sort_keys=True)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
     c = config
     return (f"{c['variant']}-{c['task']}-h{c['hidden']}-l{c['layers']}-s{c['seed']}"
@@ -360,15 +376,19 @@ def _check_settings(s: dict[str, Any], where: str) -> dict[str, Any]:
         v = s[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise StudyError(f"{key} for {where} must be an integer of at least {lo}, got {v!r}")
+    if s["warmup"] > s["steps"]:
+        raise StudyError(f"warmup for {where} ({s['warmup']} steps) is longer than the run"
+                         f" ({s['steps']} steps)")
     lr = s["lr"]
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
-        raise StudyError(f"lr for {where} must be a positive number, got {lr!r}")
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
+        raise StudyError(f"lr for {where} must be a positive finite number, got {lr!r}")
     # TOML has no null: `clip = false` (or 0) turns clipping off.
     clip = s["clip"]
     if clip is False or clip == 0:
         clip = None
-    elif clip is True or not isinstance(clip, int | float) or not clip > 0:
-        raise StudyError(f"clip for {where} must be a positive number or false, got {clip!r}")
+    elif clip is True or not isinstance(clip, int | float) or not 0 < clip < math.inf:
+        raise StudyError(f"clip for {where} must be a positive finite number or false,"
+                         f" got {clip!r}")
     for key, choices in (("dtype", DTYPES), ("init", SCHEMES), ("decay", DECAYS)):
         if s[key] not in choices:
             raise StudyError(
@@ -462,6 +482,46 @@ def load_study(
     return study
 
 
+def spec_conflict(old: dict[str, Any], new: Study) -> str | None:
+    """Why ``new`` cannot share a run directory holding ``old`` because one variant
+    name stands for two different cells (an edited spec file, or a user's spec that
+    reuses a name), or None."""
+    old_specs = old.get("variant_specs") or {}
+    for v in new.variants:
+        have = old_specs.get(v.name)
+        if have is not None and spec_digest(have) != spec_digest(v.to_dict()):
+            return (f"variant {v.name!r} was run there with another spec"
+                    f" ({json.dumps(have, sort_keys=True)}); this study's {v.name!r} differs"
+                    " — give the changed spec a name of its own")
+    return None
+
+
+def merge_study(old: dict[str, Any] | None, new: Study) -> dict[str, Any]:
+    """The ``study.json`` of a run directory holding ``old`` once ``new`` joins it:
+    the union of both (axes, variants and their specs, tasks, per-task settings), so
+    that the next sweep is checked against everything the directory holds; ``name``,
+    ``description`` and ``cells`` are the newest sweep's. Raises
+    :class:`StudyError` naming the clash when the two may not share it."""
+    data = new.to_dict()
+    if old is None:
+        return data
+    if old.get("kind", "sweep") != "sweep":
+        raise StudyError(f"it holds a {old.get('kind')!r} run, not a sweep")
+    why = settings_conflict(old, new) or spec_conflict(old, new)
+    if why:
+        raise StudyError(why)
+    merged = dict(data)
+    for key in ("variants", "hidden", "layers", "seeds", "backends"):
+        merged[key] = list(dict.fromkeys([*(old.get(key) or []), *data[key]]))
+    for key in ("variant_specs", "tasks", "cell_settings"):
+        merged[key] = {**(old.get(key) or {}), **data[key]}
+    by_variant = {k: list(v) for k, v in (old.get("hidden_by_variant") or {}).items()}
+    for name, sizes in data["hidden_by_variant"].items():
+        by_variant[name] = list(dict.fromkeys([*by_variant.get(name, []), *sizes]))
+    merged["hidden_by_variant"] = by_variant
+    return merged
+
+
 def settings_conflict(old: dict[str, Any], new: Study) -> str | None:
     """Why a run directory's existing study cannot share it with ``new`` (or None).
 
@@ -488,9 +548,11 @@ __all__ = [
     "StudyError",
     "cell_id",
     "load_study",
+    "merge_study",
     "parse_ints",
     "parse_names",
     "parse_option_value",
     "read_config",
     "settings_conflict",
+    "spec_conflict",
 ]

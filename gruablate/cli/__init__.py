@@ -7,14 +7,28 @@ module parses options, calls the API and prints — it holds no logic the API la
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import click
+
+from ..store import DamagedRecordWarning
+
+_show_warning = warnings.showwarning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    # A warning about the user's files is news for the user, not a code location.
+    if issubclass(category, DamagedRecordWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gruablate")
 def main() -> None:
     """Benchmark and ablate gated recurrent cells (GRU, its ablations, LSTM)."""
+    warnings.showwarning = _one_line_warning
 
 
 @main.group()

@@ -72,6 +72,8 @@ class _Display:
             self._say(f"done meanwhile by another sweep: {event.cell.id}")
         elif event.kind == "wait":
             self._say(f"waiting for {s.waiting} cell(s) another sweep is running")
+        elif event.kind == "warn":
+            self._say(f"warning: {event.message}")
         elif event.kind == "end":
             if self.progress is not None:
                 self._update(s)
@@ -183,13 +185,16 @@ def sweep(
     except (StudyError, SpecError, NotARunDir) as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(summary.line())
+    if summary.write_error:
+        click.echo(f"error: {summary.write_error}", err=True)
     for cell_id in summary.failed_ids:
         click.echo(f"  failed: {cell_id}")
     if summary.failed:
         click.echo("  (their records hold the error; rerun with --rerun-failed)")
     for fmt in export:
         click.echo(f"exported {export_results(summary.run_dir, fmt)}")
-    if not no_report and not summary.interrupted and summary.finished + summary.skipped:
+    if (not no_report and not summary.interrupted and not summary.write_error
+            and summary.finished + summary.skipped):
         from ..report import write_report
 
         path = write_report([summary.run_dir])

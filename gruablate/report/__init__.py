@@ -10,9 +10,12 @@ The modules each do one thing: :mod:`.data` reads and summarises the records,
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..store import process_alive
 from . import html, markdown
 from ._io import write_text
 from .data import ReportData, load
@@ -20,9 +23,9 @@ from .figures import FIGURES, make_figures, write_figures
 
 __all__ = ["ReportData", "load", "write_report"]
 
-# Names this package may have written before; a new report removes the ones it does
-# not write again, so a stale figure never sits beside fresh data.
-_OWNED = {f"{fn.__name__}.{ext}" for fn in FIGURES for ext in ("png", "svg")}
+# Every file a report folder holds: a folder holding anything else is not ours to swap.
+_OWNED = {f"{fn.__name__}.{ext}" for fn in FIGURES for ext in ("png", "svg")} | {
+    "report.md", "report.html"}
 
 
 def write_report(run_dirs: str | Path | Iterable[str | Path], out: str | Path | None = None
@@ -31,17 +34,63 @@ def write_report(run_dirs: str | Path | Iterable[str | Path], out: str | Path | 
 
     ``out`` defaults to ``report/`` inside the first run directory. Raises
     :class:`~gruablate.store.NotARunDir` (a ``ValueError``) for a path that is not a
-    run directory.
+    run directory, and ``ValueError`` for an ``out`` folder holding files a report
+    does not write.
+
+    The report is written into a fresh folder beside ``out`` and swapped in whole when
+    complete, so a killed report leaves the previous one (or none), never new figures
+    beside an old page.
     """
     dirs = [Path(run_dirs)] if isinstance(run_dirs, str | Path) else [Path(d) for d in run_dirs]
     if not dirs:
         raise ValueError("no run directory given")
     data = load(dirs)
-    target = Path(out) if out is not None else dirs[0] / "report"
-    target.mkdir(parents=True, exist_ok=True)
-    figs = make_figures(data)
-    written = {p.name for p in write_figures(figs, target)}
-    for name in sorted(_OWNED - written):
-        (target / name).unlink(missing_ok=True)
-    write_text(target / "report.md", markdown.render(data, figs))
-    return write_text(target / "report.html", html.render(data, figs))
+    target = (Path(out) if out is not None else dirs[0] / "report").resolve()
+    _check_ours(target)
+    _remove_stale(target)
+    staging = target.with_name(f".{target.name}.new-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        figs = make_figures(data)
+        write_figures(figs, staging)
+        write_text(staging / "report.md", markdown.render(data, figs))
+        write_text(staging / "report.html", html.render(data, figs))
+        _swap(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target / "report.html"
+
+
+def _check_ours(target: Path) -> None:
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"report folder {target} exists and is not a folder")
+    if target.is_dir():
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in _OWNED)
+        if foreign:
+            raise ValueError(f"report folder {target} holds files a report does not write"
+                             f" ({foreign[0]}{', ...' if len(foreign) > 1 else ''});"
+                             " choose an empty or new folder")
+
+
+def _swap(staging: Path, target: Path) -> None:
+    """Put ``staging`` where ``target`` is: two renames, the old folder removed after."""
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(target, old)
+    os.rename(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale(target: Path) -> None:
+    """Remove what killed reports left beside ``target`` (folders of dead processes)."""
+    if not target.parent.is_dir():
+        return
+    for p in target.parent.glob(f".{target.name}.*-*"):
+        kind, _, pid = p.name.rpartition("-")
+        if kind.endswith((".new", ".old")) and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+

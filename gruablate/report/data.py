@@ -21,7 +21,9 @@ from ..store import attach, load_curves, load_results
 # The columns that make two bench measurements comparable (everything but the impl).
 BENCH_KEYS = ("variant", "backend", "mode", "hidden", "batch", "seq_len", "input_size",
               "dtype", "threads")
-TRAIN_KEYS = ("task", "metric_name", "variant", "hidden", "layers", "backend")
+# ``spec_hash`` beside ``variant``: a variant is its content, so two specs under one name
+# are never averaged together (their labels differ too, see _distinguish_specs).
+TRAIN_KEYS = ("task", "metric_name", "variant", "spec_hash", "hidden", "layers", "backend")
 _TRAIN_EXTRA = ("steps_per_second", "lower_is_better", "task_options", "error", "batch")
 
 
@@ -50,6 +52,8 @@ class ReportData:
     curves: pd.DataFrame
     studies: dict[str, dict[str, Any]] = field(default_factory=dict)
     envs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # variant label (as in the ``variant`` column) → the spec its cells ran
+    specs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def variants(self) -> list[str]:
@@ -80,9 +84,10 @@ def load(run_dirs: list[str | Path]) -> ReportData:
     sps = pd.to_numeric(train["steps_per_second"], errors="coerce")
     train = train.assign(ms_per_step=1000.0 / sps.where(sps > 0))
     train, curves = _distinguish_tasks(train, load_curves(dirs))
+    train, curves, specs = _distinguish_specs(train, curves)
     return ReportData(
         run_dirs=dirs, results=results, train=train, bench=bench,
-        curves=curves,
+        curves=curves, specs=specs,
         studies={r.path.name: r.study() for r in runs},
         envs={r.path.name: r.environment() for r in runs},
     )
@@ -117,6 +122,38 @@ def _distinguish_tasks(train: pd.DataFrame, curves: pd.DataFrame
         by_id = dict(zip(train["id"], labels, strict=False))
         curves = curves.assign(task=curves["id"].map(by_id).fillna(curves["task"]))
     return train, curves
+
+
+def _distinguish_specs(train: pd.DataFrame, curves: pd.DataFrame
+                       ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, dict[str, Any]]]:
+    """Label a variant name that stands for several specs in the data ``name [digest]``
+    (an edited spec file, or specs from several run directories), so that no figure or
+    table mixes them; also the spec behind each label. A cell without a recorded spec
+    (written by an older gruablate) takes its name's only spec when there is one."""
+    if not len(train):
+        return train, curves, {}
+    hashes = train["spec_hash"].astype(object).copy()
+    labels = train["variant"].astype(object).copy()
+    specs_by_row = train.get("variant_spec")
+    specs: dict[str, dict[str, Any]] = {}
+    for name, rows in train.groupby("variant", sort=False).groups.items():
+        known = list(dict.fromkeys(hashes[rows].dropna()))
+        if len(known) == 1:
+            hashes[rows] = known[0]
+        elif len(known) > 1:
+            for i in rows:
+                h = hashes[i]
+                labels[i] = f"{name} [{h[:6] if isinstance(h, str) else '?'}]"
+        if specs_by_row is not None:
+            for i in rows:
+                text = specs_by_row[i]
+                if isinstance(text, str):
+                    specs.setdefault(labels[i], json.loads(text))
+    train = train.assign(variant=labels, spec_hash=hashes)
+    if len(curves) and "id" in curves:
+        by_id = dict(zip(train["id"], labels, strict=False))
+        curves = curves.assign(variant=curves["id"].map(by_id).fillna(curves["variant"]))
+    return train, curves, specs
 
 
 def status_counts(train: pd.DataFrame) -> dict[str, int]:

@@ -100,8 +100,8 @@ def render(data: ReportData, figs: list[FigureFile]) -> str:
         parts.append("<h2>Variants</h2>")
         parts.append('<p class="note">Equations generated from each spec (keep-gate '
                      "convention: <code>h' = u ⊙ h + (1 − u) ⊙ ĥ</code>).</p>")
-        for v in shown:
-            parts.append(f'<h3 id="variant-{escape(v.name)}">{escape(v.name)}</h3>')
+        for label, v in shown:
+            parts.append(f'<h3 id="variant-{escape(label)}">{escape(label)}</h3>')
             if v.description:
                 parts.append(f"<p>{escape(v.description)}</p>")
             if v.citation:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from html import escape as html_escape
+
 from .data import ReportData, status_counts
 from .figures import FigureFile
 from .tables import (
@@ -14,8 +16,16 @@ from .tables import (
 )
 
 
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def text(value: object) -> str:
+    """Text from the records (names, errors, descriptions) made inert in Markdown:
+    renderers pass raw HTML through, so ``<``, ``>`` and ``&`` become entities, and the
+    ``](`` that makes a link is broken; a newline would end a table row or a heading."""
+    out = html_escape(str(value), quote=False).replace("](", "\\](")
+    return out.replace("\n", " ").replace("\r", " ")
+
+
+def _cell(value: object) -> str:
+    return text(value).replace("|", "\\|")
 
 
 def table(head: list[str], rows: list[list[str]]) -> str:
@@ -32,7 +42,8 @@ def render(data: ReportData, figs: list[FigureFile]) -> str:
     out += [table(["run", "study", "records"], [list(r) for r in study_rows(data)]), ""]
     counts = status_counts(data.train)
     if counts:
-        out += ["Training cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".",
+        out += ["Training cells: " + text(", ".join(f"{v} {k}" for k, v in counts.items()))
+                + ".",
                 ""]
     head, rows = problem_rows(data)
     if rows:
@@ -50,19 +61,21 @@ def render(data: ReportData, figs: list[FigureFile]) -> str:
     if figs:
         out += ["## Figures", ""]
         for f in figs:
-            out += [f"### {f.title}", "", f"![{f.title}]({f.name}.png)", "", f.caption, ""]
+            out += [f"### {text(f.title)}", "", f"![{text(f.title)}]({f.name}.png)", "",
+                    text(f.caption), ""]
     shown = variants_shown(data)
     if shown:
         out += ["## Variants", ""]
-        for v in shown:
-            out += [f"### {v.name}", ""]
+        for label, v in shown:
+            out += [f"### {text(label)}", ""]
             if v.description:
-                out += [v.description, ""]
+                out += [text(v.description), ""]
             out += ["$$", "\\begin{aligned}",
                     " \\\\\n".join(e.replace(" = ", " &= ", 1) for e in v.equations("latex")),
                     "\\end{aligned}", "$$", ""]
     out += ["## Environment", ""]
     for name, env in data.envs.items():
-        out += [f"### {name}", "", table(["", ""], [list(r) for r in environment_rows(env)]),
+        out += [f"### {text(name)}", "",
+                table(["", ""], [list(r) for r in environment_rows(env)]),
                 ""]
     return "\n".join(out)

@@ -71,16 +71,19 @@ def bench_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def variants_shown(data: ReportData) -> list[Variant]:
-    """The variants of the data as they were run: the study's recorded spec first
-    (a user's spec file may have changed or moved since), else the catalogue."""
+def variants_shown(data: ReportData) -> list[tuple[str, Variant]]:
+    """(label, variant) for every variant of the data, as it was run: the spec its
+    records carry first, then the study's (a user's spec file may have changed or moved
+    since), else the catalogue."""
     specs: dict[str, dict[str, Any]] = {}
     for study in data.studies.values():
         specs.update(study.get("variant_specs") or {})
+    specs.update(data.specs)
     out = []
-    for name in data.variants:
+    for label in data.variants:
         try:
-            out.append(Variant.from_dict(specs[name]) if name in specs else get_variant(name))
+            out.append((label, Variant.from_dict(specs[label]) if label in specs
+                        else get_variant(label)))
         except SpecError:
             continue  # unknown here (e.g. a torch-only row): nothing to render
     return out
