@@ -49,6 +49,34 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The vector extensions that decide which kernels a CPU runs fastest (and, for the
+# products, which bits they give): named so a figure is never read as another CPU's.
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+                "avx512_bf16", "amx_tile", "asimd", "sve")
+
+
+def vector_extensions() -> list[str]:
+    """The CPU's vector extensions among :data:`VECTOR_FLAGS` (``/proc/cpuinfo``
+    flags); empty where the system does not say."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith(("flags", "features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in VECTOR_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def load_average() -> float | None:
+    """The one-minute load average (None where the system has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
 def usable_cores() -> int:
     """Cores this process may run on (the affinity mask, not the machine's total)."""
     try:
@@ -115,6 +143,7 @@ def capture_environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "cpu": cpu_model(),
+        "vector_extensions": vector_extensions(),
         "cores": usable_cores(),
         "gpus": gpus(),
         "packages": package_versions(),

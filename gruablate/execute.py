@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .envinfo import available_memory, capture_environment, usable_cores
+from .envinfo import available_memory, capture_environment, load_average, usable_cores
 from .identity import spec_digest
 from .store import (
     DamagedRecord,
@@ -367,13 +367,17 @@ def run_study(
     rerun_failed: bool = False,
     force: bool = False,
     on_event: Callable[[SweepEvent], None] | None = None,
+    command: str | None = None,
 ) -> SweepSummary:
     """Run every cell of ``study`` that has no record yet in its run directory.
 
     ``study`` is a :class:`Study`, a path to a study TOML file, or None for the default
     quick study. ``out`` defaults to ``runs/<study name>``. ``rerun_failed`` also reruns
     cells recorded as failed, ``force`` reruns every cell. ``on_event`` receives a
-    :class:`SweepEvent` at every step (the CLI's progress display). Returns the
+    :class:`SweepEvent` at every step (the CLI's progress display). ``command`` is
+    the command line that started the sweep, for the report. When cells run,
+    ``env.json`` records under ``sweep`` the command, start and end (UTC), wall time,
+    the cells run and the load average at both ends. Returns the
     :class:`SweepSummary`; its ``exit_code`` is non-zero when a cell failed.
     """
     if not isinstance(study, Study):
@@ -401,6 +405,8 @@ def run_study(
 
     pool: Any
     env = capture_environment()
+    env["sweep"] = {"command": command or "gruablate.run_study(...) from Python",
+                    "started": _utc_now(), "load_start": load_average()}
     if executor == "dask":
         pool = _Dask(scheduler, scheduler_file)
         env["executor"] = {"kind": "dask", "scheduler": pool.client.scheduler.address}
@@ -433,6 +439,8 @@ def run_study(
         summary.executor = pool.name
         emit(SweepEvent("plan", summary))
         _drive(run, pool, todo, force, rerun_failed, summary, emit)
+        if todo:
+            _record_end(run, env, summary, start)
     except KeyboardInterrupt:
         summary.interrupted = True
         if pool is not None:
@@ -445,6 +453,23 @@ def run_study(
         summary.running = 0
     emit(SweepEvent("end", summary))
     return summary
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _record_end(run: RunDir, env: dict[str, Any], summary: SweepSummary, start: float
+                ) -> None:
+    """Complete ``env.json``'s account of the sweep that just ran cells (an interrupted
+    or stopped one keeps its start only)."""
+    if summary.write_error:
+        return
+    env["sweep"].update(finished=_utc_now(), wall_seconds=time.perf_counter() - start,
+                        cells_run=summary.ok + summary.diverged + summary.failed,
+                        load_end=load_average())
+    with contextlib.suppress(OSError):  # the records are what matters; they are written
+        run.write_environment(env)
 
 
 def local_jobs(jobs: int | None, cells: int) -> tuple[int, str]:

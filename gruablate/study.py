@@ -441,9 +441,9 @@ def load_study(
     ``overrides`` (study keys, values as lists or comma/range text), then
     ``task_options`` (``{task: {option: value}}``).
 
-    Without a config, an overridden default study gets a name of its own
-    (``sweep-<hash>``) unless ``overrides`` names it, so that it does not mix with
-    the quick study's run directory.
+    An overridden study gets a name of its own unless ``overrides`` names it —
+    ``sweep-<hash>`` for the default study, ``<config name>-<hash>`` for a config
+    file — so that it never shares the run directory of the study as written.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     task_options = task_options or {}
@@ -474,11 +474,16 @@ def load_study(
     changed = bool(overrides or task_options)
     data.update(overrides)
     study = Study.from_dict(data, where=where, base_dir=base_dir)
-    if config is None and changed and "name" not in overrides:
+    if changed and "name" not in overrides:
+        # An overridden study is another study: it gets a run directory of its own, so
+        # that a quick trial (--seeds 0 --steps 300) never blocks the real one.
         digest = hashlib.sha256(
             json.dumps(study.to_dict(), sort_keys=True).encode()
         ).hexdigest()[:8]
-        study = Study(**{**study.__dict__, "name": f"sweep-{digest}"})
+        name = f"sweep-{digest}" if config is None else f"{study.name}-{digest}"
+        what = (study.description or "study").rstrip(".")
+        study = Study(**{**study.__dict__, "name": name,
+                         "description": f"{what}, with command-line overrides"})
     return study
 
 

@@ -98,7 +98,11 @@ def test_config_file_with_task_tables_and_overrides(tmp_path):
     # Options override the file; a setting given on the command line wins everywhere.
     t = load_study(cfg, overrides={"seeds": "5", "steps": 10, "tasks": "copy"},
                    task_options={"copy": {"delay": 6}})
-    assert t.name == "demo" and t.seeds == (5,)
+    # ...and make another study, with a run directory of its own.
+    assert t.name.startswith("demo-") and t.name != "demo" and t.seeds == (5,)
+    assert t.name == load_study(cfg, overrides={"seeds": "5", "steps": 10, "tasks": "copy"},
+                                task_options={"copy": {"delay": 6}}).name
+    assert load_study(cfg, overrides={"seeds": "5", "name": "mine"}).name == "mine"
     assert list(t.tasks) == ["copy"] and t.tasks["copy"]["delay"] == 6
     assert t.task_settings["copy"]["steps"] == 10
 

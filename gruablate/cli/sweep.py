@@ -6,6 +6,9 @@ Parses options into a study (:func:`gruablate.study.load_study`), runs it
 
 from __future__ import annotations
 
+import shlex
+import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -27,6 +30,16 @@ def _task_options(pairs: tuple[str, ...]) -> dict[str, dict[str, Any]]:
             )
         out.setdefault(task.strip(), {})[option.strip()] = parse_option_value(value.strip())
     return out
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The command as typed: ``gruablate`` and the arguments Click was given."""
+    args = sys.argv[1:] if ctx.find_root().info_name == Path(sys.argv[0]).name else None
+    if args is None:  # called in-process (tests, another program): rebuild from options
+        args = ctx.command_path.split()[1:] + [
+            f"--{k.replace('_', '-')}={v}" for k, v in sorted(ctx.params.items())
+            if v not in (None, False, ())]
+    return shlex.join(["gruablate", *args])
 
 
 def _fmt(value: Any) -> str:
@@ -180,7 +193,7 @@ def sweep(
         summary = run_study(
             study, out=out, jobs=jobs, executor=executor, scheduler=scheduler,
             scheduler_file=scheduler_file, rerun_failed=rerun_failed, force=force,
-            on_event=_Display(),
+            on_event=_Display(), command=_command_line(ctx),
         )
     except (StudyError, SpecError, NotARunDir) as exc:
         raise click.UsageError(str(exc)) from None

@@ -1,8 +1,9 @@
 """What the report shows, as tables: read run directories and summarise them.
 
 Everything here is pandas: the figures, the HTML and the Markdown only lay these tables
-out. Intervals are Student-t 95% intervals of the mean over seeds (a bootstrap over two
-or three seeds would be far too narrow).
+out. Intervals are Student-t 95% intervals over seeds (a bootstrap over two or three
+seeds would be far too narrow), taken on a scale where the metric's range is the whole
+line, so that they never leave it (:func:`seed_interval`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..store import attach, load_curves, load_results
+from ..tasks import metric_bounds
 
 # The columns that make two bench measurements comparable (everything but the impl).
 BENCH_KEYS = ("variant", "backend", "mode", "hidden", "batch", "seq_len", "input_size",
@@ -39,6 +41,55 @@ def t_interval(values: Any) -> tuple[float, float]:
 
     half = float(t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return (mean - half, mean + half)
+
+
+def interval_scale(bounds: tuple[float, float]) -> str:
+    """How :func:`seed_interval` treats a metric with these bounds: ``"log"`` (bounded
+    on one side), ``"bootstrap"`` (bounded on both) or ``"linear"`` (unbounded)."""
+    lo, hi = bounds
+    if math.isfinite(lo) and math.isfinite(hi):
+        return "bootstrap"
+    return "log" if math.isfinite(lo) or math.isfinite(hi) else "linear"
+
+
+# How each kind of estimate and interval reads in a caption.
+INTERVAL_NOTES = {
+    "log": "geometric mean over seeds, 95% Student-t interval on the log scale",
+    "bootstrap": "mean over seeds, 95% percentile bootstrap interval (narrow for few seeds)",
+    "linear": "mean over seeds, 95% Student-t interval",
+}
+_BOOTSTRAP_RESAMPLES = 2000
+
+
+def seed_interval(values: Any, bounds: tuple[float, float] = (-math.inf, math.inf)
+                  ) -> tuple[float, float, float]:
+    """(estimate, low, high) over seeds that never leave the metric's ``bounds``.
+
+    A t-interval of a positive metric over three seeds easily crosses zero (an MSE of
+    ``0.0003 [-0.0002, 0.0008]``). A metric bounded on one side (losses) is therefore
+    summarised on the log of its distance to the bound — the estimate is the geometric
+    mean, the interval asymmetric — and one bounded on both sides (accuracy, often
+    exactly 1) by a percentile bootstrap of the mean, which stays within the seeds'
+    range. The bootstrap's generator is fixed, so reports stay byte-stable.
+    """
+    x = np.asarray(pd.Series(values).dropna(), dtype=float)
+    if len(x) < 2:
+        return (math.nan,) * 3 if len(x) == 0 else (float(x[0]),) * 3
+    scale = interval_scale(bounds)
+    if scale == "linear":
+        lo, hi = t_interval(x)
+        return (float(x.mean()), lo, hi)
+    if scale == "bootstrap":
+        rng = np.random.default_rng(0)
+        means = x[rng.integers(0, len(x), size=(_BOOTSTRAP_RESAMPLES, len(x)))].mean(axis=1)
+        lo, hi = np.quantile(means, [0.025, 0.975])
+        return (float(x.mean()), float(lo), float(hi))
+    sign, edge = (1.0, bounds[0]) if math.isfinite(bounds[0]) else (-1.0, bounds[1])
+    # A value on the bound itself (an exact zero) is taken as just inside it.
+    z = np.log(np.maximum(sign * (x - edge), np.finfo(float).tiny))
+    zlo, zhi = t_interval(z)
+    ends = sorted(edge + sign * math.exp(v) for v in (zlo, zhi))
+    return (edge + sign * math.exp(float(z.mean())), ends[0], ends[1])
 
 
 @dataclass
@@ -166,12 +217,14 @@ def status_counts(train: pd.DataFrame) -> dict[str, int]:
 def accuracy_table(train: pd.DataFrame) -> pd.DataFrame:
     """One row per task × metric × variant × hidden × layers × backend.
 
-    Columns: ``seeds`` (cells), ``ok``, ``not_ok`` (failed or diverged), ``mean``,
-    ``ci_low``, ``ci_high`` (over the ok cells), ``baseline``, ``vs_baseline``
-    (mean / baseline), ``params``, ``ms_per_step``, ``lower_is_better``.
+    Columns: ``seeds`` (cells), ``ok``, ``not_ok`` (failed or diverged), ``mean``
+    (arithmetic), ``estimate``, ``ci_low``, ``ci_high`` (over the ok cells, from
+    :func:`seed_interval`: inside the metric's bounds), ``scale`` (its key in
+    :data:`INTERVAL_NOTES`), ``baseline``, ``vs_baseline`` (estimate / baseline),
+    ``params``, ``ms_per_step``, ``lower_is_better``.
     """
-    cols = [*TRAIN_KEYS, "seeds", "ok", "not_ok", "mean", "ci_low", "ci_high", "baseline",
-            "vs_baseline", "params", "ms_per_step", "lower_is_better"]
+    cols = [*TRAIN_KEYS, "seeds", "ok", "not_ok", "mean", "estimate", "ci_low", "ci_high",
+            "scale", "baseline", "vs_baseline", "params", "ms_per_step", "lower_is_better"]
     if not len(train):
         return pd.DataFrame(columns=cols)
     rows = []
@@ -181,15 +234,17 @@ def accuracy_table(train: pd.DataFrame) -> pd.DataFrame:
     df = train.assign(metric_name=train["metric_name"].fillna(known))
     for key, g in df.groupby(list(TRAIN_KEYS), sort=True, dropna=False):
         ok = g[g["status"] == "ok"]
-        lo, hi = t_interval(ok["metric"])
+        bounds = metric_bounds(str(key[1]))
+        estimate, lo, hi = seed_interval(ok["metric"], bounds)
         mean = float(ok["metric"].mean()) if len(ok) else math.nan
         base = float(g["baseline"].dropna().iloc[0]) if g["baseline"].notna().any() else math.nan
         lib = g.get("lower_is_better")
         rows.append({
             **dict(zip(TRAIN_KEYS, key, strict=True)),
             "seeds": len(g), "ok": len(ok), "not_ok": len(g) - len(ok), "mean": mean,
-            "ci_low": lo, "ci_high": hi, "baseline": base,
-            "vs_baseline": mean / base if base else math.nan,
+            "estimate": estimate, "ci_low": lo, "ci_high": hi,
+            "scale": interval_scale(bounds), "baseline": base,
+            "vs_baseline": estimate / base if base else math.nan,
             "params": g["params"].dropna().iloc[0] if g["params"].notna().any() else math.nan,
             "ms_per_step": float(ok["ms_per_step"].mean()) if len(ok) else math.nan,
             "lower_is_better": bool(lib.dropna().iloc[0]) if lib is not None

@@ -16,9 +16,12 @@ from .tables import (
     accuracy_rows,
     bench_rows,
     environment_rows,
+    header_rows,
+    interval_notes,
     peer_rows,
     problem_rows,
     study_rows,
+    summary,
     variants_shown,
 )
 
@@ -65,6 +68,8 @@ def render(data: ReportData, figs: list[FigureFile]) -> str:
     parts = ["<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
              "<title>gruablate report</title>", f"<style>{_CSS}</style></head><body>",
              "<h1>gruablate report</h1>"]
+    parts.append("<h2>What was run</h2>")
+    parts.append(_table(["", ""], [list(r) for r in header_rows(data)]))
     parts.append(_table(["run", "study", "records"], [list(r) for r in study_rows(data)]))
     counts = status_counts(data.train)
     if counts:
@@ -78,10 +83,22 @@ def render(data: ReportData, figs: list[FigureFile]) -> str:
                      "in red in the accuracy figure.</p>")
         parts.append(_table(head, rows, bad_col=1, ok_value="ok"))
 
+    found = summary(data)
+    if found:
+        parts.append("<h2>Summary</h2>")
+        parts.append('<p class="note">Variants ranked by their estimate per task and size; '
+                     "each compared with the baseline variant on the seeds both ran (the "
+                     "seeds share the data, so the comparison is paired). A difference "
+                     "that holds on every seed is not yet a significance test.</p>")
+        for heading, lines in found:
+            parts.append(f"<h3>{escape(heading)}</h3><ol>")
+            parts.extend(f"<li>{escape(line.split('. ', 1)[1])}</li>" for line in lines)
+            parts.append("</ol>")
     if len(data.train):
         parts.append("<h2>Accuracy</h2>")
         head, rows = accuracy_rows(data)
         parts.append(_table(head, rows))
+        parts.extend(f'<p class="note">{escape(n)}</p>' for n in interval_notes(data))
     if len(data.bench):
         head, rows = peer_rows(data)
         if rows:

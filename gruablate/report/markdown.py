@@ -9,9 +9,12 @@ from .figures import FigureFile
 from .tables import (
     accuracy_rows,
     environment_rows,
+    header_rows,
+    interval_notes,
     peer_rows,
     problem_rows,
     study_rows,
+    summary,
     variants_shown,
 )
 
@@ -38,7 +41,8 @@ def table(head: list[str], rows: list[list[str]]) -> str:
 
 def render(data: ReportData, figs: list[FigureFile]) -> str:
     """The whole Markdown document."""
-    out = ["# gruablate report", ""]
+    out = ["# gruablate report", "", "## What was run", ""]
+    out += [table(["", ""], [list(r) for r in header_rows(data)]), ""]
     out += [table(["run", "study", "records"], [list(r) for r in study_rows(data)]), ""]
     counts = status_counts(data.train)
     if counts:
@@ -50,9 +54,17 @@ def render(data: ReportData, figs: list[FigureFile]) -> str:
         out += ["## Cells that failed or diverged", "",
                 "Left out of means and intervals; marked in red in the accuracy figure.", "",
                 table(head, rows), ""]
+    found = summary(data)
+    if found:
+        out += ["## Summary", "", "Variants ranked by their estimate per task and size, each"
+                " compared with the baseline variant on the seeds both ran (paired: the seeds"
+                " share the data).", ""]
+        for heading, lines in found:
+            out += [f"### {text(heading)}", "", *(text(line) for line in lines), ""]
     if len(data.train):
         head, rows = accuracy_rows(data)
         out += ["## Accuracy", "", table(head, rows), ""]
+        out += [*(text(n) for n in interval_notes(data)), ""]
     if len(data.bench):
         head, rows = peer_rows(data)
         if rows:

@@ -8,9 +8,19 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pandas as pd
+
 from ..catalogue import get_variant
 from ..spec import SpecError, Variant
-from .data import ReportData, accuracy_table, bench_table, peer_table, problem_cells
+from ..study import SETTINGS
+from .data import (
+    INTERVAL_NOTES,
+    ReportData,
+    accuracy_table,
+    bench_table,
+    peer_table,
+    problem_cells,
+)
 
 
 def _num(x: Any, digits: int = 4) -> str:
@@ -29,16 +39,160 @@ def accuracy_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the accuracy table (one row per task × variant × size)."""
     t = accuracy_table(data.train)
     head = ["task", "variant", "H", "layers", "backend", "ok / cells", "metric",
-            "mean [95% CI]", "baseline", "mean / baseline", "params", "ms / step"]
+            "estimate [95% CI]", "seeds", "baseline", "estimate / baseline", "params",
+            "ms / step"]
+    seeds = _seed_values(data.train)
     rows = []
     for r in t.itertuples(index=False):
         ci = "" if r.ok < 2 else f" [{_num(r.ci_low)}, {_num(r.ci_high)}]"
+        key = (r.task, r.variant, r.hidden, r.layers, r.backend)
         rows.append([
             r.task, r.variant, _num(r.hidden, 0), _num(r.layers, 0), str(r.backend),
-            f"{r.ok} / {r.seeds}", r.metric_name, f"{_num(r.mean)}{ci}", _num(r.baseline),
-            _num(r.vs_baseline, 3), _num(r.params, 0), _num(r.ms_per_step, 3),
+            f"{r.ok} / {r.seeds}", r.metric_name, f"{_num(r.estimate)}{ci}",
+            seeds.get(key, ""), _num(r.baseline), _num(r.vs_baseline, 3), _num(r.params, 0),
+            _num(r.ms_per_step, 3),
         ])
     return head, rows
+
+
+def _seed_values(train: pd.DataFrame) -> dict[tuple, str]:
+    """Each row's ok metrics, seed by seed: ``s0 0.0012, s1 0.0009``."""
+    if not len(train):
+        return {}
+    ok = train[train["status"] == "ok"].sort_values("seed")
+    out = {}
+    for key, g in ok.groupby(["task", "variant", "hidden", "layers", "backend"], sort=False):
+        out[key] = ", ".join(f"s{int(s)} {_num(m, 3)}" for s, m in zip(g["seed"], g["metric"],
+                                                                       strict=True))
+    return out
+
+
+def baseline_variant(data: ReportData) -> str | None:
+    """The variant the others are compared with: the first variant of the first
+    reported study that has training cells here (by name order when no study lists)."""
+    present = list(dict.fromkeys(data.train["variant"].dropna())) if len(data.train) else []
+    if not present:
+        return None
+    for study in data.studies.values():
+        for name in study.get("variants") or []:
+            if name in present:
+                return name
+    return sorted(present)[0]
+
+
+def summary(data: ReportData) -> list[tuple[str, list[str]]]:
+    """Per task and size: the variants ranked by their estimate, the baseline variant
+    marked, and for each other variant how it did against it seed by seed (the seeds
+    share the data splits, so the comparison is paired)."""
+    base = baseline_variant(data)
+    t = accuracy_table(data.train)
+    if base is None or not len(t):
+        return []
+    ok = data.train[data.train["status"] == "ok"]
+    out = []
+    for key, g in t.groupby(["task", "hidden", "layers", "backend"], sort=True):
+        task, hidden, layers, backend = key
+        g = g[g["ok"] > 0]
+        if not len(g):
+            continue
+        lower = bool(g["lower_is_better"].iloc[0])
+        g = g.sort_values("estimate", ascending=lower)
+        here = ok[(ok["task"] == task) & (ok["hidden"] == hidden) & (ok["layers"] == layers)
+                  & (ok["backend"] == backend)]
+        by_seed = {v: dict(zip(s["seed"], s["metric"], strict=True))
+                   for v, s in here.groupby("variant")}
+        lines = []
+        for rank, r in enumerate(g.itertuples(index=False), start=1):
+            line = f"{rank}. {r.variant} {_num(r.estimate)}"
+            if r.variant == base:
+                line += " (baseline variant)"
+            elif base in by_seed:
+                line += " — " + _paired(by_seed[r.variant], by_seed[base], base, lower)
+            lines.append(line)
+        size = f"H = {_num(hidden, 0)}" + (f", {_num(layers, 0)} layers" if layers != 1
+                                          else "")
+        out.append((f"{task}, {size}, {backend} ({g['metric_name'].iloc[0]}, "
+                    f"{'lower' if lower else 'higher'} is better)", lines))
+    return out
+
+
+def _paired(mine: dict, theirs: dict, base: str, lower: bool) -> str:
+    shared = sorted(set(mine) & set(theirs))
+    if not shared:
+        return f"no seed shared with {base}"
+    better = sum((mine[s] < theirs[s]) if lower else (mine[s] > theirs[s]) for s in shared)
+    worse = sum((mine[s] > theirs[s]) if lower else (mine[s] < theirs[s]) for s in shared)
+    n = len(shared)
+    if better == n or worse == n:
+        word = "better" if better == n else "worse"
+        holds = "holds seed by seed" if n > 1 else "one seed only"
+        return f"{word} than {base} on {n} of {n} seeds ({holds})"
+    return f"better than {base} on {better} of {n} seeds, worse on {worse}: mixed"
+
+
+def interval_notes(data: ReportData) -> list[str]:
+    """What the accuracy table's estimates and intervals are, per metric."""
+    t = accuracy_table(data.train)
+    by_scale: dict[str, list[str]] = {}
+    for metric, scale in zip(t["metric_name"], t["scale"], strict=True):
+        names = by_scale.setdefault(str(scale), [])
+        if metric not in names:
+            names.append(str(metric))
+    return [f"{', '.join(names)}: {INTERVAL_NOTES[scale]}." for scale, names in
+            sorted(by_scale.items())]
+
+
+def header_rows(data: ReportData) -> list[tuple[str, str]]:
+    """What was run, for the top of the report: per run directory, its study, the
+    training settings of each task, the command, when and how long, and the machine."""
+    rows: list[tuple[str, str]] = []
+    for name, study in data.studies.items():
+        env = data.envs.get(name) or {}
+        sweep = env.get("sweep") or {}
+        pre = f"{name}: " if len(data.studies) > 1 else ""
+        rows.append((f"{pre}study", str(study.get("name") or study.get("kind", "?"))
+                     + (f" — {study['description']}" if study.get("description") else "")))
+        for task, settings in (study.get("cell_settings") or {}).items():
+            rows.append((f"{pre}{task}", _settings_text(settings)))
+        if study.get("kind") == "bench":
+            rows.append((f"{pre}benchmark", ", ".join(
+                f"{k} {v}" for k, v in study.items() if k != "kind")))
+        if sweep:
+            rows.append((f"{pre}command", str(sweep.get("command", "not recorded"))))
+            when = f"{sweep.get('started', '?')} to {sweep.get('finished', 'not finished')}"
+            wall = sweep.get("wall_seconds")
+            if wall is not None:
+                when += f" ({wall:.0f} s wall, {sweep.get('cells_run', '?')} cells run)"
+            rows.append((f"{pre}when (UTC)", when))
+        rows.append((f"{pre}machine", machine_text(env, sweep)))
+    return rows
+
+
+def _settings_text(settings: dict[str, Any]) -> str:
+    opts = settings.get("task_options") or {}
+    order = [k for k in SETTINGS if k in settings] + sorted(
+        k for k in settings if k not in SETTINGS and k != "task_options")
+    shown = {k: _num(v, 6) if isinstance(v, float) else v for k, v in settings.items()}
+    main = ", ".join(f"{k} {shown[k]}" for k in order)
+    extra = ", ".join(f"{k}={v}" for k, v in opts.items())
+    return main + (f"; task options {extra}" if extra else "")
+
+
+def machine_text(env: dict[str, Any], sweep: dict[str, Any] | None = None) -> str:
+    """CPU model, vector extensions, cores, GPUs and load, in one line."""
+    if not env:
+        return "not recorded"
+    ext = env.get("vector_extensions")
+    cpu = f"{env.get('cpu', '?')}" + (f" ({', '.join(ext)})" if ext else "")
+    parts = [cpu, f"{env.get('cores', '?')} usable cores"]
+    gpus = env.get("gpus") or []
+    if gpus:
+        parts.append(", ".join(str(g.get("name")) for g in gpus))
+    sweep = sweep or {}
+    loads = [sweep.get(k) for k in ("load_start", "load_end") if sweep.get(k) is not None]
+    if loads:
+        parts.append("load average " + " → ".join(f"{v:.2f}" for v in loads))
+    return ", ".join(parts)
 
 
 def problem_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:

@@ -13,6 +13,7 @@ seed only drives the stream of training batches (see :mod:`gruablate.tasks.base`
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .adding import Adding
@@ -38,6 +39,15 @@ def get_task_class(name: str) -> type[Task]:
         return TASKS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
+
+
+def metric_bounds(metric_name: str) -> tuple[float, float]:
+    """The range of a task metric, by its name (e.g. ``(0, inf)`` for ``mse``); a
+    metric no registered task reports is taken as unbounded."""
+    for cls in TASKS.values():
+        if cls.metric_name == metric_name:
+            return cls.metric_bounds
+    return (-math.inf, math.inf)
 
 
 def make_task(name: str, **options: Any) -> Task:
@@ -67,4 +77,4 @@ def all_options() -> dict[str, Option]:
 
 
 __all__ = ["TASKS", "Batch", "Option", "Task", "all_options", "get_task_class",
-           "list_tasks", "make_task"]
+           "list_tasks", "make_task", "metric_bounds"]

@@ -13,6 +13,7 @@ kernels; they turn raw outputs (logits or values) into metrics.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ class Task(ABC):
     options: ClassVar[tuple[Option, ...]] = ()
     metric_name: ClassVar[str]
     lower_is_better: ClassVar[bool]
+    # The values the metric can take: the report's intervals stay inside them.
+    metric_bounds: ClassVar[tuple[float, float]] = (0.0, math.inf)
     loss: ClassVar[str]  # one of LOSSES
     readout: ClassVar[str]  # one of READOUTS
     tokens: ClassVar[bool]  # inputs are symbol indices (one-hot encoded by the model)

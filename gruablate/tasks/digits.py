@@ -44,6 +44,7 @@ class Digits(Task):
     )
     metric_name = "accuracy"
     lower_is_better = False
+    metric_bounds = (0.0, 1.0)
     loss = "ce"
     readout = "last"
     tokens = False
