@@ -254,7 +254,7 @@ class _Dask:
 class SweepEvent:
     """What happened, for a progress display: ``kind`` is ``plan``, ``start``,
     ``finish``, ``skip`` (done meanwhile by another sweep), ``wait`` (cells another
-    sweep is running), ``warn`` (``message`` says what) or ``end``."""
+    sweep is running), ``note`` and ``warn`` (``message`` says what) or ``end``."""
 
     kind: str
     summary: SweepSummary
@@ -438,6 +438,11 @@ def run_study(
             run.write_environment(env)
         summary.executor = pool.name
         emit(SweepEvent("plan", summary))
+        cold = cold_kernels(todo)
+        if cold:
+            emit(SweepEvent("note", summary, message=(
+                f"compiling kernels for {', '.join(cold)} on first use (10–30 s each,"
+                " once: Numba's cache keeps them)")))
         _drive(run, pool, todo, force, rerun_failed, summary, emit)
         if todo:
             _record_end(run, env, summary, start)
@@ -453,6 +458,21 @@ def run_study(
         summary.running = 0
     emit(SweepEvent("end", summary))
     return summary
+
+
+def cold_kernels(cells: list[Cell]) -> list[str]:
+    """``variant (dtype)`` for every CPU kernel these cells need that is not compiled
+    yet: the sweep says so, or its first cells look stuck for tens of seconds."""
+    from .kernels.cpu import kernels_compiled
+
+    out = []
+    for cell in cells:
+        c = cell.config
+        label = f"{cell.variant.name} ({c['dtype']})"
+        if c["backend"] == "cpu" and label not in out and not kernels_compiled(
+                cell.variant, c["dtype"]):
+            out.append(label)
+    return out
 
 
 def _utc_now() -> str:

@@ -357,3 +357,33 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes_to_the_same_bits(tm
     assert res.returncode == 0, res.stderr
     assert {k: _stable(v) for k, v in _records(out).items()} == want
     assert not (out / "damaged").exists()
+
+
+# ------------------------------------------------------- a cold compile is announced
+def test_is_compiled_reads_the_kernel_cache(tmp_path, monkeypatch):
+    from gruablate.kernels import source
+
+    monkeypatch.setenv("GRUABLATE_CACHE_DIR", str(tmp_path))
+    text = "VALUE = 1  # a module nobody has loaded\n"
+    assert not source.is_compiled("probe", text)
+    module = source.load_module("probe", text)
+    assert source.is_compiled("probe", text)  # loaded in this process
+    del sys.modules[module.__name__]
+    assert not source.is_compiled("probe", text)  # written, but no machine code cached
+    pycache = source.cache_dir() / "__pycache__"
+    pycache.mkdir()
+    (pycache / f"{module.__name__}.f-1.py311.nbi").write_bytes(b"")
+    assert source.is_compiled("probe", text)
+
+
+def test_a_sweep_says_when_it_compiles_kernels(tmp_path, monkeypatch):
+    import gruablate.kernels.cpu as cpu
+
+    args = ["run", "sweep", *TINY_ARGS, "--seeds", "0", "--out", str(tmp_path / "r"),
+            "--jobs", "1", "--no-report"]
+    monkeypatch.setattr(cpu, "kernels_compiled", lambda variant, dtype: False)
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0 and "compiling kernels for gru (float32)" in res.output
+    monkeypatch.setattr(cpu, "kernels_compiled", lambda variant, dtype: True)
+    res = CliRunner().invoke(main, [*args, "--force"])
+    assert res.exit_code == 0 and "compiling" not in res.output

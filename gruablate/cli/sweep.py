@@ -87,6 +87,8 @@ class _Display:
             self._say(f"waiting for {s.waiting} cell(s) another sweep is running")
         elif event.kind == "warn":
             self._say(f"warning: {event.message}")
+        elif event.kind == "note":
+            self._say(event.message)
         elif event.kind == "end":
             if self.progress is not None:
                 self._update(s)

@@ -65,7 +65,7 @@ from ..spec import Variant
 from . import cpu_runtime
 from .cellgen import generate
 from .plan import KernelPlan, make_plan
-from .source import load_module, substitute
+from .source import is_compiled, load_module, substitute
 
 DTYPES = ("float32", "float64")
 
@@ -765,6 +765,11 @@ def kernels(variant: Variant, dtype: str) -> ModuleType:
     for name in module.SYMBOLS:
         cpu_runtime.ensure_symbol(name)
     return module
+
+
+def kernels_compiled(variant: Variant, dtype: str) -> bool:
+    """Whether :func:`kernels` will load machine code rather than compile (10–30 s)."""
+    return is_compiled(f"cpu_{dtype}", kernel_source(variant, dtype))
 
 
 def plan_for(variant: Variant) -> KernelPlan:

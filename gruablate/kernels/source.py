@@ -29,10 +29,24 @@ def cache_dir() -> Path:
     return base / "kernels"
 
 
+def _module_name(prefix: str, source: str) -> str:
+    return f"_gruablate_{prefix}_{hashlib.sha256(source.encode()).hexdigest()[:20]}"
+
+
+def is_compiled(prefix: str, source: str) -> bool:
+    """Whether the module of ``source`` has machine code in Numba's cache already (or
+    is loaded here), so that using it costs no compilation. Reads two folder entries."""
+    name = _module_name(prefix, source)
+    if name in sys.modules:
+        return True
+    folder = cache_dir()
+    return (folder / f"{name}.py").is_file() and any(
+        (folder / "__pycache__").glob(f"{name}.*.nbi"))
+
+
 def load_module(prefix: str, source: str) -> ModuleType:
     """Import ``source`` as a module stored in the cache folder (written if absent)."""
-    digest = hashlib.sha256(source.encode()).hexdigest()[:20]
-    name = f"_gruablate_{prefix}_{digest}"
+    name = _module_name(prefix, source)
     if name in sys.modules:
         return sys.modules[name]
     folder = cache_dir()
