@@ -26,6 +26,10 @@ from numba import cfunc
 from gruablate import RecurrentLayer
 from gruablate.kernels import cpu, cpu_runtime, reference
 
+# Minutes of compiling (every variant's float32 and threaded paths, compiled): left out of
+# the quick subset.
+pytestmark = pytest.mark.slow
+
 # (T, B, I, H): matrix-vector steps, serial; packed steps with row and panel tails.
 SMALL = (3, 2, 3, 4)
 PACKED = (4, 5, 3, 5)

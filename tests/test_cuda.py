@@ -34,6 +34,9 @@ from _cudasim import gpu_present  # tests/ is on sys.path
 
 import gruablate
 
+# Minutes of compiling (CUDA simulator runs, PTX): left out of the quick subset.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 BUILTINS = gruablate.list_variants()
 

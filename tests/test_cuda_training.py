@@ -41,6 +41,10 @@ from _cudasim import gpu_present  # tests/ is on sys.path
 import gruablate
 from gruablate.model import Model
 
+# Minutes of compiling (simulated device training): left out of
+# the quick subset.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 RTOL = 1e-8  # float64 CPU vs device: only the summation order differs
 # A PTX atomic instruction (``atom.*``, or ``red.*`` when the result is unused),

@@ -8,6 +8,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+# Minutes of compiling (fresh processes, empty caches): left out of the quick subset.
+pytestmark = pytest.mark.slow
+
 # lstm and gru_reset_after in float32 are the variants where a cached process once
 # differed from the compiling one in the last bits: Numba links a private copy of every
 # callee into each caller, and under fast-math flags that let LLVM choose which of two

@@ -324,6 +324,7 @@ def test_a_failed_report_leaves_the_previous_one_whole(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------ SIGKILL, many times
+@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing_and_resumes_to_the_same_bits(tmp_path):
     """Five kills at seeded random moments (start-up, compile, mid-cell, mid-write),
     each followed by a check that every record on disk is whole; the resumed sweep
