@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 
 from .catalogue import get_variant, list_variants
+from .kernels.plan import make_plan
+from .memory import check_fits, layer_bytes
 from .spec import SpecError, Variant
 
 MODES = ("inference", "train", "stream")
@@ -136,11 +138,34 @@ class BenchConfig:
                 f"--threads {threads} exceeds Numba's pool of {limit} threads; set"
                 f" NUMBA_NUM_THREADS={threads} in the environment before starting"
             )
+        self._check_memory()
         if "torch" in self.peers:
             _import_torch()
         if "cuda" in self.backends:
             _require_cuda()
         return BenchConfig(**{**asdict(self), "threads": threads})
+
+    def _check_memory(self) -> None:
+        """Refuse a grid whose largest case (or the peak product) cannot fit in memory."""
+        train = "train" in self.modes
+        for name in self.variants:
+            plan = make_plan(get_variant(name))
+            for shape in self.shapes():
+                need = layer_bytes(plan, seq_len=shape["seq_len"], batch=shape["batch"],
+                                   input_size=shape["input_size"], hidden=shape["hidden"],
+                                   dtype=shape["dtype"], train=train)
+                try:
+                    check_fits(need * (2 if self.peers else 1),
+                               f"{name} at hidden {shape['hidden']}, batch {shape['batch']},"
+                               f" seq-len {shape['seq_len']}", "use smaller sizes")
+                except ValueError as exc:
+                    raise BenchError(str(exc)) from None
+        if self.peak:
+            need = 3 * self.peak_size**2 * max(np.dtype(d).itemsize for d in self.dtypes)
+            try:
+                check_fits(need, f"--peak-size {self.peak_size}", "use a smaller --peak-size")
+            except ValueError as exc:
+                raise BenchError(str(exc)) from None
 
     def shapes(self) -> Iterator[dict[str, Any]]:
         """Every (backend, dtype, hidden, batch, seq_len, input_size) of the grid."""
@@ -284,7 +309,7 @@ def _ours(variant: Variant, shape: dict[str, Any], mode: str, seed: int) -> Case
         dy = rng.standard_normal((T, B, H)).astype(dtype)
 
         def fn() -> None:
-            layer.forward(x, keep=True)
+            layer.forward(x, keep=True, copy=False)
             layer.backward(dy)
     else:
         def fn() -> None:

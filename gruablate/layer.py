@@ -25,6 +25,18 @@ BACKENDS = ("cpu", "cuda")
 State = Any  # np.ndarray (h) or tuple[np.ndarray, np.ndarray] (h, c)
 
 
+def normalise_dtype(dtype: Any) -> str:
+    """``"float32"`` or ``"float64"`` from that name or a NumPy type (``np.float64``,
+    ``np.dtype("float32")``); anything else is a ``ValueError``."""
+    try:
+        name = np.dtype(dtype).name if not isinstance(dtype, bool) else None
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return name
+
+
 def _check_size(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -44,7 +56,8 @@ class RecurrentLayer:
         Seeds the initialisation: PyTorch's default ``U(-1/√H, 1/√H)`` for every weight
         and bias, then the LSTM forget-gate bias set to the spec's ``forget_bias``.
     dtype:
-        ``"float32"`` or ``"float64"``; inputs must have the same dtype.
+        ``"float32"`` or ``"float64"`` (or ``np.float32``, ``np.float64``); inputs must
+        have the same dtype.
     backend:
         ``"cpu"`` (Numba) or ``"cuda"`` (numba.cuda; needs a GPU and ``numba-cuda``).
     """
@@ -62,8 +75,7 @@ class RecurrentLayer:
         self.variant: Variant = get_variant(variant)
         self.input_size = _check_size("input_size", input_size)
         self.hidden_size = _check_size("hidden_size", hidden_size)
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        dtype = normalise_dtype(dtype)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.dtype = dtype
@@ -157,13 +169,19 @@ class RecurrentLayer:
         return (s[0], s[1]) if s.shape[0] == 2 else s[0]
 
     # ------------------------------------------------------------------- run
-    def forward(self, x: np.ndarray, state: State = None, *, keep: bool = True):
+    def forward(self, x: np.ndarray, state: State = None, *, keep: bool = True,
+                copy: bool = True):
         """Run the layer over a sequence.
 
         ``x`` is (T, B, I) in the layer's dtype; ``state`` the initial ``h`` (B, H), or
         ``(h, c)`` for the LSTM family, or None for zeros. Returns ``(y, last_state)``
         with ``y`` (T, B, H) every step's ``h``. With ``keep=True`` (default) the
         activations are kept for :meth:`backward`; ``keep=False`` is inference only.
+
+        :meth:`backward` reads ``x`` and ``y`` again, so by default the layer keeps its
+        own copies and the caller may change either in place. ``copy=False`` skips the
+        copies (one pass over ``x`` and ``y``); the caller then promises to leave both
+        unchanged until :meth:`backward` (the :class:`~gruablate.Model` does).
         """
         if not isinstance(x, np.ndarray) or x.ndim != 3:
             got = f"shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
@@ -171,11 +189,17 @@ class RecurrentLayer:
         T, B, _ = x.shape
         if T < 1 or B < 1:
             raise ValueError(f"x must have at least one step and one batch row, got {x.shape}")
+        given = x
         x = self._check_array("x", x, (T, B, self.input_size))
         s0 = self._state_array("state", state, B)
         y, sT, saved = self._impl.forward(x, s0, keep)
-        self._saved = (x, s0, y, *saved) if keep else None
-        return y, self._unpack_state(sT)
+        if not keep:
+            self._saved = None
+            return y, self._unpack_state(sT)
+        if copy and np.shares_memory(x, given):
+            x = x.copy()  # the caller may overwrite its x before backward
+        self._saved = (x, s0, y, *saved)
+        return (y.copy() if copy else y), self._unpack_state(sT)
 
     def backward(self, dy: np.ndarray, dlast_state: State = None):
         """Backpropagate through time after a :meth:`forward` with ``keep=True``.

@@ -28,7 +28,7 @@ import numpy as np
 
 from .catalogue import get_variant
 from .init import initialise
-from .layer import RecurrentLayer
+from .layer import RecurrentLayer, normalise_dtype
 from .spec import Variant
 
 LOSSES = ("ce", "mse", "bernoulli")
@@ -140,7 +140,7 @@ class Model:
         self.variant = get_variant(variant)
         self.input_size, self.hidden, self.output_size = input_size, hidden, output_size
         self.tokens, self.readout, self.loss_kind = tokens, readout, loss
-        self.dtype = dtype
+        self.dtype = dtype = normalise_dtype(dtype)
         # One independent stream per layer and one for the readout, all from the seed.
         seqs = np.random.SeedSequence(seed).spawn(layers + 1)
         self.layers: list[RecurrentLayer] = []
@@ -218,10 +218,13 @@ class Model:
 
     def _run(self, x: np.ndarray, state: list | None, keep: bool) -> tuple[tuple, list]:
         h = self._encode(x)
+        if keep and np.shares_memory(h, x):
+            h = h.copy()  # kept for backward: the caller may overwrite its x before then
         states = state if state is not None else [None] * len(self.layers)
         last = []
         for k, (layer, s) in enumerate(zip(self.layers, states, strict=True)):
-            h, s_last = layer.forward(h, s, keep=keep)
+            # The model owns every array between layers: no defensive copies needed.
+            h, s_last = layer.forward(h, s, keep=keep, copy=False)
             if not np.isfinite(h).all():
                 raise NonFiniteError(f"layer {k} produced a non-finite activation")
             last.append(s_last)

@@ -13,6 +13,8 @@ resets; minGRU is written in the keep convention (``u = 1 − z`` of Feng et al.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,14 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: What a variant name may be: it names files, figure labels and table rows, so it is
+#: checked once, when the spec is read, and never needs cleaning after.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: The largest forget-gate bias accepted: far beyond any use (sigmoid(30) is 1 in
+#: float64), and small enough to stay finite in float32.
+MAX_FORGET_BIAS = 1e4
+
+
 class SpecError(ValueError):
     """A variant spec that is malformed or contradicts itself."""
 
@@ -115,6 +125,9 @@ class Variant:
     forget_bias: float | None = None
     source: str = field(default="", compare=False)
 
+    def __post_init__(self) -> None:  # a Variant built directly is held to the same name rule
+        _check_name(self.name, f" in {self.source}" if self.source else "")
+
     # ------------------------------------------------------------------ building
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "") -> Variant:
@@ -134,6 +147,7 @@ class Variant:
         for key in _TEXT_KEYS:
             if key in data and not isinstance(data[key], str):
                 raise SpecError(f"key {key!r}{where} must be a string, got {data[key]!r}")
+        _check_name(data["name"], where)
         family = data["family"]
         _check_choice("family", family, where)
         defaults = _FAMILY_DEFAULTS[family]
@@ -158,6 +172,9 @@ class Variant:
             fb = values["forget_bias"]
             if isinstance(fb, bool) or not isinstance(fb, int | float):
                 raise SpecError(f"key 'forget_bias'{where} must be a number, got {fb!r}")
+            if abs(fb) > MAX_FORGET_BIAS or not math.isfinite(fb):  # ints first: 10**400
+                raise SpecError(f"key 'forget_bias'{where} must be a finite number of size at"
+                                f" most {MAX_FORGET_BIAS:g}, got {fb!r}")
             values["forget_bias"] = float(fb)
         variant = cls(
             name=data["name"],
@@ -178,6 +195,8 @@ class Variant:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise SpecError(f"cannot read variant spec {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise SpecError(f"variant spec {path} is not UTF-8 text") from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -362,6 +381,14 @@ class Variant:
         if style not in ("text", "latex"):
             raise ValueError(f"style must be 'text' or 'latex', got {style!r}")
         return _render(self, style == "latex")
+
+
+def _check_name(name: Any, where: str) -> None:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise SpecError(
+            f"variant name {name!r}{where} is not allowed: use 1-64 letters, digits,"
+            " '.', '_' or '-', starting with a letter or digit"
+        )
 
 
 def _check_choice(key: str, value: Any, where: str) -> None:

@@ -238,11 +238,13 @@ class Study:
         base = {k: full[k] for k in SETTINGS}
         tasks: dict[str, dict[str, Any]] = {}
         settings: dict[str, dict[str, Any]] = {}
+        built: dict[str, Any] = {}
         for task, table in tasks_raw.items():
             own = {k: table[k] for k in SETTINGS if k in table}
             opts = {k: v for k, v in table.items() if k not in SETTINGS}
             settings[task] = _check_settings({**base, **own}, f"task {task!r}{at}")
-            tasks[task] = _resolve_task_options(task, opts, at)
+            built[task] = _build_task(task, opts, at)
+            tasks[task] = dict(built[task].config())
         description = full.get("description", "")
         if not isinstance(description, str):
             raise StudyError(f"description{at} must be a string")
@@ -252,6 +254,7 @@ class Study:
         if n_cells > MAX_CELLS:
             raise StudyError(f"the study{at} has {n_cells} cells, more than {MAX_CELLS};"
                              " split it into smaller studies")
+        _check_cells(variants, built, settings, ints, by_variant, backends, at)
         return cls(
             name=name, variants=variants, tasks=tasks, task_settings=settings,
             hidden=ints["hidden"], layers=ints["layers"], seeds=ints["seeds"],
@@ -399,7 +402,31 @@ def _check_settings(s: dict[str, Any], where: str) -> dict[str, Any]:
             "warmup": s["warmup"], "decay": s["decay"]}
 
 
-def _resolve_task_options(task: str, options: dict[str, Any], at: str) -> dict[str, Any]:
+def _check_cells(variants: tuple[Variant, ...], built: dict[str, Any],
+                 settings: dict[str, dict[str, Any]], ints: dict[str, tuple[int, ...]],
+                 by_variant: dict[str, tuple[int, ...]], backends: tuple[str, ...],
+                 at: str) -> None:
+    """Every distinct cell configuration through :func:`gruablate.train.check_config`
+    (the seed aside): a cell that could never run (a depth past the cap, arrays that
+    cannot fit) stops the study here, not after hours of others. A CUDA cell on a
+    machine without a GPU is not refused: it is recorded as failed, like any cell that
+    cannot run where the sweep runs."""
+    from .train import check_config
+
+    for task, the_task in built.items():
+        for v in variants:
+            for hidden in by_variant.get(v.name, ints["hidden"]):
+                for layers in ints["layers"]:
+                    for backend in backends:
+                        try:
+                            check_config(v, the_task, hidden=hidden, layers=layers,
+                                         backend=backend, require_device=False,
+                                         **settings[task])
+                        except ValueError as exc:
+                            raise StudyError(f"{v.name} on {task}{at}: {exc}") from None
+
+
+def _build_task(task: str, options: dict[str, Any], at: str) -> Any:
     """Build the task once: an unknown task or a bad option fails here, in one line,
     before any cell runs; the defaults it fills in become part of the cell ids."""
     from . import tasks as registry
@@ -408,7 +435,7 @@ def _resolve_task_options(task: str, options: dict[str, Any], at: str) -> dict[s
     if task not in known:
         raise StudyError(f"unknown task {task!r}{at}; tasks: {', '.join(known)}")
     try:
-        return dict(registry.make_task(task, **options).config())
+        return registry.make_task(task, **options)
     except (TypeError, ValueError) as exc:
         raise StudyError(f"{exc}{at}") from None
 

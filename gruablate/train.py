@@ -17,6 +17,7 @@ import platform
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,12 @@ from threadpoolctl import threadpool_limits
 from .catalogue import get_variant
 from .envinfo import package_versions
 from .init import SCHEMES
-from .layer import BACKENDS, DTYPES
+from .kernels.plan import make_plan
+from .layer import BACKENDS, normalise_dtype
+from .memory import check_fits, layer_bytes
 from .model import Model, NonFiniteError
-from .optim import Adam
+from .optim import DECAYS, Adam
+from .spec import Variant
 from .store import atomic_write_json
 from .tasks import Batch, Task, make_task
 
@@ -52,9 +56,42 @@ def versions() -> dict[str, str]:
             **package_versions(("numpy", "numba", "gruablate"))}
 
 
-def train(
-    variant: str = "gru",
-    task: str = "adding",
+#: The deepest stack accepted: far beyond any recurrent study, and a bound on the time
+#: a typo (``--layers 100000``) spends building layers before it fails.
+MAX_LAYERS = 64
+#: An ``ok`` run whose test metric ends more than this many times worse than the
+#: trivial baseline (lower-is-better metrics only) is recorded as ``"diverged"``: a huge
+#: learning rate gives finite losses of 1e11 that would otherwise enter the means.
+#: 100x is beyond any honest failure to learn (an untrained copy model is 7x its
+#: baseline, one predicting a constant on the adding task 1x).
+EXPLODED_FACTOR = 100.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A checked training configuration: what :func:`check_config` returns."""
+
+    spec: Variant
+    task: Task
+    hidden: int
+    layers: int
+    steps: int
+    batch: int
+    seed: int
+    lr: float
+    backend: str
+    dtype: str
+    init: str
+    eval_every: int
+    clip: float | None
+    warmup: int
+    decay: str
+    blas_threads: int | None
+
+
+def check_config(
+    variant: str | Variant = "gru",
+    task: str | Task = "adding",
     *,
     hidden: int = 64,
     steps: int = 1000,
@@ -63,7 +100,91 @@ def train(
     batch: int = 32,
     lr: float = 1e-3,
     backend: str = "cpu",
-    dtype: str = "float32",
+    dtype: Any = "float32",
+    init: str = "torch",
+    eval_every: int | None = None,
+    clip: float | None = 1.0,
+    warmup: int = 0,
+    decay: str = "none",
+    blas_threads: int | None = 1,
+    require_device: bool = True,
+    **task_options: Any,
+) -> TrainConfig:
+    """Check a training configuration without training: a ``ValueError`` naming the
+    first bad option, or the :class:`TrainConfig` :func:`train` runs.
+
+    Cheap (no kernel is compiled, nothing large allocated): sweeps call it for every
+    distinct cell before the first one trains. ``task`` may be a built :class:`Task`
+    (then ``task_options`` must be empty). The run's memory is estimated and refused
+    when it cannot fit. ``require_device=False`` skips the check that a CUDA GPU is
+    there (a sweep records such cells as failed instead of refusing the study).
+    """
+    spec = get_variant(variant)
+    steps = _positive_int("steps", steps)
+    hidden = _positive_int("hidden", hidden)
+    layers = _positive_int("layers", layers)
+    if layers > MAX_LAYERS:
+        raise ValueError(f"layers must be at most {MAX_LAYERS}, got {layers}")
+    batch = _positive_int("batch", batch)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float)
+                             or not 0 <= clip < math.inf):
+        raise ValueError(f"clip must be a finite number >= 0 (0 or None: no clipping),"
+                         f" got {clip!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int | np.integer) or warmup < 0:
+        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
+    if warmup > steps:
+        raise ValueError(f"warmup ({warmup} steps) is longer than the run ({steps} steps)")
+    if decay not in DECAYS:
+        raise ValueError(f"decay must be one of {', '.join(DECAYS)}, got {decay!r}")
+    if init not in SCHEMES:
+        raise ValueError(f"unknown init scheme {init!r}; choose one of {', '.join(SCHEMES)}")
+    dtype = normalise_dtype(dtype)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    eval_every = max(1, steps // 10) if eval_every is None else _positive_int(
+        "eval_every", eval_every)
+    if blas_threads is not None:
+        blas_threads = _positive_int("blas_threads", blas_threads)
+    if isinstance(task, Task):
+        if task_options:
+            raise ValueError("task options go with a task name, not a built task")
+        the_task = task
+    else:
+        the_task = make_task(task, **task_options)
+    T, B = the_task.time_scale, batch
+    need = the_task.output_size * T * B * 3 * np.dtype(dtype).itemsize  # logits, dz, dy
+    for k in range(layers):
+        need += layer_bytes(make_plan(spec), seq_len=T, batch=B, hidden=hidden, dtype=dtype,
+                            input_size=the_task.input_size if k == 0 else hidden)
+    check_fits(need, f"training {spec.name} at hidden {hidden}, {layers} layer(s), batch"
+               f" {B} over {T} steps", "use a smaller hidden size, batch, depth or sequence")
+    if backend == "cuda" and require_device:
+        from .kernels.cuda import require_cuda
+
+        require_cuda()  # CudaUnavailableError, a ValueError, names what is missing
+    return TrainConfig(
+        spec=spec, task=the_task, hidden=hidden, layers=layers, steps=steps, batch=batch,
+        seed=int(seed), lr=float(lr), backend=backend, dtype=dtype, init=init,
+        eval_every=eval_every, clip=None if not clip else float(clip), warmup=int(warmup),
+        decay=decay, blas_threads=blas_threads)
+
+
+def train(
+    variant: str | Variant = "gru",
+    task: str | Task = "adding",
+    *,
+    hidden: int = 64,
+    steps: int = 1000,
+    seed: int = 0,
+    layers: int = 1,
+    batch: int = 32,
+    lr: float = 1e-3,
+    backend: str = "cpu",
+    dtype: Any = "float32",
     init: str = "torch",
     eval_every: int | None = None,
     clip: float | None = 1.0,
@@ -78,59 +199,53 @@ def train(
     ``task_options`` go to the task (``seq_len``, ``delay``, ``mode``, ``permute``,
     ``path``, ...; see :func:`gruablate.list_tasks` and ``docs/TRAINING.md``). The model
     is validated every ``eval_every`` steps (default: ten times per run) and at the end,
-    when it is also scored on the test split. ``clip`` bounds the global gradient norm;
-    ``warmup`` and ``decay`` (``"none"``, ``"cosine"``, ``"linear"``) shape the learning
-    rate. ``blas_threads`` caps the BLAS thread pools during the run (None leaves them
-    alone): the products of a small recurrent model are too small to split, and on a
-    busy 2-core machine a multi-threaded OpenBLAS made training 6-15x slower (measured
-    on gru, copy delay 50, hidden 32). ``progress`` shows a progress bar on stderr.
+    when it is also scored on the test split. ``clip`` bounds the global gradient norm
+    (0 or None: no clipping); ``warmup`` and ``decay`` (``"none"``, ``"cosine"``,
+    ``"linear"``) shape the learning rate. ``blas_threads`` caps the BLAS thread pools
+    during the run (None leaves them alone): the products of a small recurrent model are
+    too small to split, and on a busy 2-core machine a multi-threaded OpenBLAS made
+    training 6-15x slower (measured on gru, copy delay 50, hidden 32). ``progress``
+    shows a progress bar on stderr. Every option is checked first
+    (:func:`check_config`): a bad one raises ``ValueError`` before any work.
 
     The record holds the configuration, ``status`` (``"ok"``, ``"diverged"``,
-    ``"failed"``), ``metric_name``, the test ``metric``, ``val_metric``, the trivial
-    ``baseline``, ``lower_is_better``, ``params``, the learning ``curve``,
-    ``train_seconds``, ``steps_per_second``, ``error`` and ``versions``.
+    ``"failed"``, or ``"interrupted"`` when Ctrl-C stopped it: the exception is raised
+    again after the record is complete, and carries it as ``exc.record``),
+    ``metric_name``, the test ``metric``, ``val_metric``, the trivial ``baseline``,
+    ``lower_is_better``, ``params``, the learning ``curve``, ``train_seconds``,
+    ``steps_per_second``, ``error`` and ``versions``. A run whose test metric ends more
+    than :data:`EXPLODED_FACTOR` times worse than the baseline is ``"diverged"``.
     """
     # ------------------------------------------------------------- validation
-    spec = get_variant(variant)
-    steps = _positive_int("steps", steps)
-    hidden = _positive_int("hidden", hidden)
-    layers = _positive_int("layers", layers)
-    batch = _positive_int("batch", batch)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    seed = int(seed)
-    if init not in SCHEMES:
-        raise ValueError(f"unknown init scheme {init!r}; choose one of {', '.join(SCHEMES)}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    eval_every = max(1, steps // 10) if eval_every is None else _positive_int(
-        "eval_every", eval_every)
-    if blas_threads is not None:
-        blas_threads = _positive_int("blas_threads", blas_threads)
-    the_task = make_task(task, **task_options)
+    c = check_config(variant, task, hidden=hidden, steps=steps, seed=seed, layers=layers,
+                     batch=batch, lr=lr, backend=backend, dtype=dtype, init=init,
+                     eval_every=eval_every, clip=clip, warmup=warmup, decay=decay,
+                     blas_threads=blas_threads, **task_options)
+    spec, the_task, steps, seed = c.spec, c.task, c.steps, c.seed
     model = Model(
-        spec, input_size=the_task.input_size, hidden=hidden, output_size=the_task.output_size,
-        layers=layers, tokens=the_task.tokens, readout=the_task.readout, loss=the_task.loss,
-        seed=seed, dtype=dtype, backend=backend, init=init, tmax=the_task.time_scale,
+        spec, input_size=the_task.input_size, hidden=c.hidden,
+        output_size=the_task.output_size, layers=c.layers, tokens=the_task.tokens,
+        readout=the_task.readout, loss=the_task.loss, seed=seed, dtype=c.dtype,
+        backend=c.backend, init=c.init, tmax=the_task.time_scale,
     )
-    if backend == "cuda":  # parameters, gradients and Adam's moments stay on the device
+    if c.backend == "cuda":  # parameters, gradients and Adam's moments stay on the device
         from .cuda_optim import DeviceAdam
 
-        opt: Adam = DeviceAdam(model, lr, clip=clip, warmup=warmup, decay=decay,
+        opt: Adam = DeviceAdam(model, c.lr, clip=c.clip, warmup=c.warmup, decay=c.decay,
                                total_steps=steps)
     else:
-        opt = Adam(model.buffers, lr, clip=clip, warmup=warmup, decay=decay, total_steps=steps)
+        opt = Adam(model.buffers, c.lr, clip=c.clip, warmup=c.warmup, decay=c.decay,
+                   total_steps=steps)
     # The data stream gets its own seed stream, apart from the parameters'.
-    batches = the_task.train_batches(np.random.default_rng([seed, 1]), batch)
+    batches = the_task.train_batches(np.random.default_rng([seed, 1]), c.batch)
+    eval_every, blas_threads = c.eval_every, c.blas_threads
 
     record: dict[str, Any] = {
-        "status": "ok", "variant": spec.name, "task": the_task.name, "hidden": hidden,
-        "layers": layers, "seed": seed, "backend": backend, "dtype": dtype, "steps": steps,
-        "batch": batch, "lr": float(lr), "init": init, "clip": clip, "warmup": warmup,
-        "decay": decay, "eval_every": eval_every, "blas_threads": blas_threads,
-        "task_options": the_task.config(),
+        "status": "ok", "variant": spec.name, "task": the_task.name, "hidden": c.hidden,
+        "layers": c.layers, "seed": seed, "backend": c.backend, "dtype": c.dtype,
+        "steps": steps, "batch": c.batch, "lr": c.lr, "init": c.init, "clip": c.clip,
+        "warmup": c.warmup, "decay": c.decay, "eval_every": eval_every,
+        "blas_threads": blas_threads, "task_options": the_task.config(),
         "variant_spec": spec.to_dict(), "metric_name": the_task.metric_name,
         "metric": math.nan, "val_metric": math.nan, "baseline": float(the_task.baseline),
         "lower_is_better": the_task.lower_is_better, "params": model.param_count,
@@ -144,9 +259,15 @@ def train(
               else contextlib.nullcontext())
     clock = {"steps": 0.0}  # seconds inside steps 2.., evaluations excluded
     start = time.perf_counter()
+    interrupted: KeyboardInterrupt | None = None
     try:
         with limits:
             _fit(record, the_task, model, opt, batches, eval_every, bar, clock)
+        _check_explosion(record)
+    except KeyboardInterrupt as exc:  # record what was done, then stop as asked
+        interrupted = exc
+        record.update(status="interrupted", metric=math.nan, val_metric=math.nan,
+                      error=f"interrupted after {record['steps_done']} of {steps} steps")
     except NonFiniteError as exc:
         record.update(status="diverged", error=str(exc), metric=math.nan, val_metric=math.nan)
     except Exception as exc:  # recorded, not raised: a sweep must outlive one bad cell
@@ -158,7 +279,19 @@ def train(
     record["train_seconds"] = time.perf_counter() - start
     timed = record["steps_done"] - 1
     record["steps_per_second"] = timed / clock["steps"] if clock["steps"] else math.nan
+    if interrupted is not None:
+        interrupted.record = record  # type: ignore[attr-defined]
+        raise interrupted
     return record
+
+
+def _check_explosion(record: dict[str, Any]) -> None:
+    """Mark a finished run whose metric exploded past the baseline (see EXPLODED_FACTOR)."""
+    metric, baseline = record["metric"], record["baseline"]
+    if record["lower_is_better"] and baseline > 0 and metric > EXPLODED_FACTOR * baseline:
+        raise NonFiniteError(
+            f"the test {record['metric_name']} {metric:.4g} is more than"
+            f" {EXPLODED_FACTOR:g}x the trivial baseline {baseline:.4g}: training exploded")
 
 
 def _fit(record: dict[str, Any], task: Task, model: Model, opt: Adam,

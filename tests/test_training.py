@@ -222,7 +222,7 @@ def test_an_overflowing_gradient_is_divergence_not_failure():
         (dict(init="xavier"), "unknown init scheme 'xavier'"),
         (dict(variant="rnn", init="chrono"), "init 'chrono' needs"),
         (dict(task="adding", mode="row"), "task 'adding' has no option 'mode'"),
-        (dict(lr=-1.0), "lr must be a positive number"),
+        (dict(lr=-1.0), "lr must be a positive finite number"),
     ],
 )
 def test_bad_configuration_raises_before_training(kwargs, message):

@@ -67,16 +67,16 @@ def _ints(opt: str, text: str | None, allow_same: bool = False) -> tuple[Any, ..
 @click.option("--dtypes", help="Comma list of float32, float64 [float32].")
 @click.option("--modes", help="Comma list of inference, train, stream [inference,train].")
 @click.option("--peers", help="'torch': also time torch.nn.GRU and torch.nn.LSTM.")
-@click.option("--threads", type=int, help="Threads for gruablate, PyTorch and BLAS"
-                                          " [every usable core].")
-@click.option("--repeats", type=int, default=5, show_default=True,
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Threads for gruablate, PyTorch and BLAS [every usable core].")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
               help="Timed calls per round.")
-@click.option("--rounds", type=int, default=3, show_default=True,
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Rounds; each times every case of a shape in turn.")
-@click.option("--warmup", type=int, default=2, show_default=True,
+@click.option("--warmup", type=click.IntRange(min=1), default=2, show_default=True,
               help="Untimed calls first (compilation).")
 @click.option("--no-peak", is_flag=True, help="Skip the matrix-product peak measurement.")
-@click.option("--peak-size", type=int, default=2048, show_default=True,
+@click.option("--peak-size", type=click.IntRange(min=64), default=2048, show_default=True,
               help="Size of the square peak matrix product.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Run directory [runs/bench-DATE-TIME].")

@@ -31,8 +31,10 @@ def variants() -> None:
 
 @variants.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@click.option("--input-size", default=32, show_default=True, help="I for the parameter count.")
-@click.option("--hidden", default=64, show_default=True, help="H for the parameter count.")
+@click.option("--input-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="I for the parameter count.")
+@click.option("--hidden", default=64, show_default=True, type=click.IntRange(min=1),
+              help="H for the parameter count.")
 def list_cmd(as_json: bool, input_size: int, hidden: int) -> None:
     """Table of the built-in variants with their equations."""
     rows = []
@@ -65,8 +67,10 @@ def list_cmd(as_json: bool, input_size: int, hidden: int) -> None:
 
 @variants.command("show")
 @click.argument("name_or_file")
-@click.option("--input-size", default=32, show_default=True, help="I for the parameter count.")
-@click.option("--hidden", default=64, show_default=True, help="H for the parameter count.")
+@click.option("--input-size", default=32, show_default=True, type=click.IntRange(min=1),
+              help="I for the parameter count.")
+@click.option("--hidden", default=64, show_default=True, type=click.IntRange(min=1),
+              help="H for the parameter count.")
 @click.option("--latex", is_flag=True, help="Print the equations as LaTeX.")
 def show_cmd(name_or_file: str, input_size: int, hidden: int, latex: bool) -> None:
     """Equations, switches and parameter count of one variant (name or .toml file)."""

@@ -59,8 +59,11 @@ __all__ = [
 ]
 
 
-class CudaUnavailableError(RuntimeError):
-    """``backend="cuda"`` was asked for, but numba-cuda or a CUDA GPU is missing."""
+class CudaUnavailableError(ValueError, RuntimeError):
+    """``backend="cuda"`` was asked for, but numba-cuda or a CUDA GPU is missing.
+
+    A ``ValueError``: like any option the machine cannot honour, it is refused before
+    work (``run train`` prints it as a usage error)."""
 
 
 def _numba_cuda() -> Any:

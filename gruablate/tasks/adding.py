@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .base import Batch, Option, Predict, Task, check_int, check_split, chunks
+from .base import MAX_SEQ_LEN, Batch, Option, Predict, Task, check_int, check_split, chunks
 
 # Fixed seeds of the evaluation splits: the same examples for every training seed.
 _SPLIT_SEEDS = {"val": 1_000_001, "test": 1_000_002}
@@ -45,7 +45,7 @@ class Adding(Task):
     tokens = False
 
     def __init__(self, seq_len: int = 100) -> None:
-        self.seq_len = check_int(self.name, "seq_len", seq_len, 2)
+        self.seq_len = check_int(self.name, "seq_len", seq_len, 2, MAX_SEQ_LEN)
         self.input_size, self.output_size = 2, 1
         self.time_scale = self.seq_len
         self.baseline = 1.0 / 6.0

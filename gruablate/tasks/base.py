@@ -24,6 +24,10 @@ import numpy as np
 Predict = Callable[[np.ndarray, Any], tuple[np.ndarray, Any]]
 
 SPLITS = ("val", "test")
+#: The longest sequence a task builds. The fixed evaluation splits are made when the
+#: task is, so a length of 10^9 would otherwise fill memory before any check ran;
+#: 10 000 steps is beyond the longest task of the literature (adding at T = 5000).
+MAX_SEQ_LEN = 10_000
 LOSSES = ("ce", "mse", "bernoulli")
 READOUTS = ("every", "last")
 
@@ -99,12 +103,15 @@ def check_split(split: str) -> None:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
 
 
-def check_int(task: str, name: str, value: Any, minimum: int) -> int:
+def check_int(task: str, name: str, value: Any, minimum: int,
+              maximum: int | None = None) -> int:
     """A task's integer option, refused with a message naming the task and the bound."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ValueError(f"task {task!r}: {name} must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"task {task!r}: {name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"task {task!r}: {name} must be at most {maximum}, got {value}")
     return int(value)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model import log_softmax
-from .base import Batch, Option, Predict, Task, check_int, check_split
+from .base import MAX_SEQ_LEN, Batch, Option, Predict, Task, check_int, check_split
 
 DEFAULT_CORPUS = "lady_susan.txt"
 _EVAL_STREAMS = 8
@@ -59,7 +59,7 @@ class CharLM(Task):
 
     def __init__(self, path: str | None = None, seq_len: int = 64) -> None:
         self.path = None if path is None else str(path)
-        self.seq_len = check_int(self.name, "seq_len", seq_len, 1)
+        self.seq_len = check_int(self.name, "seq_len", seq_len, 1, MAX_SEQ_LEN)
         file = default_corpus() if path is None else Path(path)
         if not file.is_file():
             raise ValueError(f"task 'charlm': text file not found: {file}")

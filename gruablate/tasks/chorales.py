@@ -25,7 +25,7 @@ from functools import cache
 import numpy as np
 
 from ..model import bernoulli_nll
-from .base import Batch, Option, Predict, Task, check_int, check_split
+from .base import MAX_SEQ_LEN, Batch, Option, Predict, Task, check_int, check_split
 
 LOWEST, KEYS = 21, 88  # the piano's range, MIDI 21 (A0) to 108 (C8)
 _SPLIT_SEED = 4_000_001
@@ -79,7 +79,7 @@ class Chorales(Task):
     tokens = False
 
     def __init__(self, seq_len: int = 32, limit: int | None = None) -> None:
-        self.seq_len = check_int(self.name, "seq_len", seq_len, 1)
+        self.seq_len = check_int(self.name, "seq_len", seq_len, 1, MAX_SEQ_LEN)
         self.limit = None if limit is None else check_int(self.name, "limit", limit, 3)
         names = chorale_names()[: self.limit]
         rolls = [piano_roll(n) for n in names]

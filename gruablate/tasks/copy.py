@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..model import log_softmax
-from .base import Batch, Option, Predict, Task, check_int, check_split, chunks
+from .base import MAX_SEQ_LEN, Batch, Option, Predict, Task, check_int, check_split, chunks
 
 _SPLIT_SEEDS = {"val": 2_000_001, "test": 2_000_002}
 _SPLIT_SIZES = {"val": 500, "test": 1000}
@@ -55,6 +55,9 @@ class Copy(Task):
         self.symbols = check_int(self.name, "symbols", symbols, 1)
         self.alphabet = check_int(self.name, "alphabet", alphabet, 2)
         self.seq_len = self.delay + 2 * self.symbols
+        if self.seq_len > MAX_SEQ_LEN:
+            raise ValueError(f"task 'copy': delay + 2 * symbols (the sequence length) must be"
+                             f" at most {MAX_SEQ_LEN}, got {self.seq_len}")
         self.input_size = self.alphabet + 2  # blank, alphabet, delimiter
         self.output_size = self.alphabet + 1  # blank, alphabet
         self.time_scale = self.seq_len
