@@ -177,26 +177,16 @@ def train(
     variant: str | Variant = "gru",
     task: str | Task = "adding",
     *,
-    hidden: int = 64,
-    steps: int = 1000,
-    seed: int = 0,
-    layers: int = 1,
-    batch: int = 32,
-    lr: float = 1e-3,
-    backend: str = "cpu",
-    dtype: Any = "float32",
-    init: str = "torch",
-    eval_every: int | None = None,
-    clip: float | None = 1.0,
-    warmup: int = 0,
-    decay: str = "none",
-    blas_threads: int | None = 1,
     progress: bool = False,
-    **task_options: Any,
+    **options: Any,
 ) -> dict[str, Any]:
     """Train ``variant`` on ``task`` for ``steps`` Adam steps and return the run record.
 
-    ``task_options`` go to the task (``seq_len``, ``delay``, ``mode``, ``permute``,
+    ``options`` are :func:`check_config`'s, with its defaults (one home for both):
+    ``hidden`` (64), ``steps`` (1000), ``seed``, ``layers`` (1), ``batch`` (32), ``lr``
+    (1e-3), ``backend`` ("cpu"), ``dtype`` ("float32"), ``init`` ("torch"),
+    ``eval_every``, ``clip`` (1.0), ``warmup``, ``decay``, ``blas_threads`` (1), and the
+    task's options, which go to the task (``seq_len``, ``delay``, ``mode``, ``permute``,
     ``path``, ...; see :func:`gruablate.list_tasks` and ``docs/TRAINING.md``). The model
     is validated every ``eval_every`` steps (default: ten times per run) and at the end,
     when it is also scored on the test split. ``clip`` bounds the global gradient norm
@@ -217,10 +207,7 @@ def train(
     than :data:`EXPLODED_FACTOR` times worse than the baseline is ``"diverged"``.
     """
     # ------------------------------------------------------------- validation
-    c = check_config(variant, task, hidden=hidden, steps=steps, seed=seed, layers=layers,
-                     batch=batch, lr=lr, backend=backend, dtype=dtype, init=init,
-                     eval_every=eval_every, clip=clip, warmup=warmup, decay=decay,
-                     blas_threads=blas_threads, **task_options)
+    c = check_config(variant, task, **options)
     spec, the_task, steps, seed = c.spec, c.task, c.steps, c.seed
     model = Model(
         spec, input_size=the_task.input_size, hidden=c.hidden,
