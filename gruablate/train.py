@@ -157,8 +157,9 @@ def check_config(
         the_task = make_task(task, **task_options)
     T, B = the_task.time_scale, batch
     need = the_task.output_size * T * B * 3 * np.dtype(dtype).itemsize  # logits, dz, dy
+    plan = make_plan(spec)
     for k in range(layers):
-        need += layer_bytes(make_plan(spec), seq_len=T, batch=B, hidden=hidden, dtype=dtype,
+        need += layer_bytes(plan, seq_len=T, batch=B, hidden=hidden, dtype=dtype,
                             input_size=the_task.input_size if k == 0 else hidden)
     check_fits(need, f"training {spec.name} at hidden {hidden}, {layers} layer(s), batch"
                f" {B} over {T} steps", "use a smaller hidden size, batch, depth or sequence")
