@@ -51,10 +51,9 @@ from .catalogue import get_variant, list_variants
 from .kernels.plan import make_plan
 from .memory import check_fits, layer_bytes
 from .spec import SpecError, Variant
+from .vocabulary import BACKENDS, DTYPES
 
 MODES = ("inference", "train", "stream")
-BACKENDS = ("cpu", "cuda")
-DTYPES = ("float32", "float64")
 PEERS = ("torch",)
 # The variants PyTorch has, and the torch.nn class computing each exactly.
 TORCH_PEERS = {"gru_reset_after": "GRU", "lstm": "LSTM"}

@@ -18,29 +18,11 @@ import numpy as np
 from .catalogue import get_variant
 from .kernels.plan import KernelPlan, make_plan
 from .spec import Variant
+from .vocabulary import BACKENDS, DTYPES, normalise_dtype, positive_int
 
-DTYPES = ("float32", "float64")
-BACKENDS = ("cpu", "cuda")
+__all__ = ["BACKENDS", "DTYPES", "RecurrentLayer", "State", "normalise_dtype"]
 
 State = Any  # np.ndarray (h) or tuple[np.ndarray, np.ndarray] (h, c)
-
-
-def normalise_dtype(dtype: Any) -> str:
-    """``"float32"`` or ``"float64"`` from that name or a NumPy type (``np.float64``,
-    ``np.dtype("float32")``); anything else is a ``ValueError``."""
-    try:
-        name = np.dtype(dtype).name if not isinstance(dtype, bool) else None
-    except TypeError:
-        name = None
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return name
-
-
-def _check_size(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 class RecurrentLayer:
@@ -73,8 +55,8 @@ class RecurrentLayer:
         backend: str = "cpu",
     ) -> None:
         self.variant: Variant = get_variant(variant)
-        self.input_size = _check_size("input_size", input_size)
-        self.hidden_size = _check_size("hidden_size", hidden_size)
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
         dtype = normalise_dtype(dtype)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")

@@ -28,11 +28,9 @@ import numpy as np
 
 from .catalogue import get_variant
 from .init import initialise
-from .layer import RecurrentLayer, normalise_dtype
+from .layer import RecurrentLayer
 from .spec import Variant
-
-LOSSES = ("ce", "mse", "bernoulli")
-READOUTS = ("every", "last")
+from .vocabulary import LOSSES, READOUTS, normalise_dtype, positive_int
 
 
 class NonFiniteError(FloatingPointError):
@@ -134,9 +132,8 @@ class Model:
             raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-        for name, value in (("layers", layers), ("output_size", output_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        layers = positive_int("layers", layers)
+        output_size = positive_int("output_size", output_size)
         self.variant = get_variant(variant)
         self.input_size, self.hidden, self.output_size = input_size, hidden, output_size
         self.tokens, self.readout, self.loss_kind = tokens, readout, loss

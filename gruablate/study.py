@@ -44,6 +44,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from .catalogue import get_variant, list_variants
 from .identity import spec_content, spec_digest
 from .spec import SpecError, Variant
+from .vocabulary import BACKENDS, DTYPES
 
 # Settings every cell of a task shares; a task's table may override them.
 SETTINGS = ("steps", "batch", "lr", "dtype", "init", "clip", "warmup", "decay")
@@ -231,9 +232,9 @@ class Study:
                 raise StudyError(f"{axis}{at}: values must be at least {lo}, got {bad[0]}")
         backends = tuple(parse_names(full["backends"], f"backends{at}"))
         for b in backends:
-            if b not in _BACKENDS:
+            if b not in BACKENDS:
                 raise StudyError(
-                    f"unknown backend {b!r}{at}; choose from {', '.join(_BACKENDS)}"
+                    f"unknown backend {b!r}{at}; choose from {', '.join(BACKENDS)}"
                 )
         base = {k: full[k] for k in SETTINGS}
         tasks: dict[str, dict[str, Any]] = {}
@@ -317,7 +318,6 @@ def cell_id(config: dict[str, Any], variant: Variant) -> str:
             f"-{c['backend']}-{digest}")
 
 
-_BACKENDS = ("cpu", "cuda")
 
 
 def _hidden_by_variant(value: Any, variants: tuple[Variant, ...], at: str
@@ -372,7 +372,6 @@ def _task_table(value: Any, at: str) -> dict[str, dict[str, Any]]:
 
 def _check_settings(s: dict[str, Any], where: str) -> dict[str, Any]:
     from .init import SCHEMES
-    from .layer import DTYPES
     from .optim import DECAYS
 
     for key, lo in (("steps", 1), ("batch", 1), ("warmup", 0)):

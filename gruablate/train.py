@@ -33,21 +33,15 @@ from .catalogue import get_variant
 from .envinfo import package_versions
 from .init import SCHEMES
 from .kernels.plan import make_plan
-from .layer import BACKENDS, normalise_dtype
 from .memory import check_fits, layer_bytes
 from .model import Model, NonFiniteError
 from .optim import DECAYS, Adam
 from .spec import Variant
 from .store import atomic_write_json
 from .tasks import Batch, Task, make_task
+from .vocabulary import BACKENDS, normalise_dtype, positive_int
 
 TIMING_KEYS = ("train_seconds", "steps_per_second")
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def versions() -> dict[str, str]:
@@ -120,12 +114,12 @@ def check_config(
     there (a sweep records such cells as failed instead of refusing the study).
     """
     spec = get_variant(variant)
-    steps = _positive_int("steps", steps)
-    hidden = _positive_int("hidden", hidden)
-    layers = _positive_int("layers", layers)
+    steps = positive_int("steps", steps)
+    hidden = positive_int("hidden", hidden)
+    layers = positive_int("layers", layers)
     if layers > MAX_LAYERS:
         raise ValueError(f"layers must be at most {MAX_LAYERS}, got {layers}")
-    batch = _positive_int("batch", batch)
+    batch = positive_int("batch", batch)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
@@ -145,10 +139,10 @@ def check_config(
     dtype = normalise_dtype(dtype)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    eval_every = max(1, steps // 10) if eval_every is None else _positive_int(
+    eval_every = max(1, steps // 10) if eval_every is None else positive_int(
         "eval_every", eval_every)
     if blas_threads is not None:
-        blas_threads = _positive_int("blas_threads", blas_threads)
+        blas_threads = positive_int("blas_threads", blas_threads)
     if isinstance(task, Task):
         if task_options:
             raise ValueError("task options go with a task name, not a built task")

@@ -12,9 +12,9 @@ from typing import Any
 import click
 
 from ..init import SCHEMES
-from ..layer import BACKENDS, DTYPES
 from ..optim import DECAYS
 from ..tasks import TASKS, all_options
+from ..vocabulary import BACKENDS, DTYPES
 
 #: Longest file name most file systems take, in bytes.
 NAME_MAX = 255

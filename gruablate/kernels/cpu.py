@@ -62,12 +62,11 @@ from functools import cache
 from types import ModuleType
 
 from ..spec import Variant
+from ..vocabulary import DTYPES
 from . import cpu_runtime
 from .cellgen import generate
 from .plan import KernelPlan, make_plan
 from .source import is_compiled, load_module, substitute
-
-DTYPES = ("float32", "float64")
 
 # Below this many rows of the whole sequence (T·B) the recurrent weights are not packed:
 # packing costs one pass over them, about what one row's product costs.

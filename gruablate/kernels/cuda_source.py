@@ -37,11 +37,10 @@ from dataclasses import dataclass, fields, replace
 from functools import cache
 
 from ..spec import Variant
+from ..vocabulary import DTYPES
 from .cellgen import generate
 from .plan import KernelPlan, make_plan
 from .source import substitute
-
-DTYPES = ("float32", "float64")
 
 
 @dataclass(frozen=True)

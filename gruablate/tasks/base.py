@@ -28,8 +28,6 @@ SPLITS = ("val", "test")
 #: task is, so a length of 10^9 would otherwise fill memory before any check ran;
 #: 10 000 steps is beyond the longest task of the literature (adding at T = 5000).
 MAX_SEQ_LEN = 10_000
-LOSSES = ("ce", "mse", "bernoulli")
-READOUTS = ("every", "last")
 
 
 class Batch(NamedTuple):
@@ -72,8 +70,8 @@ class Task(ABC):
     lower_is_better: ClassVar[bool]
     # The values the metric can take: the report's intervals stay inside them.
     metric_bounds: ClassVar[tuple[float, float]] = (0.0, math.inf)
-    loss: ClassVar[str]  # one of LOSSES
-    readout: ClassVar[str]  # one of READOUTS
+    loss: ClassVar[str]  # one of vocabulary.LOSSES
+    readout: ClassVar[str]  # one of vocabulary.READOUTS
     tokens: ClassVar[bool]  # inputs are symbol indices (one-hot encoded by the model)
 
     input_size: int

@@ -1,0 +1,37 @@
+"""The names every module shares, and their validators: one home for each.
+
+The dtypes and backends a layer can have, the losses and readouts a task can ask for,
+and the checks of a positive integer and a dtype. A leaf module: it imports nothing of
+the project, so the kernels, the tasks and the CLI can all depend on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+DTYPES = ("float32", "float64")
+BACKENDS = ("cpu", "cuda")
+LOSSES = ("ce", "mse", "bernoulli")
+READOUTS = ("every", "last")
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as an ``int`` if it is a positive integer (not a bool), else a
+    ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def normalise_dtype(dtype: Any) -> str:
+    """``"float32"`` or ``"float64"`` from that name or a NumPy type (``np.float64``,
+    ``np.dtype("float32")``); anything else is a ``ValueError``."""
+    try:
+        name = None if isinstance(dtype, bool) else np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return name
