@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from .catalogue import get_variant, list_variants
+from .envinfo import usable_cores
 from .kernels.plan import make_plan
 from .memory import check_fits, layer_bytes
 from .spec import SpecError, Variant
@@ -183,11 +184,7 @@ def _check_sizes(opt: str, values: Sequence[Any]) -> None:
 
 def default_threads() -> int:
     """Every core this process may use, capped at Numba's pool size."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, _numba_max_threads()))
+    return max(1, min(usable_cores(), _numba_max_threads()))
 
 
 def _numba_max_threads() -> int:

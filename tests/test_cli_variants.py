@@ -51,3 +51,23 @@ def test_show_errors_are_one_line_usage_errors(tmp_path):
     bad.write_text("name = [")
     result = CliRunner().invoke(main, ["variants", "show", str(bad)])
     assert result.exit_code == 2 and "malformed TOML" in result.output
+
+
+def test_show_kernel_prints_the_generated_source(tmp_path):
+    from gruablate import get_variant
+    from gruablate.kernels.cpu import kernel_source
+    from gruablate.kernels.cuda_source import cell_source
+
+    spec = tmp_path / "mine.toml"
+    spec.write_text('name = "mine"\nfamily = "gru"\nreset = "none"\n')
+    runner = CliRunner()
+    cpu = runner.invoke(main, ["variants", "show", "mgu", "--kernel", "cpu"])
+    assert cpu.exit_code == 0 and cpu.output == kernel_source(get_variant("mgu"), "float32")
+    assert "def backward(" in cpu.output
+    cuda = runner.invoke(main, ["variants", "show", str(spec), "--kernel", "cuda",
+                                "--dtype", "float64"])
+    assert cuda.exit_code == 0
+    assert cuda.output == cell_source(get_variant(str(spec)), "float64")
+    assert "@cuda.jit" in cuda.output and "'mine'" in cuda.output
+    bad = runner.invoke(main, ["variants", "show", "gru", "--kernel", "tpu"])
+    assert bad.exit_code == 2 and "'--kernel'" in bad.output

@@ -8,6 +8,7 @@ import click
 
 from ..catalogue import get_variant, list_variants
 from ..spec import SpecError, Variant
+from ..vocabulary import BACKENDS, DTYPES
 
 
 def _load(name_or_path: str) -> Variant:
@@ -72,9 +73,21 @@ def list_cmd(as_json: bool, input_size: int, hidden: int) -> None:
 @click.option("--hidden", default=64, show_default=True, type=click.IntRange(min=1),
               help="H for the parameter count.")
 @click.option("--latex", is_flag=True, help="Print the equations as LaTeX.")
-def show_cmd(name_or_file: str, input_size: int, hidden: int, latex: bool) -> None:
-    """Equations, switches and parameter count of one variant (name or .toml file)."""
+@click.option("--kernel", type=click.Choice(BACKENDS),
+              help="Print the kernel source generated for this backend instead.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
+              help="dtype of the kernel source (with --kernel).")
+def show_cmd(name_or_file: str, input_size: int, hidden: int, latex: bool,
+             kernel: str | None, dtype: str) -> None:
+    """Equations, switches and parameter count of one variant (name or .toml file).
+
+    With --kernel, the Python source generated for it instead: the CPU module Numba
+    compiles, or the CUDA cell kernels (text only: no GPU or numba-cuda needed).
+    """
     v = _load(name_or_file)
+    if kernel is not None:
+        click.echo(_kernel_text(v, kernel, dtype), nl=False)
+        return
     click.echo(f"{v.name} — {v.description}" if v.description else v.name)
     if v.citation:
         click.echo(f"source: {v.citation}")
@@ -90,3 +103,13 @@ def show_cmd(name_or_file: str, input_size: int, hidden: int, latex: bool) -> No
     click.echo(f"  total  {v.param_count(input_size, hidden)}")
     if v.is_linear_recurrence:
         click.echo("\nthe recurrence is linear in h: computable by a scan over time")
+
+
+def _kernel_text(variant: Variant, backend: str, dtype: str) -> str:
+    if backend == "cpu":
+        from ..kernels.cpu import kernel_source
+
+        return kernel_source(variant, dtype)
+    from ..kernels.cuda_source import cell_source
+
+    return cell_source(variant, dtype)
