@@ -138,7 +138,10 @@ class BenchConfig:
                 f"--threads {threads} exceeds Numba's pool of {limit} threads; set"
                 f" NUMBA_NUM_THREADS={threads} in the environment before starting"
             )
-        self._check_memory()
+        try:
+            self._check_memory()
+        except ValueError as exc:
+            raise BenchError(str(exc)) from None
         if "torch" in self.peers:
             _import_torch()
         if "cuda" in self.backends:
@@ -146,7 +149,8 @@ class BenchConfig:
         return BenchConfig(**{**asdict(self), "threads": threads})
 
     def _check_memory(self) -> None:
-        """Refuse a grid whose largest case (or the peak product) cannot fit in memory."""
+        """A ``ValueError`` when a case of the grid (or the peak product) cannot fit in
+        memory; the peer, when timed, holds about as much again."""
         train = "train" in self.modes
         for name in self.variants:
             plan = make_plan(get_variant(name))
@@ -154,18 +158,12 @@ class BenchConfig:
                 need = layer_bytes(plan, seq_len=shape["seq_len"], batch=shape["batch"],
                                    input_size=shape["input_size"], hidden=shape["hidden"],
                                    dtype=shape["dtype"], train=train)
-                try:
-                    check_fits(need * (2 if self.peers else 1),
-                               f"{name} at hidden {shape['hidden']}, batch {shape['batch']},"
-                               f" seq-len {shape['seq_len']}", "use smaller sizes")
-                except ValueError as exc:
-                    raise BenchError(str(exc)) from None
+                check_fits(need * (2 if self.peers else 1),
+                           f"{name} at hidden {shape['hidden']}, batch {shape['batch']},"
+                           f" seq-len {shape['seq_len']}", "use smaller sizes")
         if self.peak:
             need = 3 * self.peak_size**2 * max(np.dtype(d).itemsize for d in self.dtypes)
-            try:
-                check_fits(need, f"--peak-size {self.peak_size}", "use a smaller --peak-size")
-            except ValueError as exc:
-                raise BenchError(str(exc)) from None
+            check_fits(need, f"--peak-size {self.peak_size}", "use a smaller --peak-size")
 
     def shapes(self) -> Iterator[dict[str, Any]]:
         """Every (backend, dtype, hidden, batch, seq_len, input_size) of the grid."""

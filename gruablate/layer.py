@@ -178,7 +178,7 @@ class RecurrentLayer:
         if not keep:
             self._saved = None
             return y, self._unpack_state(sT)
-        if copy and np.shares_memory(x, given):
+        if copy and np.may_share_memory(x, given):  # bounds only: cheap, never misses
             x = x.copy()  # the caller may overwrite its x before backward
         self._saved = (x, s0, y, *saved)
         return (y.copy() if copy else y), self._unpack_state(sT)

@@ -215,7 +215,7 @@ class Model:
 
     def _run(self, x: np.ndarray, state: list | None, keep: bool) -> tuple[tuple, list]:
         h = self._encode(x)
-        if keep and np.shares_memory(h, x):
+        if keep and np.may_share_memory(h, x):
             h = h.copy()  # kept for backward: the caller may overwrite its x before then
         states = state if state is not None else [None] * len(self.layers)
         last = []

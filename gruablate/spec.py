@@ -147,7 +147,6 @@ class Variant:
         for key in _TEXT_KEYS:
             if key in data and not isinstance(data[key], str):
                 raise SpecError(f"key {key!r}{where} must be a string, got {data[key]!r}")
-        _check_name(data["name"], where)
         family = data["family"]
         _check_choice("family", family, where)
         defaults = _FAMILY_DEFAULTS[family]

@@ -28,6 +28,7 @@ cells and a rerun finds what is already done.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -412,17 +413,14 @@ def _check_cells(variants: tuple[Variant, ...], built: dict[str, Any],
     cannot run where the sweep runs."""
     from .train import check_config
 
-    for task, the_task in built.items():
-        for v in variants:
-            for hidden in by_variant.get(v.name, ints["hidden"]):
-                for layers in ints["layers"]:
-                    for backend in backends:
-                        try:
-                            check_config(v, the_task, hidden=hidden, layers=layers,
-                                         backend=backend, require_device=False,
-                                         **settings[task])
-                        except ValueError as exc:
-                            raise StudyError(f"{v.name} on {task}{at}: {exc}") from None
+    for (task, the_task), v in itertools.product(built.items(), variants):
+        sizes = by_variant.get(v.name, ints["hidden"])
+        for hidden, layers, backend in itertools.product(sizes, ints["layers"], backends):
+            try:
+                check_config(v, the_task, hidden=hidden, layers=layers, backend=backend,
+                             require_device=False, **settings[task])
+            except ValueError as exc:
+                raise StudyError(f"{v.name} on {task}{at}: {exc}") from None
 
 
 def _build_task(task: str, options: dict[str, Any], at: str) -> Any:
