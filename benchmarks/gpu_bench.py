@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import gruablate  # noqa: E402
-from gruablate.kernels.cuda import require_cuda  # noqa: E402
+from gruablate.backends.cuda.device import require_cuda  # noqa: E402
 
 PEER = {"gru_reset_after": "GRU", "lstm": "LSTM", "gru": "GRU", "mingru": "GRU"}
 EXACT_ORDER = ("gru_reset_after", "lstm")
@@ -71,7 +71,7 @@ class Ours:
     def __init__(self, variant: str, T: int, B: int, H: int, I: int) -> None:
         self.cuda = require_cuda()
         self.layer = gruablate.RecurrentLayer(variant, I, H, seed=0, backend="cuda")
-        self.impl = self.layer._impl
+        self.impl = self.layer.impl
         rng = np.random.default_rng(0)
         S = len(self.layer.variant.state_names)
         self.T, self.B = T, B

@@ -38,8 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import gruablate  # noqa: E402
-from gruablate.kernels import cuda as kc  # noqa: E402
-from gruablate.kernels.cuda_source import DEFAULT_GEOMETRY  # noqa: E402
+from gruablate.backends.cuda import device as cuda_device  # noqa: E402
+from gruablate.backends.cuda import kernels as kc  # noqa: E402
+from gruablate.backends.cuda.source import DEFAULT_GEOMETRY  # noqa: E402
 
 #: Geometries timed beside DEFAULT_GEOMETRY, by the name their column gets.
 CANDIDATES = {
@@ -142,7 +143,7 @@ class _Phases:
 def _layer(variant, T, B, H, cuda, geo=None):
     T, B, H = _size(T), _size(B), _size(H)
     layer = gruablate.RecurrentLayer(variant, H, H, seed=0, backend="cuda")
-    impl = layer._impl
+    impl = layer.impl
     if geo is not None:
         impl.geo, impl.m = geo, kc.common_kernels(layer.dtype, geo)
     S = len(layer.variant.state_names)
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (for the simulator)")
     args = ap.parse_args(argv)
     SHRINK["on"] = args.smoke
-    cuda = kc.require_cuda()
+    cuda = cuda_device.require_cuda()
     dev = cuda.get_current_device()
     name = getattr(dev, "name", "the simulator")
     name = name.decode() if isinstance(name, bytes) else str(name)

@@ -4,10 +4,11 @@
 >>> layer = gruablate.RecurrentLayer("gru", input_size=8, hidden_size=16, seed=0)
 """
 
-from .catalogue import get_variant, list_variants
+from . import _moved
+from .cells.catalogue import get_variant, list_variants
+from .cells.spec import SpecError, Variant
 from .execute import run_study
 from .layer import RecurrentLayer
-from .spec import SpecError, Variant
 from .store import load_curves, load_results
 from .study import load_study
 from .tasks import list_tasks
@@ -36,6 +37,9 @@ def __getattr__(name: str):
 
         return write_report
     raise AttributeError(f"module 'gruablate' has no attribute {name!r}")
+
+
+_moved.install()  # old module paths (gruablate.spec, gruablate.kernels.cpu, ...) still import
 
 
 __version__ = "0.1.0"

@@ -47,12 +47,14 @@ from typing import Any
 
 import numpy as np
 
-from .catalogue import get_variant, list_variants
+from .backends import backend_names, get_backend
+from .cells.catalogue import get_variant, list_variants
+from .cells.plan import make_plan
+from .cells.spec import SpecError, Variant
 from .envinfo import usable_cores
-from .kernels.plan import make_plan
+from .errors import BackendUnavailableError, BenchError
 from .memory import check_fits, layer_bytes
-from .spec import SpecError, Variant
-from .vocabulary import BACKENDS, DTYPES
+from .vocabulary import DTYPES
 
 MODES = ("inference", "train", "stream")
 PEERS = ("torch",)
@@ -69,10 +71,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "stream": dict(hidden=(128,), batch=(1,), seq_len=(100,), input_size=(None,),
                    modes=("stream", "inference")),
 }
-
-
-class BenchError(ValueError):
-    """A benchmark request that cannot be run (bad option, missing dependency)."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,7 @@ class BenchConfig:
         _check_sizes("input-size", [v for v in self.input_size if v is not None])
         if not self.input_size:
             raise BenchError("--input-size: give at least one size (or 'same')")
-        for opt, values, allowed in (("backends", self.backends, BACKENDS),
+        for opt, values, allowed in (("backends", self.backends, backend_names()),
                                      ("dtypes", self.dtypes, DTYPES),
                                      ("modes", self.modes, MODES),
                                      ("peers", self.peers, PEERS)):
@@ -144,8 +142,11 @@ class BenchConfig:
             raise BenchError(str(exc)) from None
         if "torch" in self.peers:
             _import_torch()
-        if "cuda" in self.backends:
-            _require_cuda()
+        for name in self.backends:
+            try:
+                get_backend(name).require()
+            except BackendUnavailableError as exc:
+                raise BenchError(f"--backends {name}: {exc}") from None
         return BenchConfig(**{**asdict(self), "threads": threads})
 
     def _check_memory(self) -> None:
@@ -199,15 +200,6 @@ def _import_torch() -> Any:
             "--peers torch needs PyTorch: pip install torch (the 'torch' extra)"
         ) from None
     return torch
-
-
-def _require_cuda() -> Any:
-    from .kernels.cuda import CudaUnavailableError, require_cuda
-
-    try:
-        return require_cuda()
-    except CudaUnavailableError as exc:
-        raise BenchError(f"--backends cuda: {exc}") from None
 
 
 # --------------------------------------------------------------------------- threads
@@ -293,55 +285,14 @@ def _ours(variant: Variant, shape: dict[str, Any], mode: str, seed: int) -> Case
     layer = RecurrentLayer(variant, I, H, seed=seed, dtype=dtype, backend=backend)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((T, B, I)).astype(dtype)
-    S = len(variant.state_names)
-    if backend == "cuda":
-        return _ours_cuda(layer, x, mode, S, rng)
-    if mode == "inference":
-        def fn() -> None:
-            layer.forward(x, keep=False)
-    elif mode == "train":
-        dy = rng.standard_normal((T, B, H)).astype(dtype)
-
-        def fn() -> None:
-            layer.forward(x, keep=True, copy=False)
-            layer.backward(dy)
-    else:
-        def fn() -> None:
-            state = None
-            for t in range(T):
-                _, state = layer.forward(x[t : t + 1], state, keep=False)
-    return Case({}, fn)
-
-
-def _ours_cuda(layer: Any, x: np.ndarray, mode: str, S: int, rng: Any) -> Case:
-    # Device-resident inputs, as the peer's: the CUDA backend's device entry points.
-    cuda = _require_cuda()
-    T, B, _ = x.shape
-    H = layer.hidden_size
-    impl = layer._impl
-    xd = cuda.to_device(x.reshape(-1))
-    s0d = cuda.to_device(np.zeros(S * B * H, dtype=x.dtype))
-    if mode == "inference":
-        def fn() -> None:
-            impl.forward_device(xd, s0d, T, B, False)
-    elif mode == "train":
-        dyd = cuda.to_device(rng.standard_normal(T * B * H).astype(x.dtype))
-        dsd = cuda.to_device(np.zeros(S * B * H, dtype=x.dtype))
-
-        def fn() -> None:
-            saved = impl.forward_device(xd, s0d, T, B, True)
-            impl.backward_device(saved, dyd, dsd, T, B)
-    else:
-        def fn() -> None:
-            state = None
-            for t in range(T):
-                _, state = layer.forward(x[t : t + 1], state, keep=False)
-    return Case({}, fn, sync=cuda.synchronize)
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    fn, sync = get_backend(backend).timed_call(layer, x, dy, mode)
+    return Case({}, fn, sync=sync)
 
 
 def _torch_case(torch: Any, cls_name: str, shape: dict[str, Any], mode: str, seed: int) -> Case:
     T, B, H, I = shape["seq_len"], shape["batch"], shape["hidden"], shape["input_size"]
-    device = "cuda" if shape["backend"] == "cuda" else "cpu"
+    device = get_backend(shape["backend"]).torch_device
     tdtype = getattr(torch, shape["dtype"])
     torch.manual_seed(seed)
     module = getattr(torch.nn, cls_name)(I, H).to(device=device, dtype=tdtype)
@@ -382,7 +333,7 @@ def measure_peak(dtype: str, size: int, threads: int, repeats: int = 5,
     gruablate's is the product its CPU kernels run; the machine's peak is taken as the
     best of the three (the hardest yardstick for the kernels).
     """
-    from .kernels import cpu_runtime
+    from .backends.cpu import runtime as cpu_runtime
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size)).astype(dtype)
@@ -450,7 +401,8 @@ def run_bench(config: BenchConfig, progress: ProgressFn | None = None,
                     case = _ours(variant, shape, mode, config.seed)
                     case.fields = dict(variant=variant.name, impl="gruablate", mode=mode)
                     cases.append(case)
-            if "torch" in config.peers:
+            # A peer runs on the device of our backend; a backend with none has no peer.
+            if "torch" in config.peers and get_backend(shape["backend"]).torch_device:
                 for name, cls_name in TORCH_PEERS.items():
                     for mode in config.modes:
                         case = _torch_case(torch, cls_name, shape, mode, config.seed)

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cells.identity import spec_digest
 from .envinfo import available_memory, capture_environment, load_average, usable_cores
-from .identity import spec_digest
 from .store import (
     DamagedRecord,
     DamagedRecordWarning,
@@ -461,15 +461,16 @@ def run_study(
 
 
 def cold_kernels(cells: list[Cell]) -> list[str]:
-    """``variant (dtype)`` for every CPU kernel these cells need that is not compiled
-    yet: the sweep says so, or its first cells look stuck for tens of seconds."""
-    from .kernels.cpu import kernels_compiled
+    """``variant (dtype)`` for every kernel these cells need that is not compiled yet
+    (as its backend knows): the sweep says so, or its first cells look stuck for tens of
+    seconds."""
+    from .backends import get_backend
 
     out = []
     for cell in cells:
         c = cell.config
         label = f"{cell.variant.name} ({c['dtype']})"
-        if c["backend"] == "cpu" and label not in out and not kernels_compiled(
+        if label not in out and not get_backend(c["backend"]).is_compiled(
                 cell.variant, c["dtype"]):
             out.append(label)
     return out

@@ -50,9 +50,7 @@ def initialise(layer: RecurrentLayer, scheme: str = "torch", *, seed: int = 0,
                 p[...] = orthogonal(p.shape[0], rng)
     elif scheme == "chrono":
         _chrono(layer, int(tmax), rng)  # type: ignore[arg-type]  (checked above)
-    if layer.backend != "cpu":
-        # Device copies are uploaded from the host buffer only when told (no public hook).
-        layer.params_changed()
+    layer.params_changed()  # a device backend re-uploads; the CPU's reads in place
 
 
 def orthogonal(n: int, rng: np.random.Generator) -> np.ndarray:

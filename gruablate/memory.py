@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .cells.plan import KernelPlan
 from .envinfo import available_memory
-from .kernels.plan import KernelPlan
 
 #: Refuse a run whose estimate exceeds this share of the available memory: the rest of
 #: the process (Python, Numba, the task's data) needs room too.
@@ -30,7 +30,7 @@ def layer_bytes(plan: KernelPlan, *, seq_len: int, batch: int, input_size: int, 
     ``W x`` (and, backward, their gradients, ``dx`` and ``dy``).
     """
     T, B, I, H = seq_len, batch, input_size, hidden
-    params = plan.nx * H * I + plan.nh * H * H + plan.nb * H
+    params = plan.param_count(I, H)
     per_step = B * (I + H + plan.nx * H)  # input, output, hoisted input products
     if train:
         per_step += B * H * (plan.na + plan.nx + 2 + int(plan.uses_aux))

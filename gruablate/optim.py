@@ -53,8 +53,9 @@ class Adam:
         ``"none"``, or ``"cosine"`` / ``"linear"`` decay to zero at ``total_steps``.
     """
 
-    #: False: the parameters updated are the host's, which a CUDA model must re-upload
-    #: (``Model.params_changed``). ``gruablate.cuda_optim.DeviceAdam`` updates the device's.
+    #: False: the parameters updated are the host's, which a device backend must
+    #: re-upload (``Model.params_changed``); ``gruablate.backends.cuda.optim.DeviceAdam``
+    #: updates the device's.
     on_device = False
 
     def __init__(

@@ -24,7 +24,7 @@ one trained model of a sweep) or ``"bench"`` (one timing of ``gruablate run benc
 Scalars become columns; dict and list values become JSON text columns, except the
 learning ``curve`` (see :func:`load_curves`), ``versions`` (see ``env.json``) and a
 failed cell's ``traceback`` (in its file). ``spec_hash`` is the digest of the cell's
-spec (:func:`gruablate.identity.spec_digest`): two cells under one variant name are one
+spec (:func:`gruablate.cells.identity.spec_digest`): two cells under one variant name are one
 variant only when their ``spec_hash`` agrees.
 
 A record that cannot be read (a disk that lost its end, a hand edit) never blocks the
@@ -54,7 +54,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .identity import spec_digest
+from .cells.identity import spec_digest
+from .errors import NotARunDir
 
 if TYPE_CHECKING:  # pandas loads on first use: workers and `import gruablate` skip it
     import pandas as pd
@@ -80,10 +81,6 @@ _LEADING = ("run", "id", "kind")
 _DROPPED = ("curve", "versions", "traceback")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}$")
 _TMP_PREFIX = ".tmp-"
-
-
-class NotARunDir(ValueError):
-    """A path that is not a gruablate run directory."""
 
 
 class DamagedRecordWarning(UserWarning):

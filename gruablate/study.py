@@ -42,10 +42,12 @@ try:  # Python 3.11+
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from .catalogue import get_variant, list_variants
-from .identity import spec_content, spec_digest
-from .spec import SpecError, Variant
-from .vocabulary import BACKENDS, DTYPES
+from .backends import backend_names
+from .cells.catalogue import get_variant, list_variants
+from .cells.identity import spec_content, spec_digest
+from .cells.spec import SpecError, Variant
+from .errors import StudyError
+from .vocabulary import DTYPES
 
 # Settings every cell of a task shares; a task's table may override them.
 SETTINGS = ("steps", "batch", "lr", "dtype", "init", "clip", "warmup", "decay")
@@ -80,10 +82,6 @@ DEFAULT_STUDY: dict[str, Any] = {
     "warmup": 0,
     "decay": "none",
 }
-
-
-class StudyError(ValueError):
-    """A study that cannot be built: bad key, value, range, variant or task."""
 
 
 # --------------------------------------------------------------------- parsing
@@ -233,9 +231,9 @@ class Study:
                 raise StudyError(f"{axis}{at}: values must be at least {lo}, got {bad[0]}")
         backends = tuple(parse_names(full["backends"], f"backends{at}"))
         for b in backends:
-            if b not in BACKENDS:
+            if b not in backend_names():
                 raise StudyError(
-                    f"unknown backend {b!r}{at}; choose from {', '.join(BACKENDS)}"
+                    f"unknown backend {b!r}{at}; choose from {', '.join(backend_names())}"
                 )
         base = {k: full[k] for k in SETTINGS}
         tasks: dict[str, dict[str, Any]] = {}

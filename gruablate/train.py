@@ -29,17 +29,19 @@ import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401
 from threadpoolctl import threadpool_limits
 
-from .catalogue import get_variant
+from .backends import get_backend
+from .cells.catalogue import get_variant
+from .cells.plan import make_plan
+from .cells.spec import Variant
 from .envinfo import package_versions
+from .errors import NonFiniteError
 from .init import SCHEMES
-from .kernels.plan import make_plan
 from .memory import check_fits, layer_bytes
-from .model import Model, NonFiniteError
+from .model import Model
 from .optim import DECAYS, Adam
-from .spec import Variant
 from .store import atomic_write_json
 from .tasks import Batch, Task, make_task
-from .vocabulary import BACKENDS, normalise_dtype, positive_int
+from .vocabulary import normalise_dtype, positive_int
 
 TIMING_KEYS = ("train_seconds", "steps_per_second")
 
@@ -137,8 +139,7 @@ def check_config(
     if init not in SCHEMES:
         raise ValueError(f"unknown init scheme {init!r}; choose one of {', '.join(SCHEMES)}")
     dtype = normalise_dtype(dtype)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    the_backend = get_backend(backend)  # a ValueError naming the registered ones
     eval_every = max(1, steps // 10) if eval_every is None else positive_int(
         "eval_every", eval_every)
     if blas_threads is not None:
@@ -157,13 +158,11 @@ def check_config(
                             input_size=the_task.input_size if k == 0 else hidden)
     check_fits(need, f"training {spec.name} at hidden {hidden}, {layers} layer(s), batch"
                f" {B} over {T} steps", "use a smaller hidden size, batch, depth or sequence")
-    if backend == "cuda" and require_device:
-        from .kernels.cuda import require_cuda
-
-        require_cuda()  # CudaUnavailableError, a ValueError, names what is missing
+    if require_device:
+        the_backend.require()  # a BackendUnavailableError (ValueError) naming what is missing
     return TrainConfig(
         spec=spec, task=the_task, hidden=hidden, layers=layers, steps=steps, batch=batch,
-        seed=int(seed), lr=float(lr), backend=backend, dtype=dtype, init=init,
+        seed=int(seed), lr=float(lr), backend=the_backend.name, dtype=dtype, init=init,
         eval_every=eval_every, clip=None if not clip else float(clip), warmup=int(warmup),
         decay=decay, blas_threads=blas_threads)
 
@@ -210,14 +209,9 @@ def train(
         readout=the_task.readout, loss=the_task.loss, seed=seed, dtype=c.dtype,
         backend=c.backend, init=c.init, tmax=the_task.time_scale,
     )
-    if c.backend == "cuda":  # parameters, gradients and Adam's moments stay on the device
-        from .cuda_optim import DeviceAdam
-
-        opt: Adam = DeviceAdam(model, c.lr, clip=c.clip, warmup=c.warmup, decay=c.decay,
-                               total_steps=steps)
-    else:
-        opt = Adam(model.buffers, c.lr, clip=c.clip, warmup=c.warmup, decay=c.decay,
-                   total_steps=steps)
+    # The backend's optimiser: the host Adam, or one whose moments stay on the device.
+    opt: Adam = get_backend(c.backend).optimiser(model, c.lr, clip=c.clip, warmup=c.warmup,
+                                                 decay=c.decay, total_steps=steps)
     # The data stream gets its own seed stream, apart from the parameters'.
     batches = the_task.train_batches(np.random.default_rng([seed, 1]), c.batch)
     eval_every, blas_threads = c.eval_every, c.blas_threads

@@ -1,7 +1,8 @@
 """The names every module shares, and their validators: one home for each.
 
-The dtypes and backends a layer can have, the losses and readouts a task can ask for,
-and the checks of a positive integer and a dtype. A leaf module: it imports nothing of
+The dtypes a layer can have, the losses and readouts a task can ask for, and the
+checks of a positive integer and a dtype. (The backends are a registry of their own:
+:mod:`gruablate.backends`.) A leaf module: it imports nothing of
 the project, so the kernels, the tasks and the CLI can all depend on it.
 """
 
@@ -12,7 +13,6 @@ from typing import Any
 import numpy as np
 
 DTYPES = ("float32", "float64")
-BACKENDS = ("cpu", "cuda")
 LOSSES = ("ce", "mse", "bernoulli")
 READOUTS = ("every", "last")
 

@@ -55,8 +55,8 @@ def test_show_errors_are_one_line_usage_errors(tmp_path):
 
 def test_show_kernel_prints_the_generated_source(tmp_path):
     from gruablate import get_variant
-    from gruablate.kernels.cpu import kernel_source
-    from gruablate.kernels.cuda_source import cell_source
+    from gruablate.backends.cpu.kernels import kernel_source
+    from gruablate.backends.cuda.source import cell_source
 
     spec = tmp_path / "mine.toml"
     spec.write_text('name = "mine"\nfamily = "gru"\nreset = "none"\n')

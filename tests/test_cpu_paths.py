@@ -24,7 +24,9 @@ from conftest import BUILTINS, as_tuple, random_state
 from numba import cfunc
 
 from gruablate import RecurrentLayer
-from gruablate.kernels import cpu, cpu_runtime, reference
+from gruablate.backends.cpu import kernels as cpu
+from gruablate.backends.cpu import runtime as cpu_runtime
+from gruablate.cells import reference
 
 # Minutes of compiling (every variant's float32 and threaded paths, compiled): left out of
 # the quick subset.

@@ -156,8 +156,8 @@ def real_cuda():
 
 
 def test_tiles_shrink_to_small_batches():
-    from gruablate.kernels.cuda_source import DEFAULT_GEOMETRY as geo
-    from gruablate.kernels.cuda_source import Geometry
+    from gruablate.backends.cuda.source import DEFAULT_GEOMETRY as geo
+    from gruablate.backends.cuda.source import Geometry
 
     narrow, wide = Geometry(bm=8, jc=1), Geometry(bm=4, jc=2)
     batches = (1, 2, 3, 4, 5, 8, 64)
@@ -182,17 +182,17 @@ def test_tiles_shrink_to_small_batches():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_common_kernels_compile_to_ptx(real_cuda, dtype):
-    from gruablate.kernels.cuda import compile_ptx
-    from gruablate.kernels.cuda_source import COMMON_KERNELS
+    from gruablate.backends.cuda.kernels import compile_ptx
+    from gruablate.backends.cuda.source import COMMON_KERNELS
 
     _assert_sm90(compile_ptx(None, dtype, cc=(9, 0)), COMMON_KERNELS)
 
 
 @pytest.mark.parametrize("name", BUILTINS)
 def test_variant_kernels_compile_to_ptx(real_cuda, name):
-    from gruablate.kernels.cuda import compile_ptx
-    from gruablate.kernels.cuda_source import CELL_KERNELS
-    from gruablate.kernels.cuda_source import DEFAULT_GEOMETRY as geo
+    from gruablate.backends.cuda.kernels import compile_ptx
+    from gruablate.backends.cuda.source import CELL_KERNELS
+    from gruablate.backends.cuda.source import DEFAULT_GEOMETRY as geo
 
     variant = gruablate.get_variant(name)
     recurrent = bool(variant.h_blocks)
@@ -248,7 +248,7 @@ def test_simulator_matches_cpu_with_gpu_geometry():
 
 # ------------------------------------------------------------ 3. no GPU / no package
 def test_clear_error_without_gpu(real_cuda):
-    from gruablate.kernels.cuda import CudaUnavailableError
+    from gruablate.errors import CudaUnavailableError
 
     if real_cuda.is_available():
         pytest.skip("a GPU is present")
@@ -267,7 +267,8 @@ import sys
 sys.modules["numba.cuda"] = None  # as if numba-cuda were not installed
 import numpy as np
 import gruablate
-from gruablate.kernels.cuda import CudaUnavailableError, cuda_available
+from gruablate.backends.cuda.device import cuda_available
+from gruablate.errors import CudaUnavailableError
 assert not cuda_available()
 layer = gruablate.RecurrentLayer("lstm", 3, 4)
 y, _ = layer.forward(np.zeros((2, 1, 3), dtype="float32"))
@@ -322,7 +323,8 @@ def test_gpu_matmul_matches_numpy(dtype, big, splits):
     tile multiples, in the three flavours the layer uses (A B^T, A^T B, A B by strides)."""
     from numba import cuda
 
-    from gruablate.kernels.cuda import common_kernels, geometry, launch_matmul
+    from gruablate.backends.cuda.device import geometry
+    from gruablate.backends.cuda.kernels import common_kernels, launch_matmul
 
     geo = geometry()
     m = common_kernels(dtype, geo)
@@ -361,7 +363,7 @@ def test_gpu_buffers_and_parameter_uploads():
         np.testing.assert_allclose(layer.forward(x)[0], cpu.forward(x)[0], atol=1e-12)
     for target in (layer, cpu):
         target.params["U_c"][:] = 0.05
-    layer._impl.params_changed()
+    layer.params_changed()
     same()
     layer.reset_parameters(seed=4)
     cpu.reset_parameters(seed=4)
@@ -389,10 +391,10 @@ def _main(argv: list[str]) -> int:
     if gpu_geometry:
         # The simulator normally gets small tiles (see cuda.geometry); here the
         # GPU's, at sizes that still span several of them.
-        from gruablate.kernels import cuda as kc
-        from gruablate.kernels.cuda_source import DEFAULT_GEOMETRY
+        from gruablate.backends.cuda import layer as cuda_layer
+        from gruablate.backends.cuda.source import DEFAULT_GEOMETRY
 
-        kc.geometry = lambda: DEFAULT_GEOMETRY
+        cuda_layer.geometry = lambda: DEFAULT_GEOMETRY
         for name in argv[1:]:
             bad += compare_with_cpu(name, "float64", T=2, B=9, I=3, H=70)
             ran.append(f"{name} float64")

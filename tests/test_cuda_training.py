@@ -1,4 +1,4 @@
-"""Device-resident CUDA training (``gruablate.cuda_model``, ``gruablate.cuda_optim``).
+"""Device-resident CUDA training (``backends/cuda/model.py`` and ``optim.py``).
 
 Checked without a GPU, like ``tests/test_cuda.py``:
 
@@ -15,7 +15,7 @@ Checked without a GPU, like ``tests/test_cuda.py``:
 3. **No per-step host traffic.** In that run every host transfer is recorded: a step
    may upload only its inputs and targets and download only the loss and the gradient
    norm (one scalar each); the layers' host-parameter upload must not run, and the
-   host parameters stay as they were until ``to_host()``.
+   host parameters stay as they were until ``sync_to_host()``.
 4. **Unavailability.** ``backend="cuda"`` without a GPU still raises the one-line
    ``CudaUnavailableError``.
 5. **On a GPU** (skipped elsewhere; ``benchmarks/gpu.sh`` runs them): the training
@@ -80,7 +80,7 @@ def real_cuda():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_training_kernels_compile_to_ptx(real_cuda, dtype):
-    from gruablate.kernels.cuda_train import TRAIN_KERNELS, compile_train_ptx
+    from gruablate.backends.cuda.train_kernels import TRAIN_KERNELS, compile_train_ptx
 
     ptx = compile_train_ptx(dtype, cc=(9, 0))
     assert sorted(ptx) == sorted(TRAIN_KERNELS)
@@ -120,7 +120,7 @@ def test_simulated_steps_stay_on_the_device():
 
 # ------------------------------------------------------------ 4. no GPU: clear error
 def test_clear_error_without_gpu(real_cuda):
-    from gruablate.kernels.cuda import CudaUnavailableError
+    from gruablate.errors import CudaUnavailableError
 
     if real_cuda.is_available():
         pytest.skip("a GPU is present")
@@ -136,11 +136,11 @@ def test_clear_error_without_gpu(real_cuda):
 
 def test_device_adam_refuses_a_cpu_model():
     pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
-    from gruablate.cuda_optim import DeviceAdam
+    from gruablate.backends.cuda.optim import DeviceAdam
 
     model = Model("gru", input_size=2, hidden=4, output_size=1)
     with pytest.raises(ValueError, match="backend='cuda'"):
-        DeviceAdam(model, 1e-3)
+        DeviceAdam(model.runner, 1e-3)
 
 
 # --------------------------------------------------------------------- 5. real GPU
@@ -209,7 +209,7 @@ class _Transfers:
     subprocess, pytest's ``monkeypatch.setattr`` in-process, so they are undone)."""
 
     def __init__(self, patch: Callable[[Any, str, Any], None] = setattr) -> None:
-        from gruablate.kernels.cuda import simulator_enabled
+        from gruablate.backends.cuda.device import simulator_enabled
 
         if simulator_enabled():
             from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray as cls
@@ -241,20 +241,20 @@ class _Transfers:
 def _steps_on_device(
     patch: Callable[[Any, str, Any], None] = setattr,
 ) -> tuple[list[str], list[str]]:
-    from gruablate.cuda_optim import DeviceAdam
-    from gruablate.kernels import cuda as kc
+    from gruablate.backends.cuda.layer import CudaLayer
+    from gruablate.backends.cuda.optim import DeviceAdam
     from gruablate.model import Model
     from gruablate.optim import Adam
 
     transfers = _Transfers(patch)
     uploads_of_params = []
-    original_params_changed = kc.CudaImpl.params_changed
+    original_params_changed = CudaLayer.params_changed
 
     def params_changed(self):
-        uploads_of_params.append(self.layer)
+        uploads_of_params.append(self)
         original_params_changed(self)
 
-    patch(kc.CudaImpl, "params_changed", params_changed)
+    patch(CudaLayer, "params_changed", params_changed)
     T, B, I, H, O = 3, 3, 3, 4, 2
     ran, bad = [], []
     for variant, layers, readout, loss, tokens in STEP_CASES:
@@ -266,7 +266,7 @@ def _steps_on_device(
 
         cpu, dev = make("cpu"), make("cuda")
         opts = dict(clip=0.5, warmup=1, decay="linear", total_steps=3)
-        opt_cpu, opt_dev = Adam(cpu.buffers, 0.05, **opts), DeviceAdam(dev, 0.05, **opts)
+        opt_cpu, opt_dev = Adam(cpu.buffers, 0.05, **opts), DeviceAdam(dev.runner, 0.05, **opts)
         start = [p.copy() for p, _ in dev.buffers]
         rng = np.random.default_rng(3)
         s_cpu = s_dev = None
@@ -306,7 +306,7 @@ def _steps_on_device(
         if uploads_of_params:
             bad.append(f"{variant}: the host parameters were uploaded during training")
         if any(not np.array_equal(p, q) for (p, _), q in zip(dev.buffers, start, strict=True)):
-            bad.append(f"{variant}: the host parameters changed before to_host()")
+            bad.append(f"{variant}: the host parameters changed before sync_to_host()")
         dev.sync_to_host()
         for k, ((p, _), (q, _)) in enumerate(zip(dev.buffers, cpu.buffers, strict=True)):
             err = float(np.max(np.abs(p - q)))

@@ -38,7 +38,7 @@ def test_wheel_install_has_the_catalogue(tmp_path):
         cwd=tmp_path,
     )
     probe = (
-        "import json, gruablate; from gruablate.catalogue import catalogue_dir;"
+        "import json, gruablate; from gruablate.cells.catalogue import catalogue_dir;"
         "print(json.dumps([gruablate.__file__, str(catalogue_dir()), gruablate.list_variants(),"
         " gruablate.get_variant('mgu').equations()]))"
     )

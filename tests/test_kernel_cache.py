@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 # differently; which copy a call reached depended on what the process had compiled.
 PROBE = """
 import hashlib, json, numpy as np, gruablate
-from gruablate.kernels import cpu
+from gruablate.backends.cpu import kernels as cpu
 out = {}
 for name in ("lstm", "gru_reset_after"):
     layer = gruablate.RecurrentLayer(name, 3, 24, seed=1)
@@ -58,7 +58,7 @@ def test_second_process_loads_compiled_code_from_disk_and_agrees_bit_for_bit(tmp
 
 NAMES_PROBE = """
 from numba.core.cpu_options import FastMathOptions
-from gruablate.kernels.cpu_runtime import FASTMATH
+from gruablate.backends.cpu.runtime import FASTMATH
 # what Numba writes into every compiled function's name, also for a copy of the flags
 print(FastMathOptions(FASTMATH).encode(), FastMathOptions(FastMathOptions(FASTMATH)).encode(),
       sep="|")

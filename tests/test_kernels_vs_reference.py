@@ -9,7 +9,7 @@ import pytest
 from conftest import BUILTINS, as_tuple, random_state
 
 from gruablate import RecurrentLayer, Variant
-from gruablate.kernels import reference
+from gruablate.cells import reference
 
 SIZES = [(1, 1, 1, 1), (5, 3, 4, 6), (7, 2, 9, 13), (2, 5, 3, 1), (11, 1, 1, 17)]
 

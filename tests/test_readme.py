@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from gruablate.catalogue import markdown_table
+from gruablate.cells.catalogue import markdown_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -9,7 +9,7 @@ import pytest
 
 import gruablate
 from gruablate import SpecError, Variant
-from gruablate.kernels import reference as ref
+from gruablate.cells import reference as ref
 
 BUILTINS = gruablate.list_variants()
 # (T, B, I, H), including the degenerate T = 1, B = 1, H = 1.

@@ -24,15 +24,15 @@ from click.testing import CliRunner
 
 import gruablate
 from gruablate import execute
+from gruablate.cells.identity import spec_digest
+from gruablate.cells.spec import SpecError
 from gruablate.cli import main
 from gruablate.execute import cell_states, local_jobs, run_study
-from gruablate.identity import spec_digest
 from gruablate.report import html as report_html
 from gruablate.report import load as load_report
 from gruablate.report import write_report
 from gruablate.report.data import accuracy_table
 from gruablate.report.tables import variants_shown
-from gruablate.spec import SpecError
 from gruablate.store import (
     OPEN_LOCK,
     DamagedRecordWarning,
@@ -362,7 +362,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes_to_the_same_bits(tm
 
 # ------------------------------------------------------- a cold compile is announced
 def test_is_compiled_reads_the_kernel_cache(tmp_path, monkeypatch):
-    from gruablate.kernels import source
+    from gruablate.backends import source
 
     monkeypatch.setenv("GRUABLATE_CACHE_DIR", str(tmp_path))
     text = "VALUE = 1  # a module nobody has loaded\n"
@@ -378,7 +378,7 @@ def test_is_compiled_reads_the_kernel_cache(tmp_path, monkeypatch):
 
 
 def test_a_sweep_says_when_it_compiles_kernels(tmp_path, monkeypatch):
-    import gruablate.kernels.cpu as cpu
+    import gruablate.backends.cpu.kernels as cpu
 
     args = ["run", "sweep", *TINY_ARGS, "--seeds", "0", "--out", str(tmp_path / "r"),
             "--jobs", "1", "--no-report"]

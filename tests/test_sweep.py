@@ -93,7 +93,7 @@ def test_small_sweep_end_to_end_then_resume(tmp_path):
 
 
 def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
-    from gruablate.kernels.cuda import cuda_available
+    from gruablate.backends.cuda.device import cuda_available
 
     if cuda_available():
         pytest.skip("needs a machine without a GPU: its cuda cells are the failing ones")

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from gruablate import RecurrentLayer
+from gruablate.cells.spec import SpecError, Variant
 from gruablate.cli import main
 from gruablate.model import Model
 from gruablate.optim import Adam
-from gruablate.spec import SpecError, Variant
 from gruablate.study import Study, StudyError
 from gruablate.train import EXPLODED_FACTOR, MAX_LAYERS, check_config, train
 
@@ -54,12 +54,13 @@ def test_numpy_dtypes_are_accepted_where_names_are():
 
 
 def test_cuda_without_a_gpu_is_refused_by_train_but_not_by_a_study(monkeypatch):
-    from gruablate.kernels import cuda
+    from gruablate.backends.cuda import device
+    from gruablate.errors import CudaUnavailableError
 
     def no_gpu():
-        raise cuda.CudaUnavailableError("backend='cuda' needs an NVIDIA GPU (test)")
+        raise CudaUnavailableError("backend='cuda' needs an NVIDIA GPU (test)")
 
-    monkeypatch.setattr(cuda, "require_cuda", no_gpu)
+    monkeypatch.setattr(device, "require_cuda", no_gpu)
     with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
         check_config("gru", "adding", backend="cuda", **SMALL)
     check_config("gru", "adding", backend="cuda", require_device=False, **SMALL)
@@ -141,7 +142,7 @@ def test_a_record_that_cannot_be_written_is_printed_not_lost(tmp_path, monkeypat
 
 
 def test_run_train_says_when_it_compiles_and_when_it_learned_nothing(tmp_path, monkeypatch):
-    import gruablate.kernels.cpu as cpu
+    import gruablate.backends.cpu.kernels as cpu
 
     monkeypatch.setattr(cpu, "kernels_compiled", lambda variant, dtype: False)
     result = CliRunner().invoke(main, ["run", "train", "--steps", "2", "--hidden", "4",

@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
+from ..cells.spec import SpecError
 from ..execute import EXECUTORS, SweepEvent, cell_states, run_study
-from ..spec import SpecError
 from ..store import EXPORT_FORMATS, NotARunDir, export_results
 from ..study import StudyError, load_study, parse_option_value
 

@@ -11,10 +11,11 @@ from typing import Any
 
 import click
 
+from ..backends import BACKENDS
 from ..init import SCHEMES
 from ..optim import DECAYS
 from ..tasks import TASKS, all_options
-from ..vocabulary import BACKENDS, DTYPES
+from ..vocabulary import DTYPES
 
 #: Longest file name most file systems take, in bytes.
 NAME_MAX = 255
@@ -87,7 +88,7 @@ def train(variant: str, task: str, out: str | None, blas_threads: int, progress:
     output path are checked before training; Ctrl-C stops the run and still writes
     its record (status "interrupted", exit status 130).
     """
-    from ..kernels.cpu import kernels_compiled
+    from ..backends import get_backend
     from ..train import check_config, run_id, write_record
     from ..train import train as train_api
 
@@ -98,7 +99,7 @@ def train(variant: str, task: str, out: str | None, blas_threads: int, progress:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     folder, file = _output(out)
-    if config.backend == "cpu" and not kernels_compiled(config.spec, config.dtype):
+    if not get_backend(config.backend).is_compiled(config.spec, config.dtype):
         click.echo(f"compiling kernels for {config.spec.name} ({config.dtype}) on first use"
                    " (10–30 s, once: Numba's cache keeps them)", err=True)
     interrupted = False

@@ -6,9 +6,10 @@ import json
 
 import click
 
-from ..catalogue import get_variant, list_variants
-from ..spec import SpecError, Variant
-from ..vocabulary import BACKENDS, DTYPES
+from ..backends import BACKENDS, get_backend
+from ..cells.catalogue import get_variant, list_variants
+from ..cells.spec import SpecError, Variant
+from ..vocabulary import DTYPES
 
 
 def _load(name_or_path: str) -> Variant:
@@ -86,7 +87,7 @@ def show_cmd(name_or_file: str, input_size: int, hidden: int, latex: bool,
     """
     v = _load(name_or_file)
     if kernel is not None:
-        click.echo(_kernel_text(v, kernel, dtype), nl=False)
+        click.echo(get_backend(kernel).kernel_source(v, dtype), nl=False)
         return
     click.echo(f"{v.name} — {v.description}" if v.description else v.name)
     if v.citation:
@@ -104,12 +105,3 @@ def show_cmd(name_or_file: str, input_size: int, hidden: int, latex: bool,
     if v.is_linear_recurrence:
         click.echo("\nthe recurrence is linear in h: computable by a scan over time")
 
-
-def _kernel_text(variant: Variant, backend: str, dtype: str) -> str:
-    if backend == "cpu":
-        from ..kernels.cpu import kernel_source
-
-        return kernel_source(variant, dtype)
-    from ..kernels.cuda_source import cell_source
-
-    return cell_source(variant, dtype)

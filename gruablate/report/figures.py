@@ -796,7 +796,7 @@ def params(data: ReportData, pal: dict) -> Drawing | None:
               .groupby(["task", "variant", "hidden"], as_index=False)["params"].first())
         what = "trainable parameters of the whole model (records)"
     elif len(data.bench):
-        from ..catalogue import get_variant
+        from ..cells.catalogue import get_variant
 
         rows = []
         keys = data.bench[["variant", "hidden", "input_size"]].dropna().drop_duplicates()

@@ -10,8 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..catalogue import get_variant
-from ..spec import SpecError, Variant
+from ..cells.catalogue import get_variant
+from ..cells.spec import SpecError, Variant
 from ..study import SETTINGS
 from .data import (
     INTERVAL_NOTES,

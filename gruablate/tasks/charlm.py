@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model import log_softmax
+from ..losses import log_softmax
 from .base import MAX_SEQ_LEN, Batch, Option, Predict, Task, check_int, check_split
 
 DEFAULT_CORPUS = "lady_susan.txt"

@@ -24,7 +24,7 @@ from functools import cache
 
 import numpy as np
 
-from ..model import bernoulli_nll
+from ..losses import bernoulli_nll
 from .base import MAX_SEQ_LEN, Batch, Option, Predict, Task, check_int, check_split
 
 LOWEST, KEYS = 21, 88  # the piano's range, MIDI 21 (A0) to 108 (C8)

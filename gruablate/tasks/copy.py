@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..model import log_softmax
+from ..losses import log_softmax
 from .base import MAX_SEQ_LEN, Batch, Option, Predict, Task, check_int, check_split, chunks
 
 _SPLIT_SEEDS = {"val": 2_000_001, "test": 2_000_002}

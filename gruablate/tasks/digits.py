@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..model import log_softmax
+from ..losses import log_softmax
 from .base import Batch, Option, Predict, Task, check_split
 
 MODES = ("row", "pixel")

@@ -71,7 +71,7 @@ class _FastMathFlags(set):
     differs between processes (``PYTHONHASHSEED``), and a copy of a set need not
     iterate like the original. Sorted, a kernel has the same name in every process that
     compiles it (the crash once seen beside such mixed names had another cause: see
-    :func:`gruablate.kernels.cpu.kernels`).
+    :func:`gruablate.backends.cpu.kernels.kernels`).
     """
 
     def __repr__(self) -> str:
@@ -187,7 +187,7 @@ def provide(name: str, make: Callable[[], object]) -> None:
 
     A ``cfunc`` loaded from Numba's cache links its object code at once and runs no
     ``reload_init`` hook: the symbols it calls must be registered before it (the kernel
-    modules list theirs in order, see :func:`gruablate.kernels.cpu.kernels`).
+    modules list theirs in order, see :func:`gruablate.backends.cpu.kernels.kernels`).
     """
     _PROVIDERS.setdefault(name, make)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..errors import SpecError
+
 try:  # Python 3.11+
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
@@ -78,10 +80,6 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: The largest forget-gate bias accepted: far beyond any use (sigmoid(30) is 1 in
 #: float64), and small enough to stay finite in float32.
 MAX_FORGET_BIAS = 1e4
-
-
-class SpecError(ValueError):
-    """A variant spec that is malformed or contradicts itself."""
 
 
 @dataclass(frozen=True)

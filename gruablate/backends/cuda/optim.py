@@ -2,7 +2,7 @@
 
 :class:`DeviceAdam` is :class:`gruablate.optim.Adam` (same options, validation, schedule
 and formulas) with its moments in device arrays and its update a kernel
-(``adam`` in :mod:`gruablate.kernels.cuda_train_source`). The global gradient norm is
+(``adam`` in :mod:`gruablate.backends.cuda.train_source`). The global gradient norm is
 reduced on the device in float64 and is the only number a step brings back to the
 host: the host needs it anyway to stop a diverged run, and it derives the clipping
 scale and the bias corrections from it as the host optimiser does.
@@ -13,32 +13,34 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from .kernels.cuda import blocks
-from .optim import Adam
+from ...optim import Adam
+from .kernels import blocks
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .model import Model
+    from .model import DeviceModel
 
 
 class DeviceAdam(Adam):
     """Adam over the device buffers of a ``backend="cuda"`` :class:`~gruablate.model.Model`.
 
-    Takes the model instead of host buffers, and the keyword options of :class:`Adam`.
+    Takes the model's runner (``model.runner``, a :class:`DeviceModel`) instead of host
+    buffers, and the keyword options of :class:`Adam`.
     :meth:`step` updates the device parameters in place and refreshes what the layers
     derive from them; the host's ``Model.buffers`` are not touched (see
-    ``DeviceModel.to_host``).
+    ``DeviceModel.sync_to_host``).
     """
 
     #: The parameters are updated on the device: the caller must not re-upload the
     #: host's (stale) copies after a step.
     on_device = True
 
-    def __init__(self, model: Model, lr: float = 1e-3, **options) -> None:
-        if model._device is None:
-            raise ValueError("DeviceAdam needs a model built with backend='cuda'")
+    def __init__(self, runner: DeviceModel, lr: float = 1e-3, **options) -> None:
+        if not hasattr(runner, "device_buffers"):
+            raise ValueError("DeviceAdam needs the runner of a model built with"
+                             " backend='cuda' (model.runner)")
         # The host optimiser validates the options; its host moments are not used.
-        super().__init__(model.buffers, lr, **options)
-        self.dev = model._device
+        super().__init__(runner.model.buffers, lr, **options)
+        self.dev = runner
         cuda = self.dev.cuda
         self.buffers_device = self.dev.device_buffers
         self.state = []
@@ -52,8 +54,8 @@ class DeviceAdam(Adam):
 
     def grad_norm(self) -> float:
         """Global L2 norm of the device gradients (one scalar copied back)."""
-        out = self.dev._get("norm", 1, "float64")
-        self.dev._sum([("sumsq", g.size, g) for _, g in self.buffers_device], out, 0)
+        out = self.dev.buffers.get("norm", 1, "float64")
+        self.dev.reduce_sum([("sumsq", g.size, g) for _, g in self.buffers_device], out, 0)
         return math.sqrt(float(out.copy_to_host()[0]))
 
     def _update(self, lr: float, scale: float, bc1: float, bc2: float) -> None:

@@ -1,33 +1,34 @@
-"""The device side of a CUDA :class:`~gruablate.model.Model`: a training step on the GPU.
+"""The CUDA backend's model runner: a :class:`~gruablate.model.Model`'s training step on the GPU.
 
 :class:`DeviceModel` keeps what a training run needs in device arrays: the layers'
-packed parameters and gradients (their :class:`~gruablate.kernels.cuda.CudaImpl`'s
+packed parameters and gradients (their :class:`~gruablate.backends.cuda.layer.CudaLayer`'s
 ``d_params`` / ``d_grads``), the readout ``V, c`` and its gradient, the activations, the
 logits and their gradient, and the carried-over recurrent state. Per step the host
 uploads the batch (inputs and targets: data) and reads back one scalar, the loss;
-:class:`~gruablate.cuda_optim.DeviceAdam` adds the gradient norm. Evaluation copies the
+:class:`~gruablate.backends.cuda.optim.DeviceAdam` adds the gradient norm. Evaluation copies the
 predictions back. The host's ``flat_params`` and ``readout_params`` are left as they
-were until :meth:`DeviceModel.to_host` is called.
+were until :meth:`DeviceModel.sync_to_host` is called.
 
 The step mirrors :meth:`Model.forward` / :meth:`Model.backward`: one-hot encoding on the
 device, the layers through their device-level API, the readout ``z = V h + c`` and
 its gradients with the layers' tiled product kernel, and the loss kernels of
-:mod:`gruablate.kernels.cuda_train_source` (float64 inside, as on the host).
+:mod:`gruablate.backends.cuda.train_source` (float64 inside, as on the host).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .kernels.cuda import blocks, common_kernels, geometry, launch_matmul, require_cuda
-from .kernels.cuda_train import train_kernels
-from .model import NonFiniteError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .model import Model
+from ...errors import NonFiniteError
+from ..base import ModelLike
+from ..state import pack_state, unpack_state
+from .buffers import DeviceBuffers
+from .device import geometry, require_cuda
+from .kernels import blocks, common_kernels, launch_matmul
+from .train_kernels import train_kernels
 
 #: Most blocks a partial-sum launch uses: beyond that each thread just strides further.
 MAX_PARTIALS = 256
@@ -36,22 +37,22 @@ MAX_PARTIALS = 256
 class DeviceModel:
     """Runs a :class:`~gruablate.model.Model` built with ``backend="cuda"`` on the device.
 
-    Created by the model itself; :meth:`Model.forward`, :meth:`Model.backward`,
-    :meth:`Model.predict` and :meth:`Model.params_changed` hand over to it.
+    The CUDA backend's model runner (``Model.runner``): :meth:`Model.forward`,
+    :meth:`Model.backward`, :meth:`Model.predict` and :meth:`Model.params_changed` call it.
     """
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: ModelLike) -> None:
         self.cuda = require_cuda()
         self.model = model
         self.geo = geometry()
         self.dt = np.dtype(model.dtype)
         self.m = common_kernels(model.dtype, self.geo)
         self.k = train_kernels(model.dtype, self.geo)
-        self.impls = [layer._impl for layer in model.layers]
+        self.impls = [layer.impl for layer in model.layers]
         #: readout parameters ``[V (O x H), c (O)]`` and their gradients, on the device
         self.d_ro = self.cuda.device_array(model.readout_params.size, dtype=self.dt)
         self.d_ro_grads = self.cuda.device_array(model.readout_params.size, dtype=self.dt)
-        self._buf: dict[tuple[str, Any], Any] = {}
+        self.buffers = DeviceBuffers(self.cuda, self.dt)
         self._saved: tuple | None = None
         self.d_ro.copy_to_device(model.readout_params)
 
@@ -74,30 +75,15 @@ class DeviceModel:
         for impl in self.impls:
             impl.device_params_changed()
 
-    def to_host(self) -> None:
+    def sync_to_host(self) -> None:
         """Copy the device parameters into the host buffers (``Model.buffers``)."""
         for (params, _), (d_params, _) in zip(self.model.buffers, self.device_buffers,
                                                 strict=True):
             d_params.copy_to_host(params)
 
     # ---------------------------------------------------------------- buffers
-    def _get(self, name: str, size: int, dtype: Any = None) -> Any:
-        """A cached flat device buffer, one per (name, dtype), reallocated on a size change."""
-        dtype = np.dtype(dtype or self.dt)
-        size = max(int(size), 1)
-        buf = self._buf.get((name, dtype))
-        if buf is None or buf.size != size:
-            buf = self.cuda.device_array(size, dtype=dtype)
-            self._buf[(name, dtype)] = buf
-        return buf
-
-    def _upload(self, name: str, host: np.ndarray) -> Any:
-        buf = self._get(name, host.size, host.dtype)
-        buf.copy_to_device(np.ascontiguousarray(host).reshape(-1))
-        return buf
-
     def _zeros(self, name: str, size: int) -> Any:
-        buf = self._get(name, size)
+        buf = self.buffers.get(name, size)
         ew = self.geo.ew_threads
         self.k.zero[blocks(buf.size, ew), ew](buf.size, buf)
         return buf
@@ -107,12 +93,12 @@ class DeviceModel:
         launch_matmul(self.m, self.geo, M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn,
                       c, c_off, ldc)
 
-    def _sum(self, parts: list[tuple[str, int, Any]], out: Any, o_off: int) -> None:
+    def reduce_sum(self, parts: list[tuple[str, int, Any]], out: Any, o_off: int) -> None:
         """``out[o_off]`` = float64 sum (``"sum"``) or sum of squares (``"sumsq"``) of
         every listed buffer: per-block partials, then one single-block launch."""
         ew = self.geo.ew_threads
         nblk = [min(blocks(n, ew), MAX_PARTIALS) for _, n, _ in parts]
-        part = self._get("partials", sum(nblk), np.float64)
+        part = self.buffers.get("partials", sum(nblk), np.float64)
         off = 0
         for (kind, n, src), nb in zip(parts, nblk, strict=True):
             kern = self.k.sum_partial if kind == "sum" else self.k.sumsq_partial
@@ -126,15 +112,15 @@ class DeviceModel:
         M = self.model
         if M.tokens:
             x = M.check_tokens(x)
-            tok = self._upload("tokens", x.astype(np.int64))
+            tok = self.buffers.upload("tokens", x.astype(np.int64))
             n, ew = x.size, self.geo.ew_threads
-            out = self._get("x", n * M.input_size)
+            out = self.buffers.get("x", n * M.input_size)
             self.k.encode_tokens[blocks(n * M.input_size, ew), ew](n, M.input_size, tok, out)
             return out, x.shape[0], x.shape[1]
         x = np.ascontiguousarray(x, dtype=self.dt)
         if x.ndim != 3 or x.shape[2] != M.input_size:
             raise ValueError(f"inputs must be (T, B, {M.input_size}), got {x.shape}")
-        return self._upload("x", x), x.shape[0], x.shape[1]
+        return self.buffers.upload("x", x), x.shape[0], x.shape[1]
 
     def _state_in(self, k: int, state: Any, B: int) -> Any:
         """Layer ``k``'s initial state as a flat (S, B, H) device array: zeros for None, a
@@ -144,9 +130,9 @@ class DeviceModel:
             return self._zeros(f"zero_state{k}", S * B * H)
         if hasattr(state, "copy_to_host"):
             return state
-        layer = self.model.layers[k]
-        host = layer._state_array("state", state, B)
-        return self._upload(f"state_in{k}", host)
+        M = self.model
+        host = pack_state("state", state, M.variant.state_names, B, M.hidden, M.dtype)
+        return self.buffers.upload(f"state_in{k}", host)
 
     def _layers(self, x: np.ndarray, state: list | None, keep: bool) -> tuple[list, int, int]:
         xd, T, B = self._encode(x)
@@ -164,7 +150,7 @@ class DeviceModel:
         M = self.model
         H, O, BH = M.hidden, M.output_size, B * M.hidden
         R, off = (T * B, BH) if M.readout == "every" else (B, T * BH)
-        z = self._get("z", R * O)
+        z = self.buffers.get("z", R * O)
         self._matmul(R, O, H, hs, off, H, 1, self.d_ro, 0, 1, H, z, 0, O)
         ew = self.geo.ew_threads
         self.k.add_bias[blocks(R * O, ew), ew](R, O, z, self.d_ro, O * H)
@@ -179,7 +165,7 @@ class DeviceModel:
         out = []
         for k, (_, hs, cs, _, _) in enumerate(saved):
             S = self.model.layers[k].plan.n_states
-            st = self._get(f"{name}{k}", S * BH)
+            st = self.buffers.get(f"{name}{k}", S * BH)
             st[:BH].copy_to_device(hs[T * BH : (T + 1) * BH])
             if S == 2:
                 st[BH:].copy_to_device(cs[T * BH : (T + 1) * BH] if keep else cs[:BH])
@@ -200,17 +186,17 @@ class DeviceModel:
         if y.size != (R if M.loss_kind == "ce" else R * O):
             raise ValueError(f"targets of shape {y.shape} do not fit {R} predicted positions")
         if M.loss_kind == "ce":
-            yd, n, kern = self._upload("y", y.astype(np.int64)), y.size, self.k.loss_ce
+            yd, n, kern = self.buffers.upload("y", y.astype(np.int64)), y.size, self.k.loss_ce
         else:
-            yd = self._upload("y", y.astype(np.float64))
+            yd = self.buffers.upload("y", y.astype(np.float64))
             n = y.size if M.loss_kind == "mse" else y.size // y.shape[-1]
             kern = self.k.loss_mse if M.loss_kind == "mse" else self.k.loss_bernoulli
-        dz = self._get("dz", R * O)
-        lrow = self._get("lrow", R, np.float64)
+        dz = self.buffers.get("dz", R * O)
+        lrow = self.buffers.get("lrow", R, np.float64)
         ew = self.geo.ew_threads
         kern[blocks(R, ew), ew](R, O, z, yd, float(n), dz, lrow)
-        out = self._get("loss", 1, np.float64)
-        self._sum([("sum", R, lrow)], out, 0)
+        out = self.buffers.get("loss", 1, np.float64)
+        self.reduce_sum([("sum", R, lrow)], out, 0)
         loss = float(out.copy_to_host()[0]) / n  # the forward pass's one download
         if not math.isfinite(loss):
             raise NonFiniteError(f"the loss is {loss}")
@@ -230,7 +216,7 @@ class DeviceModel:
         self._matmul(O, H, R, dz, 0, 1, O, hs, off, H, 1, self.d_ro_grads, 0, H)
         self.m.colsum[blocks(O, self.geo.jt), self.geo.threads](R, O, dz, self.d_ro_grads, O * H)
         if M.readout == "every":
-            dy = self._get("dy", T * BH)
+            dy = self.buffers.get("dy", T * BH)
             self._matmul(R, H, O, dz, 0, O, 1, self.d_ro, 0, H, 1, dy, 0, H)
         else:  # only the last step is read out: dy is zero before it
             dy = self._zeros("dy", T * BH)
@@ -249,7 +235,7 @@ class DeviceModel:
         shape = (T, B, M.output_size) if M.readout == "every" else (B, M.output_size)
         out = z.copy_to_host().reshape(shape)
         last = []
-        for k, st in enumerate(self._last_states(saved, T, B, keep=False)):
+        for st in self._last_states(saved, T, B, keep=False):
             s = st.copy_to_host().reshape(-1, B, M.hidden)
-            last.append(M.layers[k]._unpack_state(s))
+            last.append(unpack_state(s))
         return out, last

@@ -1,7 +1,7 @@
 """Loading and compiling the device-side training kernels (:mod:`.cuda_train_source`).
 
 The kernels are loaded as a disk-cached module exactly like the layer kernels of
-:mod:`gruablate.kernels.cuda` (numba's ``cache=True`` beside the generated file), and
+:mod:`gruablate.backends.cuda.kernels` (numba's ``cache=True`` beside the generated file), and
 :func:`compile_train_ptx` compiles them with NVVM for a compute capability without a GPU.
 """
 
@@ -10,10 +10,11 @@ from __future__ import annotations
 from functools import cache
 from types import ModuleType
 
-from .cuda import _numba_cuda, geometry, module_ptx
-from .cuda_source import DEFAULT_GEOMETRY, Geometry
-from .cuda_train_source import TRAIN_KERNELS, train_signatures, train_source
-from .source import load_module
+from ..source import load_module
+from .device import geometry, numba_cuda
+from .kernels import module_ptx
+from .source import DEFAULT_GEOMETRY, Geometry
+from .train_source import TRAIN_KERNELS, train_signatures, train_source
 
 __all__ = ["TRAIN_KERNELS", "compile_train_ptx", "train_kernels"]
 
@@ -21,7 +22,7 @@ __all__ = ["TRAIN_KERNELS", "compile_train_ptx", "train_kernels"]
 @cache
 def train_kernels(dtype: str, geo: Geometry | None = None) -> ModuleType:
     """The generated training-kernel module of ``dtype``; compiled lazily, cached on disk."""
-    _numba_cuda()
+    numba_cuda()
     geo = geo or geometry()
     return load_module(f"cudatrain_{dtype}", train_source(dtype, geo))
 
@@ -34,7 +35,7 @@ def compile_train_ptx(
     Needs numba-cuda's compiler libraries but no GPU; raises whatever the compiler
     raises, so a kernel that only the simulator accepts fails here.
     """
-    cuda = _numba_cuda()
+    cuda = numba_cuda()
     geo = geo or DEFAULT_GEOMETRY
     return module_ptx(cuda, train_kernels(dtype, geo), TRAIN_KERNELS, train_signatures(dtype), cc)
 

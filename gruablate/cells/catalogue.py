@@ -13,7 +13,7 @@ from pathlib import Path
 from .identity import spec_digest
 from .spec import SpecError, Variant
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # gruablate/
 
 
 def catalogue_dir() -> Path:

@@ -1,0 +1,49 @@
+"""Checking host arrays and packing a layer's state: shared by the layer and the
+device runners, so both refuse the same inputs with the same words.
+
+A layer's state is ``h`` (B, H), or the tuple ``(h, c)`` for the LSTM family; the
+kernels take it packed as one (S, B, H) array.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+State = Any  # np.ndarray (h) or tuple[np.ndarray, np.ndarray] (h, c)
+
+
+def check_array(name: str, a: Any, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """``a`` as a C-contiguous array if it is a finite NumPy array of ``shape`` and
+    ``dtype``, else a ``ValueError`` naming ``name`` and what is wrong."""
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    if a.dtype != dtype:
+        raise ValueError(
+            f"{name} has dtype {a.dtype} but the layer is {dtype};"
+            f" convert with .astype(np.{dtype})"
+        )
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return np.ascontiguousarray(a)
+
+
+def pack_state(name: str, state: State, state_names: tuple[str, ...], batch: int,
+               hidden: int, dtype: str) -> np.ndarray:
+    """A user state (``h`` or ``(h, c)``, or None for zeros) as one (S, B, H) array."""
+    S = len(state_names)
+    if state is None:
+        return np.zeros((S, batch, hidden), dtype=dtype)
+    if S == 2 and not (isinstance(state, tuple | list) and len(state) == 2):
+        raise ValueError(f"{name} of an LSTM-family layer must be a tuple (h, c)")
+    parts = state if S == 2 else (state,)
+    return np.stack([check_array(f"{name}[{k}]", s, (batch, hidden), dtype)
+                     for k, s in zip(state_names, parts, strict=True)])
+
+
+def unpack_state(s: np.ndarray) -> State:
+    """The user's form of a packed (S, B, H) state: ``h``, or ``(h, c)``."""
+    return (s[0], s[1]) if s.shape[0] == 2 else s[0]
