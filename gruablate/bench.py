@@ -436,8 +436,9 @@ def _record(case: Case, shape: dict[str, Any], threads: int, load: float,
     flop_mode = "train" if f["mode"] == "train" else "inference"
     flops = variant.flops(shape["input_size"], shape["hidden"], B, T, flop_mode)
     gflops = flops / (s["median_ms"] * 1e-3) / 1e9
+    built = get_backend(shape["backend"]).describe() if f["impl"] == "gruablate" else {}
     return dict(
-        kind="bench", **f, **shape, threads=threads, **s,
+        kind="bench", **f, **shape, **built, threads=threads, **s,
         seq_per_s=B / (s["median_ms"] * 1e-3),
         step_us=s["median_ms"] * 1e3 / T,
         flops=flops, gflops=gflops,
@@ -518,6 +519,9 @@ def format_table(records: list[dict[str, Any]]) -> str:
         ))
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
+    tiles = sorted({r["cpu_tile"] for r in rows if isinstance(r.get("cpu_tile"), str)})
+    if tiles:
+        lines.append(f"gruablate's CPU products used the {', '.join(tiles)} register tile")
     loads = [r["loadavg"] for r in rows if r.get("loadavg") == r.get("loadavg")]
     if loads:
         lines.append(f"load average while measuring: {min(loads):.2f} to {max(loads):.2f}"

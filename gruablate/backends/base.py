@@ -150,6 +150,11 @@ class Backend(ABC):
             fn = _stream(layer, x)
         return fn, _no_wait
 
+    def describe(self) -> dict[str, Any]:
+        """What a benchmark record should say about how this backend's kernels were
+        built here (the CPU backend: its register tile); empty by default."""
+        return {}
+
     def kernel_source(self, variant: Variant, dtype: str) -> str:
         """The generated source of ``variant``'s kernels, for a reader."""
         raise ValueError(f"backend {self.name!r} generates no kernel source")

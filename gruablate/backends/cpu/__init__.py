@@ -63,6 +63,13 @@ class CpuBackend(Backend):
               params: np.ndarray, grads: np.ndarray) -> CpuLayer:
         return CpuLayer(plan, dtype, input_size, hidden, params, grads)
 
+    def describe(self) -> dict[str, str]:
+        """The products' register tile on this CPU (``avx2`` or ``avx512``, see
+        :func:`.runtime.choose_tile`)."""
+        from .runtime import TILE
+
+        return {"cpu_tile": TILE}
+
     def kernel_source(self, variant: Variant, dtype: str) -> str:
         from .kernels import kernel_source
 

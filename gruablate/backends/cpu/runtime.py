@@ -10,10 +10,23 @@ GFLOP/s, against about 68 for the micro-kernel below on weights packed once per
 sequence. BLAS also brings a second thread pool, which competes with Numba's threads
 for the cores. The micro-kernel is a Numba ``@intrinsic`` emitting LLVM vector code
 (Numba turns LLVM's SLP vectoriser off, so unrolled scalar code stays scalar):
-``MR`` rows × ``NR`` columns of ``C`` in ``MR × 3`` vector registers of 32 bytes
-(``NR`` = 24 for float32, 12 for float64); per ``k`` one broadcast of ``A`` per row
-and three vector loads of the packed ``B`` panel. ``fmul``/``fadd`` carry LLVM's
-``contract`` flag: FMA where the CPU has it, still correct where it does not.
+``MR`` rows × ``NR`` columns of ``C`` in ``MR × 3`` vector registers; per ``k`` one
+broadcast of ``A`` per row and three vector loads of the packed ``B`` panel.
+``fmul``/``fadd`` carry LLVM's ``contract`` flag: FMA where the CPU has it, still
+correct where it does not.
+
+**Tiles per CPU.** The vector width, ``MR`` and the k-block ``KC`` follow the CPU Numba
+compiles for (:func:`choose_tile`): AVX-512 gets 64-byte vectors, 8 rows (24 of its 32
+zmm registers accumulate; ``NR`` = 48 float32 or 24 float64 columns) and KC = 128;
+anything else 32-byte vectors, 4 rows (12 of AVX2's 16 ymm; ``NR`` = 24 or 12) and
+KC = 512, which LLVM splits into narrower vectors on older CPUs. ``GRUABLATE_CPU_TILE``
+forces a tile. The tile is part of every symbol's name (:data:`TAG`), of the
+generated modules' text and of the cache files of this module's functions
+(:class:`_TileCacheLocator`), so code built for one tile never runs with another;
+Numba's cache keys machine code on the CPU besides. Results are the same bits for any
+thread count on one machine. Between tiles they may differ in the last bits: a product
+whose reduction is longer than KC sums it in blocks of KC, and the batch-1 dot
+products sum in vectors of the tile's width.
 
 **Exported symbols.** Numba links every callee's LLVM module into each caller and
 optimises and emits it again there; with the products and a ``prange`` in every
@@ -56,7 +69,7 @@ import llvmlite.binding as llb
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, njit, prange, types
-from numba.core import cgutils
+from numba.core import caching, cgutils
 from numba.core.compiler import CompilerBase, DefaultPassBuilder
 from numba.core.compiler_machinery import FunctionPass, register_pass
 from numba.core.typed_passes import NopythonTypeInference
@@ -94,10 +107,53 @@ class _FastMathFlags(set):
 # products' explicit vector code keeps its single-product FMAs (``_FLAGS``): there is
 # only one way to fuse ``acc + a*b``.
 FASTMATH = _FastMathFlags({"arcp", "nsz", "afn"})
-VECTOR_BYTES = 32  # one AVX register; LLVM splits it on narrower CPUs
+
+
+def target_features() -> str:
+    """The CPU features Numba compiles for: ``NUMBA_CPU_FEATURES`` if set, else the
+    host's as LLVM sees them (what Numba itself uses)."""
+    from numba.core import config
+
+    if config.CPU_FEATURES is not None:
+        return str(config.CPU_FEATURES)
+    return llb.get_host_cpu_features().flatten()
+
+
+#: The register tiles the products can use: (vector bytes, micro-kernel rows, k-block).
+#: Each row of a tile keeps NVEC vector accumulators, so a tile holds MR × NVEC of them
+#: plus NVEC loads of the packed panel and one broadcast: 4 × 3 + 4 = 16 registers for
+#: AVX2's 16 ymm, 8 × 3 + 4 = 28 of AVX-512's 32 zmm. The k-block keeps a packed
+#: KC × NR panel in L1 (see KC below).
+TILES = {"avx2": (32, 4, 512), "avx512": (64, 8, 128)}
+#: Environment variable that forces a tile (``avx2`` or ``avx512``) whatever the CPU:
+#: the tests run each path everywhere (LLVM splits wide vectors on narrower CPUs: slow,
+#: still correct).
+TILE_ENV = "GRUABLATE_CPU_TILE"
+
+
+def choose_tile(features: str | None = None, forced: str | None = None) -> str:
+    """The tile for a CPU with LLVM feature string ``features`` (``+avx512f,...``):
+    ``avx512`` where AVX-512F is there, else ``avx2`` (its 32-byte vectors are also the
+    portable choice: LLVM splits them on older CPUs). ``forced`` (default: the
+    :data:`TILE_ENV` variable) overrides; anything but a known tile is a ValueError."""
+    forced = os.environ.get(TILE_ENV) if forced is None else forced
+    if forced:
+        if forced not in TILES:
+            raise ValueError(f"{TILE_ENV} must be one of {', '.join(TILES)}, got {forced!r}")
+        return forced
+    features = target_features() if features is None else features
+    return "avx512" if "+avx512f" in features.split(",") else "avx2"
+
+
+TILE = choose_tile()
+VECTOR_BYTES, MR_MAX, KC = TILES[TILE]  # vector bytes; rows of a tile; k-block
 NVEC = 3  # vectors per micro-kernel row
-MR_MAX = 4  # rows per micro-kernel: 4 × 3 accumulators + 3 loads + 1 broadcast = 16 regs
-KC = 512  # k-block of the packed GEMM: a KC × NR panel (48 KB) stays in L2
+MR_MID = 4  # a smaller tile height for the rows left over after whole MR_MAX tiles
+# KC, the k-block of the packed GEMM: with AVX-512's panels of 192 bytes per k, KC = 128
+# keeps a panel (24 KB) in a 48 KB L1; at 512 (96 KB, from L2) a 2048³ float32
+# product on two threads of a Sapphire Rapids class Xeon ran at 213 GFLOP/s, at 128 at
+# 361 (MKL: 359). The AVX2 tile keeps 512 (48 KB panels): its figures and bits in
+# benchmarks/RESULTS.md were taken so (on that Xeon 256 gave 234 against 219 GFLOP/s).
 MC = 128  # row block of the packed GEMM: MC × KC of A (256 KB) stays in L2 across panels
 GEMV_MAX_ROWS = 3  # below 4 rows a product is a matrix-vector one: no packing
 # Below this many multiply-adds a product (or a whole recurrence) runs on the calling
@@ -105,9 +161,54 @@ GEMV_MAX_ROWS = 3  # below 4 rows a product is a matrix-vector one: no packing
 # scheduler tick (4 ms) on a loaded one, more than such a problem takes serially.
 PARALLEL_MIN_WORK = 1 << 20
 
+
+
+class _TileCacheLocator(caching._CacheLocator):
+    """Numba's own cache locator for this file, with the tile in every file's name.
+
+    Numba keys a cached function on its bytecode, closure, signature and CPU, not on
+    the module globals it reads: without this, ``gemm`` cached under one tile (its
+    VECTOR_BYTES, MR_MAX, KC frozen in) would be loaded under another
+    (``GRUABLATE_CPU_TILE``) and crash. Registered before the first cached function of
+    this module is defined (a dispatcher picks its locator then).
+    """
+
+    _file = os.path.abspath(__file__)
+
+    def __init__(self, inner: caching._CacheLocator) -> None:
+        self._inner = inner
+
+    def ensure_cache_path(self) -> None:
+        self._inner.ensure_cache_path()
+
+    def get_cache_path(self) -> str:
+        return self._inner.get_cache_path()
+
+    def get_source_stamp(self):
+        return self._inner.get_source_stamp()
+
+    def get_disambiguator(self) -> str:
+        return f"{self._inner.get_disambiguator()}-{TILE}"
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if os.path.abspath(py_file) != cls._file:
+            return None
+        for klass in caching.CacheImpl._locator_classes:
+            if klass is not cls:
+                inner = klass.from_function(py_func, py_file)
+                if inner is not None:
+                    return cls(inner)
+        return None
+
+
+if _TileCacheLocator not in caching.CacheImpl._locator_classes:
+    caching.CacheImpl._locator_classes.insert(0, _TileCacheLocator)
+
 # Symbols of this runtime carry the hash of its source: a kernel compiled against an
 # older runtime can never bind to a newer one.
-TAG = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+# The tile is part of the tag too: modules built for one tile never bind to another's.
+TAG = hashlib.sha256(Path(__file__).read_bytes() + TILE.encode()).hexdigest()[:12]
 
 _FLAGS = ("contract",)
 
@@ -136,7 +237,8 @@ def keep_freed_memory() -> bool:
 
 
 def panel_width(dtype: str | np.dtype) -> int:
-    """``NR``: columns of one packed panel (24 for float32, 12 for float64)."""
+    """``NR``: columns of one packed panel (AVX2 tile: 24 for float32, 12 for float64;
+    AVX-512: 48 and 24)."""
     return NVEC * VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
@@ -534,6 +636,7 @@ _dot_strided = _make_dot(contiguous=False)
 
 
 _mk1 = _make_microkernel(1)
+_mkm = _make_microkernel(MR_MID)
 _mk4 = _make_microkernel(MR_MAX)
 # Narrow kernels for a last panel of one or two vectors: a product with N = 32 columns
 # is one full panel and one of 8 (float32), not two full ones with 16 columns of zeros.
@@ -545,15 +648,19 @@ _mk4_v2 = _make_microkernel(MR_MAX, 2)
 
 @njit(cache=True, nogil=True, inline="always")
 def kernel(m, a, ao, sai, sak, p, po, c, co, ldc, K, acc, zero):
-    """``m`` rows of the full-width micro-kernel: blocks of 4, then single rows.
+    """``m`` rows of the full-width micro-kernel: tiles of MR_MAX rows, then (AVX-512's
+    8-row tile) one of MR_MID = 4 where 4 or more rows remain, then single rows.
 
-    Only the 4-row and 1-row kernels exist: each other height would be one more copy
-    of the unrolled loop in every caller, and compile time grows with code size.
+    Only these heights exist: each other height would be one more copy of the
+    unrolled loop in every caller, and compile time grows with code size.
     """
     i = 0
     while i + MR_MAX <= m:
         _mk4(a, ao + i * sai, sai, sak, p, po, c, co + i * ldc, ldc, K, acc, zero)
         i += MR_MAX
+    if MR_MAX > MR_MID and i + MR_MID <= m:
+        _mkm(a, ao + i * sai, sai, sak, p, po, c, co + i * ldc, ldc, K, acc, zero)
+        i += MR_MID
     while i < m:
         _mk1(a, ao + i * sai, sai, sak, p, po, c, co + i * ldc, ldc, K, acc, zero)
         i += 1
@@ -659,12 +766,18 @@ def mm_packed(A, ao, lda, M, P, K, N, C, co, ldc, acc):
     zero = C.dtype.type(0)
     a, p, c = address(A), address(P), address(C)
     for jp in range(panel_count(N, nr, vw)):
-        # All rows against one panel while it is hot in L1/L2.
+        # All rows against one k-block of one panel while it is hot in L1 (KC rows of
+        # the panel: see KC), then the next k-block adds to the same tiles of C.
         n0, nv = panel_at(N, jp, nr, vw)
-        if nv == NVEC:
-            kernel(M, a, ao, lda, 1, p, n0 * K, c, co + n0, ldc, K, acc, zero)
-        else:
-            kernel_nv(M, nv, a, ao, lda, 1, p, n0 * K, c, co + n0, ldc, K, acc, zero)
+        w = nv * vw
+        for k0 in range(0, K, KC):
+            kc = min(KC, K - k0)
+            add = acc if k0 == 0 else 1
+            po = n0 * K + k0 * w
+            if nv == NVEC:
+                kernel(M, a, ao + k0, lda, 1, p, po, c, co + n0, ldc, kc, add, zero)
+            else:
+                kernel_nv(M, nv, a, ao + k0, lda, 1, p, po, c, co + n0, ldc, kc, add, zero)
 
 
 # Only ``contract``: its products are single ``acc + a*b`` terms, fused one way only.
@@ -713,9 +826,10 @@ def gemv(A, ao, sai, sak, M, K, Bs, bo, sbk, sbn, N, C, co, ldc, acc):
 
 
 @intrinsic
-def _copy_rows4(typingctx, src, s, sstride, dst, d, n, zero):
-    """For ``r < n``: ``dst[d + 4r : d + 4r + 4] = src[s + r*sstride : ... + 4]``, as
-    one vector load and store per row (``src`` and ``dst`` are data addresses)."""
+def _copy_tile_rows(typingctx, src, s, sstride, dst, d, n, zero):
+    """For ``r < n``: ``dst[d + MR*r : d + MR*r + MR] = src[s + r*sstride : ... + MR]``
+    (MR = MR_MAX), as one vector load and store per row (``src`` and ``dst`` are data
+    addresses)."""
     if zero not in (types.float32, types.float64):
         return None
     sig = types.void(src, s, sstride, dst, d, n, zero)
@@ -742,10 +856,10 @@ def _copy_rows4(typingctx, src, s, sstride, dst, d, n, zero):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _pack_a(A, ao, sai, sak, m, kc, Ap):
-    """Copy an ``m × kc`` block of a k-strided ``A`` into 4-row micro-panels.
+    """Copy an ``m × kc`` block of a k-strided ``A`` into MR_MAX-row micro-panels.
 
-    ``Ap[(i // 4 * kc + k) * 4 + i % 4] = A[i, k]``: the micro-kernel then reads the
-    four rows of each ``k`` from one 16-byte run instead of four scattered cache lines
+    ``Ap[(i // MR * kc + k) * MR + i % MR] = A[i, k]``: the micro-kernel then reads the
+    MR rows of each ``k`` from one contiguous run instead of MR scattered cache lines
     (the ``dW = dG^T x`` products, where ``A`` is a transposed activation matrix, ran
     at 65% of the contiguous products' speed without this).
     """
@@ -763,7 +877,7 @@ def _pack_a(A, ao, sai, sak, m, kc, Ap):
         for kb in range(0, kc, 16):
             nk = min(16, kc - kb)
             for i0 in range(0, full, MR_MAX):
-                _copy_rows4(a, ao + kb * sak + i0, sak, ap, (i0 * kc + kb * MR_MAX), nk, zero)
+                _copy_tile_rows(a, ao + kb * sak + i0, sak, ap, (i0 * kc + kb * MR_MAX), nk, zero)
     else:
         for i0 in range(0, full, MR_MAX):
             ui0 = np.uint64(i0)
