@@ -75,6 +75,8 @@ from numba.core.compiler_machinery import FunctionPass, register_pass
 from numba.core.typed_passes import NopythonTypeInference
 from numba.extending import intrinsic
 
+from .threads import start_threads
+
 
 class _FastMathFlags(set):
     """A set of fast-math flags that prints in one order in every process.
@@ -307,9 +309,7 @@ def ensure_symbol(name: str) -> None:
         ) from None
     # A cfunc loaded from Numba's cache does not run reload_init: the threading
     # layer's symbols (used by the prange of gemm and run_chunks) are registered here.
-    from numba.np.ufunc.parallel import _launch_threads
-
-    _launch_threads()
+    start_threads()
     cf = make()
     llb.add_symbol(name, cf.address)
     _EXPORTED[name] = cf
@@ -433,7 +433,7 @@ def num_threads(typingctx):
     """
     from numba.np.ufunc.parallel import _launch_threads
 
-    _launch_threads()
+    start_threads()
 
     def codegen(context, builder, sig, args):
         context.active_code_library._reload_init.add(_launch_threads)
@@ -1052,6 +1052,7 @@ def _make_run_chunks():
 
 
 keep_freed_memory()
+start_threads()  # before any caller's parallel region: see threads.py
 for _dt in ("float32", "float64"):
     provide(runtime_symbol("gemm", _dt), functools.partial(_make_gemm, _dt))
     provide(runtime_symbol("pack", _dt), functools.partial(_make_pack, _dt))
