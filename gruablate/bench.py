@@ -51,7 +51,7 @@ from .backends import backend_names, get_backend
 from .cells.catalogue import get_variant, list_variants
 from .cells.plan import make_plan
 from .cells.spec import SpecError, Variant
-from .envinfo import usable_cores
+from .envinfo import cpu_model, usable_cores, vector_extensions
 from .errors import BackendUnavailableError, BenchError
 from .memory import check_fits, layer_bytes
 from .vocabulary import DTYPES
@@ -439,6 +439,8 @@ def _record(case: Case, shape: dict[str, Any], threads: int, load: float,
     built = get_backend(shape["backend"]).describe() if f["impl"] == "gruablate" else {}
     return dict(
         kind="bench", **f, **shape, **built, threads=threads, **s,
+        # Every figure names its CPU: it holds on that CPU only.
+        cpu=cpu_model(), vector_extensions=" ".join(vector_extensions()),
         seq_per_s=B / (s["median_ms"] * 1e-3),
         step_us=s["median_ms"] * 1e3 / T,
         flops=flops, gflops=gflops,
