@@ -1,0 +1,219 @@
+"""Any gruablate cell inside a PyTorch model: :class:`Recurrent`, an ``nn.Module``.
+
+``Recurrent("mgu", 32, 64, num_layers=2)`` is shaped like ``nn.GRU`` (``forward(x,
+state=None) -> (y, last_state)``, ``batch_first``), its ``nn.Parameter``s carry the
+spec's names (``cells.0.W_f``, ``cells.0.U_c``, ``cells.0.b_f``, ...), and
+``torch.optim`` trains it like any module. Each layer is a ``torch.autograd.Function``
+around the same Numba CPU kernels :class:`~gruablate.RecurrentLayer` runs, forward and
+backward through time, on CPU tensors of float32 or float64; the inputs and outputs
+cross as NumPy views of the tensors (no copies), and the activations a backward pass
+needs stay with the autograd graph, so several forward passes may precede one
+``backward()``.
+
+What this bridge does not do yet (the PyTorch-bridge issue lists it): CUDA tensors,
+sequence lengths and packed sequences, bidirectional layers, dropout and zoneout.
+
+torch is an optional dependency (the ``torch`` extra), imported only here. Import
+``torch`` before running any gruablate kernel: PyTorch's wheel ships an OpenMP library
+of the same name as the one Numba's thread pool loads, and a PyTorch loaded after that
+pool started shares it; its own ``nn.GRU`` then ran up to 50x slower (see
+``gruablate/backends/cpu/threads.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+try:
+    import torch
+    from torch import nn
+except ModuleNotFoundError:  # pragma: no cover - the extra is not installed
+    raise ModuleNotFoundError(
+        "gruablate.torch needs PyTorch: pip install torch (the 'torch' extra)") from None
+
+from .backends.state import check_array
+from .cells.catalogue import get_variant
+from .cells.spec import Variant
+from .layer import RecurrentLayer
+from .vocabulary import positive_int
+
+__all__ = ["Recurrent"]
+
+_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+class _LayerFunction(torch.autograd.Function):
+    """One layer over a whole sequence: the CPU kernels' forward and backward."""
+
+    @staticmethod
+    def forward(ctx, engine: RecurrentLayer, names: tuple[str, ...], x, s0, *params):
+        for name, p in zip(names, params, strict=True):  # the current parameter values
+            engine.params[name][...] = p.detach().numpy()
+        x_np = check_array("x", x.detach().numpy(), tuple(x.shape), engine.dtype)
+        s0_np = s0.detach().numpy()
+        y, sT, saved = engine.impl.forward(x_np, s0_np, True)
+        y_t, sT_t = torch.from_numpy(y), torch.from_numpy(sT)
+        ctx.engine, ctx.names = engine, names
+        ctx.kernel_saved = (x_np, s0_np, y, *saved)
+        # Saved through autograd so that an in-place change to the input, the output
+        # or a parameter before backward() is an error, not a wrong gradient.
+        ctx.save_for_backward(x, y_t, *params)
+        return y_t, sT_t
+
+    @staticmethod
+    def backward(ctx, dy, dsT):
+        ctx.saved_tensors  # noqa: B018 - raises if a saved tensor was changed in place
+        engine = ctx.engine
+        dy_np = (np.zeros_like(ctx.kernel_saved[2]) if dy is None
+                 else np.ascontiguousarray(dy.detach().numpy()))
+        dsT_np = (np.zeros_like(ctx.kernel_saved[1]) if dsT is None
+                  else np.ascontiguousarray(dsT.detach().numpy()))
+        # The kernels read the parameters from the engine's buffers: put this call's
+        # values back (another forward may have run in between).
+        for name, p in zip(ctx.names, ctx.saved_tensors[2:], strict=True):
+            engine.params[name][...] = p.detach().numpy()
+        dx, ds0 = engine.impl.backward(ctx.kernel_saved, dy_np, dsT_np)
+        grads = [torch.from_numpy(engine.grads[name].copy()) for name in ctx.names]
+        return (None, None, torch.from_numpy(dx), torch.from_numpy(ds0), *grads)
+
+
+class _Cell(nn.Module):
+    """One layer's parameters, named as the spec names them."""
+
+    def __init__(self, engine: RecurrentLayer, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.engine = engine
+        self.names = tuple(engine.params)
+        for name in self.names:
+            value = torch.from_numpy(engine.params[name].copy()).to(dtype)
+            self.register_parameter(name, nn.Parameter(value))
+
+    def forward(self, x, s0):
+        return _LayerFunction.apply(self.engine, self.names, x, s0,
+                                    *(getattr(self, n) for n in self.names))
+
+
+class Recurrent(nn.Module):
+    """A stack of ``num_layers`` recurrent layers of any gruablate variant.
+
+    Parameters
+    ----------
+    variant:
+        A built-in name, a spec file or a :class:`~gruablate.Variant`.
+    input_size, hidden_size, num_layers:
+        As for ``nn.GRU``.
+    batch_first:
+        Inputs and outputs as (B, T, features) instead of (T, B, features).
+    dtype:
+        ``torch.float32`` (default) or ``torch.float64``.
+    seed:
+        Seeds the initialisation (PyTorch's default, ``U(-1/√H, 1/√H)``, and the spec's
+        LSTM forget bias); by default drawn from ``torch``'s generator, so
+        ``torch.manual_seed`` makes it reproducible.
+
+    ``forward(x, state=None)`` returns ``(y, last_state)``: ``y`` every step's top-layer
+    ``h``; the state is ``h`` of shape (num_layers, B, H), or ``(h, c)`` for the LSTM
+    family, as ``nn.GRU`` and ``nn.LSTM`` give them.
+    """
+
+    def __init__(self, variant: str | Variant, input_size: int, hidden_size: int,
+                 num_layers: int = 1, *, batch_first: bool = False,
+                 dtype: torch.dtype = torch.float32, seed: int | None = None) -> None:
+        super().__init__()
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.variant = get_variant(variant)
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.num_layers = positive_int("num_layers", num_layers)
+        self.batch_first = bool(batch_first)
+        self.dtype = dtype
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        seeds = np.random.SeedSequence(seed).spawn(self.num_layers)
+        self.cells = nn.ModuleList(
+            _Cell(RecurrentLayer(self.variant, input_size if k == 0 else hidden_size,
+                                 hidden_size, seed=int(s.generate_state(1)[0]),
+                                 dtype=_DTYPES[dtype]), dtype)
+            for k, s in enumerate(seeds))
+
+    @classmethod
+    def from_torch(cls, module: nn.GRU | nn.LSTM) -> Recurrent:
+        """A :class:`Recurrent` computing exactly what a unidirectional ``nn.GRU``
+        (→ ``gru_reset_after``) or ``nn.LSTM`` (→ ``lstm``) of any depth computes, with
+        its weights (mapped layer by layer as :func:`gruablate.interop.from_torch` maps
+        one layer)."""
+        from .interop import from_torch
+
+        if not isinstance(module, nn.GRU | nn.LSTM):
+            raise ValueError(f"from_torch takes a torch.nn.GRU or torch.nn.LSTM, got"
+                             f" {type(module).__name__}")
+        if module.bidirectional:
+            raise ValueError("a bidirectional module has no Recurrent counterpart yet")
+        dtype = module.weight_ih_l0.dtype
+        layers = []
+        for k in range(module.num_layers):
+            one = type(module)(module.input_size if k == 0 else module.hidden_size,
+                               module.hidden_size, bias=module.bias, dtype=dtype)
+            with torch.no_grad():
+                for part in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh")
+                                                          if module.bias else ()):
+                    getattr(one, f"{part}_l0").copy_(getattr(module, f"{part}_l{k}"))
+            layers.append(from_torch(one))
+        out = cls(layers[0].variant, module.input_size, module.hidden_size,
+                  module.num_layers, batch_first=module.batch_first, dtype=dtype)
+        with torch.no_grad():
+            for cell, layer in zip(out.cells, layers, strict=True):
+                for name in cell.names:
+                    getattr(cell, name).copy_(torch.from_numpy(layer.params[name]))
+        return out
+
+    @property
+    def _lstm(self) -> bool:
+        return len(self.variant.state_names) == 2
+
+    def _initial(self, state: Any, B: int, like: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's (S, B, H) initial state from the user's ``h`` or ``(h, c)``."""
+        L, H, S = self.num_layers, self.hidden_size, len(self.variant.state_names)
+        if state is None:
+            return [like.new_zeros((S, B, H)) for _ in range(L)]
+        parts = state if self._lstm else (state,)
+        if self._lstm and not (isinstance(state, tuple | list) and len(state) == 2):
+            raise ValueError("the state of an LSTM-family Recurrent is a tuple (h, c)")
+        for name, p in zip(self.variant.state_names, parts, strict=True):
+            if not isinstance(p, torch.Tensor) or tuple(p.shape) != (L, B, H):
+                got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
+                raise ValueError(f"state {name} must be a tensor of shape {(L, B, H)},"
+                                 f" got {got}")
+            if p.dtype != self.dtype or p.device.type != "cpu":
+                raise ValueError(f"state {name} must be a CPU tensor of {self.dtype}")
+        return [torch.stack([p[k] for p in parts]) for k in range(L)]
+
+    def forward(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be a 3-D tensor, got {got}")
+        if x.device.type != "cpu":
+            raise ValueError("gruablate.torch.Recurrent runs on CPU tensors only (for now)")
+        if x.dtype != self.dtype:
+            raise ValueError(f"x has dtype {x.dtype} but the module is {self.dtype}")
+        h = x.transpose(0, 1) if self.batch_first else x
+        if h.shape[0] < 1 or h.shape[1] < 1 or h.shape[2] != self.input_size:
+            raise ValueError(f"x must be (T, B, {self.input_size}) with T, B >= 1"
+                             f"{' (batch_first: B, T, I)' if self.batch_first else ''},"
+                             f" got {tuple(x.shape)}")
+        h = h.contiguous()
+        last = []
+        for cell, s0 in zip(self.cells, self._initial(state, h.shape[1], h), strict=True):
+            h, sT = cell(h, s0.contiguous())
+            last.append(sT)
+        y = h.transpose(0, 1) if self.batch_first else h
+        stacked = torch.stack(last, dim=1)  # (S, L, B, H)
+        return y, ((stacked[0], stacked[1]) if self._lstm else stacked[0])
+
+    def extra_repr(self) -> str:
+        return (f"{self.variant.name!r}, {self.input_size}, {self.hidden_size},"
+                f" num_layers={self.num_layers}, batch_first={self.batch_first},"
+                f" dtype={self.dtype}")
