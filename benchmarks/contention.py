@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import statistics
 import time
 
 import numba
 import numpy as np
+from _timing import median_ms  # benchmarks/ is sys.path[0] when run
 
 
 def _spin(stop) -> None:
@@ -28,15 +28,6 @@ def _spin(stop) -> None:
         for _ in range(10000):
             x += 1
 
-
-def _time(fn, repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(samples)
 
 
 def _cases(variants, sizes):
@@ -82,7 +73,7 @@ def main() -> None:
             for name, H, mode, fn in cases:
                 for threads in (1, most):
                     numba.set_num_threads(threads)
-                    results[(busy, name, H, mode, threads)] = _time(fn, args.repeats)
+                    results[(busy, name, H, mode, threads)] = median_ms(fn, args.repeats)
         finally:
             stop.set()
             for p in neighbours:

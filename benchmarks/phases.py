@@ -13,24 +13,15 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 
 import numpy as np
 import torch
+from _timing import median_ms  # benchmarks/ is sys.path[0] when run
 
 import gruablate
 
 PEERS = {"lstm": torch.nn.LSTM, "gru_reset_after": torch.nn.GRU}
 
-
-def _median_ms(fn, n: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
 
 
 def main(variant: str = "lstm", hidden: int = 512, rounds: int = 5) -> None:
@@ -52,12 +43,12 @@ def main(variant: str = "lstm", hidden: int = 512, rounds: int = 5) -> None:
     rows: dict[str, list[float]] = {k: [] for k in ("ours fwd", "ours bwd", "torch fwd",
                                                      "torch bwd")}
     for _ in range(rounds):
-        fwd = _median_ms(lambda: layer.forward(x, keep=True))
+        fwd = median_ms(lambda: layer.forward(x, keep=True))
         rows["ours fwd"].append(fwd)
-        rows["ours bwd"].append(_median_ms(ours_step) - fwd)
-        fwd = _median_ms(lambda: peer(xt))
+        rows["ours bwd"].append(median_ms(ours_step) - fwd)
+        fwd = median_ms(lambda: peer(xt))
         rows["torch fwd"].append(fwd)
-        rows["torch bwd"].append(_median_ms(torch_step) - fwd)
+        rows["torch bwd"].append(median_ms(torch_step) - fwd)
     print(f"{variant}, H = {H}, T = {T}, B = {B}, 2 threads; medians over {rounds} rounds (ms)")
     for name, vals in rows.items():
         print(f"  {name:9s} {statistics.median(vals):7.1f}   (rounds: "

@@ -12,23 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
+from _timing import median_ms  # benchmarks/ is sys.path[0] when run
 
 import gruablate
 from gruablate.torch import Recurrent
-
-
-def _median_ms(fn, repeats: int = 15) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def main() -> None:
@@ -57,8 +47,8 @@ def main() -> None:
 
             d, b = [], []
             for _ in range(3):  # interleaved rounds: both see the same machine load
-                d.append(_median_ms(direct, 5))
-                b.append(_median_ms(bridge, 5))
+                d.append(median_ms(direct, 5))
+                b.append(median_ms(bridge, 5))
             dm, bm = statistics.median(d), statistics.median(b)
             print(f"| `{name}` | {H} | {dm:.2f} | {bm:.2f} | {bm / dm:.3f} |")
 
