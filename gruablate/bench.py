@@ -36,6 +36,7 @@ every GFLOP/s is also a fraction of it. Measurement returns plain dicts
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import re
@@ -427,6 +428,12 @@ def _torch_installed() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+@functools.cache
+def _machine() -> dict[str, str]:
+    """The CPU each record names (read once: it does not change within a process)."""
+    return {"cpu": cpu_model(), "vector_extensions": " ".join(vector_extensions())}
+
+
 def _record(case: Case, shape: dict[str, Any], threads: int, load: float,
             peak: float | None) -> dict[str, Any]:
     f = case.fields
@@ -439,8 +446,7 @@ def _record(case: Case, shape: dict[str, Any], threads: int, load: float,
     built = get_backend(shape["backend"]).describe() if f["impl"] == "gruablate" else {}
     return dict(
         kind="bench", **f, **shape, **built, threads=threads, **s,
-        # Every figure names its CPU: it holds on that CPU only.
-        cpu=cpu_model(), vector_extensions=" ".join(vector_extensions()),
+        **_machine(),  # every figure names its CPU: it holds on that CPU only
         seq_per_s=B / (s["median_ms"] * 1e-3),
         step_us=s["median_ms"] * 1e3 / T,
         flops=flops, gflops=gflops,
