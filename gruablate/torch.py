@@ -91,8 +91,18 @@ class _Cell(nn.Module):
             self.register_parameter(name, nn.Parameter(value))
 
     def forward(self, x, s0):
-        return _LayerFunction.apply(self.engine, self.names, x, s0,
-                                    *(getattr(self, n) for n in self.names))
+        params = [getattr(self, n) for n in self.names]
+        if torch.is_grad_enabled() and (x.requires_grad or s0.requires_grad
+                                        or any(p.requires_grad for p in params)):
+            return _LayerFunction.apply(self.engine, self.names, x, s0, *params)
+        # Nothing to differentiate (torch.no_grad(), inference_mode, frozen weights):
+        # the inference kernels, which keep no activations.
+        engine = self.engine
+        for name, p in zip(self.names, params, strict=True):
+            engine.params[name][...] = p.detach().numpy()
+        x_np = check_array("x", x.detach().numpy(), tuple(x.shape), engine.dtype)
+        y, sT, _ = engine.impl.forward(x_np, s0.detach().numpy(), False)
+        return torch.from_numpy(y), torch.from_numpy(sT)
 
 
 class Recurrent(nn.Module):

@@ -217,3 +217,16 @@ def test_two_forward_passes_then_one_backward():
     (2 * module(b)[0].sum()).backward()
     for g, h in zip(together, (p.grad for p in module.parameters()), strict=True):
         torch.testing.assert_close(g, h, rtol=1e-12, atol=1e-14)
+
+
+def test_without_gradients_the_inference_kernels_give_the_same_outputs():
+    torch.manual_seed(6)
+    module = Recurrent("lstm", 3, 4, num_layers=2, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    y, (h, c) = module(x)
+    assert y.requires_grad
+    with torch.no_grad():
+        y0, (h0, c0) = module(x)
+    assert not y0.requires_grad
+    for a, b in ((y0, y), (h0, h), (c0, c)):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-12)
