@@ -44,14 +44,25 @@ __all__ = ["Recurrent"]
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
+def _load_params(engine: RecurrentLayer, names: tuple[str, ...], params) -> None:
+    """Put the parameters' current values into the engine's buffers, which the kernels
+    read."""
+    for name, p in zip(names, params, strict=True):
+        engine.params[name][...] = p.detach().numpy()
+
+
+def _host_input(engine: RecurrentLayer, x: torch.Tensor) -> np.ndarray:
+    """``x`` as the kernels take it: a NumPy view of the tensor, checked."""
+    return check_array("x", x.detach().numpy(), tuple(x.shape), engine.dtype)
+
+
 class _LayerFunction(torch.autograd.Function):
     """One layer over a whole sequence: the CPU kernels' forward and backward."""
 
     @staticmethod
     def forward(ctx, engine: RecurrentLayer, names: tuple[str, ...], x, s0, *params):
-        for name, p in zip(names, params, strict=True):  # the current parameter values
-            engine.params[name][...] = p.detach().numpy()
-        x_np = check_array("x", x.detach().numpy(), tuple(x.shape), engine.dtype)
+        _load_params(engine, names, params)
+        x_np = _host_input(engine, x)
         s0_np = s0.detach().numpy()
         y, sT, saved = engine.impl.forward(x_np, s0_np, True)
         y_t, sT_t = torch.from_numpy(y), torch.from_numpy(sT)
@@ -72,8 +83,7 @@ class _LayerFunction(torch.autograd.Function):
                   else np.ascontiguousarray(dsT.detach().numpy()))
         # The kernels read the parameters from the engine's buffers: put this call's
         # values back (another forward may have run in between).
-        for name, p in zip(ctx.names, ctx.saved_tensors[2:], strict=True):
-            engine.params[name][...] = p.detach().numpy()
+        _load_params(engine, ctx.names, ctx.saved_tensors[2:])
         dx, ds0 = engine.impl.backward(ctx.kernel_saved, dy_np, dsT_np)
         grads = [torch.from_numpy(engine.grads[name].copy()) for name in ctx.names]
         return (None, None, torch.from_numpy(dx), torch.from_numpy(ds0), *grads)
@@ -97,11 +107,9 @@ class _Cell(nn.Module):
             return _LayerFunction.apply(self.engine, self.names, x, s0, *params)
         # Nothing to differentiate (torch.no_grad(), inference_mode, frozen weights):
         # the inference kernels, which keep no activations.
-        engine = self.engine
-        for name, p in zip(self.names, params, strict=True):
-            engine.params[name][...] = p.detach().numpy()
-        x_np = check_array("x", x.detach().numpy(), tuple(x.shape), engine.dtype)
-        y, sT, _ = engine.impl.forward(x_np, s0.detach().numpy(), False)
+        _load_params(self.engine, self.names, params)
+        y, sT, _ = self.engine.impl.forward(_host_input(self.engine, x),
+                                            s0.detach().numpy(), False)
         return torch.from_numpy(y), torch.from_numpy(sT)
 
 

@@ -21,7 +21,6 @@ import numpy as np
 
 from ...cells.plan import KernelPlan
 from ...cells.spec import Variant
-from ...errors import CudaUnavailableError
 from ..base import Backend, LayerLike, ModelLike
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,7 +34,6 @@ class CudaBackend(Backend):
 
     name = "cuda"
     torch_device = "cuda"
-    unavailable_error = CudaUnavailableError
 
     def unavailable(self) -> str | None:
         from .device import unavailable_reason
@@ -45,7 +43,7 @@ class CudaBackend(Backend):
     def require(self) -> None:
         from .device import require_cuda
 
-        require_cuda()  # its own messages: what to install, or that no GPU answered
+        require_cuda()  # a CudaUnavailableError: what to install, or that no GPU answered
 
     def layer(self, plan: KernelPlan, dtype: str, input_size: int, hidden: int,
               params: np.ndarray, grads: np.ndarray) -> CudaLayer:
