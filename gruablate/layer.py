@@ -88,8 +88,8 @@ class RecurrentLayer:
         rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(self.hidden_size)
         self.flat_params[:] = rng.uniform(-bound, bound, self.flat_params.size)
-        if self.variant.family == "lstm" and "b_f" in self.params:
-            self.params["b_f"][:] = self.variant.forget_bias
+        for name, value in self.variant.initial_values.items():
+            self.params[name][:] = value
 
     def params_changed(self) -> None:
         """Call after writing ``params`` (or ``flat_params``) in place.

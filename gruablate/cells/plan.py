@@ -24,6 +24,7 @@ testing a variant's switches itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -109,6 +110,21 @@ class KernelPlan:
 
 
 def make_plan(variant: Variant) -> KernelPlan:
+    """The layout of ``variant``'s parameters and kept values: a :class:`KernelPlan`
+    for a switch spec, an :class:`~.irplan.IRPlan` (same interface) for equations."""
+    if variant.is_equations:
+        return _ir_plan(variant)
+    return _switch_plan(variant)
+
+
+@cache
+def _ir_plan(variant: Variant):
+    from .irplan import IRPlan
+
+    return IRPlan(variant, variant.cell)
+
+
+def _switch_plan(variant: Variant) -> KernelPlan:
     blocks = variant.blocks
     x_blocks = [b.name for b in variant.x_blocks]
     h_blocks = [b.name for b in variant.h_blocks]

@@ -13,9 +13,11 @@ resets; minGRU is written in the keep convention (``u = 1 − z`` of Feng et al.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 FAMILIES = ("gru", "lstm", "rnn")
+#: The family of a spec that states its cell as ``equations`` instead of switches.
+EQUATIONS = "equations"
 RESETS = ("before", "after", "none", "tied")
 UPDATES = ("coupled", "uncoupled")
 GATE_INPUTS = ("xhb", "hb", "h", "b", "xb")
@@ -121,6 +125,9 @@ class Variant:
     candidate_activation: str = "tanh"
     coupled_input_forget: bool | None = None
     forget_bias: float | None = None
+    #: An ``equations`` spec: its equations in canonical spelling, and its ``[init]``.
+    cell_equations: tuple[str, ...] = ()
+    init: tuple[tuple[str, float], ...] = ()
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:  # a Variant built directly is held to the same name rule
@@ -132,6 +139,8 @@ class Variant:
         """Validate a spec mapping (as read from TOML) and build the variant."""
         where = f" in {source}" if source else ""
         data = dict(data)
+        if "equations" in data or data.get("family") == EQUATIONS:
+            return cls._from_equations(data, source, where)
         known = {"family", *_TEXT_KEYS, *_SWITCH_KEYS}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -185,6 +194,51 @@ class Variant:
         return variant
 
     @classmethod
+    def _from_equations(cls, data: dict[str, Any], source: str, where: str) -> Variant:
+        from .ir import build
+        from .notation import equation_text, parse_equation
+
+        known = {"family", "equations", "init", *_TEXT_KEYS}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            extra = " (switches and equations do not mix)" if unknown[0] in _SWITCH_KEYS else ""
+            raise SpecError(f"unknown key {unknown[0]!r}{where} in an equations spec{extra};"
+                            f" known keys: {', '.join(sorted(known))}")
+        if data.get("family", EQUATIONS) != EQUATIONS:
+            raise SpecError(f"family {data['family']!r}{where} has switches, not equations;"
+                            f" an equations spec has family {EQUATIONS!r} or none")
+        if "name" not in data:
+            raise SpecError(f"missing key 'name'{where}")
+        for key in _TEXT_KEYS:
+            if key in data and not isinstance(data[key], str):
+                raise SpecError(f"key {key!r}{where} must be a string, got {data[key]!r}")
+        if "equations" not in data:
+            raise SpecError(f"missing key 'equations'{where}")
+        raw = data["equations"]
+        ir = build(raw, where)  # every check, with the equation named
+        canonical = tuple(equation_text(parse_equation(e)) for e in raw)
+        init = data.get("init", {})
+        if not isinstance(init, dict):
+            raise SpecError(f"key 'init'{where} must be a table of parameter = number")
+        values = []
+        for name, value in init.items():
+            role = ir.params.get(name)
+            if role is None:
+                raise SpecError(f"init {name!r}{where} is not a parameter of the equations")
+            if role not in ("b", "p"):
+                raise SpecError(f"init {name!r}{where}: only vectors (b_k, p_k) take a"
+                                " constant initial value")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    math.isfinite(value) and abs(value) <= MAX_FORGET_BIAS):
+                raise SpecError(f"init {name!r}{where} must be a finite number of size at"
+                                f" most {MAX_FORGET_BIAS:g}, got {value!r}")
+            values.append((name, float(value)))
+        return cls(name=data["name"], family=EQUATIONS,
+                   description=data.get("description", ""),
+                   citation=data.get("citation", ""), source=source,
+                   cell_equations=canonical, init=tuple(sorted(values)))
+
+    @classmethod
     def from_toml(cls, path: str | Path) -> Variant:
         """Read and validate a spec file."""
         path = Path(path)
@@ -206,6 +260,11 @@ class Variant:
         for key in ("description", "citation"):
             if getattr(self, key):
                 out[key] = getattr(self, key)
+        if self.is_equations:
+            out["equations"] = list(self.cell_equations)
+            if self.init:
+                out["init"] = dict(self.init)
+            return out
         for key in _FAMILY_DEFAULTS[self.family]:
             out[key] = getattr(self, key)
         return out
@@ -213,7 +272,16 @@ class Variant:
     def to_toml(self) -> str:
         """The spec as TOML text that :meth:`from_toml` reads back to an equal variant."""
         lines = []
+        tables = []
         for key, value in self.to_dict().items():
+            if isinstance(value, list):
+                items = "".join(f"  {json.dumps(e, ensure_ascii=False)},\n" for e in value)
+                lines.append(f"{key} = [\n{items}]")
+                continue
+            if isinstance(value, dict):
+                tables.append(f"\n[{key}]")
+                tables += [f"{k} = {float(v)!r}" for k, v in value.items()]
+                continue
             if isinstance(value, bool):
                 text = "true" if value else "false"
             elif isinstance(value, float):
@@ -221,7 +289,31 @@ class Variant:
             else:
                 text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
             lines.append(f"{key} = {text}")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + tables) + "\n"
+
+    # ------------------------------------------------------------- the cell
+    @property
+    def is_equations(self) -> bool:
+        """The spec states its cell as equations (else: switches)."""
+        return self.family == EQUATIONS
+
+    @cached_property
+    def cell(self):  # -> CellIR (not annotated: .ir imports this module's errors only)
+        """The cell's graph (:mod:`gruablate.cells.ir`), from its equations — a switch
+        spec's are the ones :meth:`equations` renders."""
+        from .ir import build
+
+        return build(list(self.cell_equations) if self.is_equations else self.equations())
+
+    @property
+    def initial_values(self) -> dict[str, float]:
+        """Vector parameters set to a constant after the random initialisation (the
+        ``[init]`` table; a switch LSTM's ``forget_bias`` on ``b_f``)."""
+        if self.is_equations:
+            return dict(self.init)
+        if self.family == "lstm":
+            return {"b_f": float(self.forget_bias)}
+        return {}
 
     def _check_clashes(self, where: str) -> None:
         def clash(msg: str) -> SpecError:
@@ -244,7 +336,10 @@ class Variant:
     # ------------------------------------------------------------- derivations
     @property
     def state_names(self) -> tuple[str, ...]:
-        """The recurrent state: ``("h",)`` or ``("h", "c")`` for the LSTM family."""
+        """The recurrent state: ``("h",)`` or ``("h", "c")`` for the LSTM family (an
+        equations cell: ``h`` and then its other states in order of assignment)."""
+        if self.is_equations:
+            return tuple(self.cell.states)
         return ("h", "c") if self.family == "lstm" else ("h",)
 
     @property
@@ -332,6 +427,10 @@ class Variant:
         """Named parameter shapes: ``W_*`` (H×I), ``U_*`` (H×H), ``b_*`` (H,)."""
         I, H = input_size, hidden_size
         shapes: dict[str, tuple[int, ...]] = {}
+        if self.is_equations:
+            for name, role in self.cell.params.items():
+                shapes[name] = {"W": (H, I), "U": (H, H)}.get(role, (H,))
+            return shapes
         for b in self.x_blocks:
             shapes[f"W_{b.name}"] = (H, I)
         for b in self.h_blocks:
@@ -361,7 +460,11 @@ class Variant:
         for each forward one (input/state gradient and weight gradient).
         """
         I, H, B, T = input_size, hidden_size, batch, seq_len
-        per_step = 2 * B * H * (I * len(self.x_blocks) + H * len(self.h_blocks))
+        if self.is_equations:
+            nx, nh = len(self.cell.w_names), len(self.cell.u_names)
+        else:
+            nx, nh = len(self.x_blocks), len(self.h_blocks)
+        per_step = 2 * B * H * (I * nx + H * nh)
         forward = float(per_step) * T
         if mode == "inference":
             return forward
@@ -377,6 +480,12 @@ class Variant:
         """
         if style not in ("text", "latex"):
             raise ValueError(f"style must be 'text' or 'latex', got {style!r}")
+        if self.is_equations:
+            if style == "text":
+                return list(self.cell_equations)
+            from .notation import equation_text, parse_equation
+
+            return [equation_text(parse_equation(e), latex=True) for e in self.cell_equations]
         return _render(self, style == "latex")
 
 
@@ -490,4 +599,5 @@ def _render(v: Variant, latex: bool) -> list[str]:
 
 def spec_fields() -> tuple[str, ...]:
     """All keys a spec file may hold."""
-    return tuple(f.name for f in fields(Variant) if f.name != "source")
+    renamed = {"cell_equations": "equations"}
+    return tuple(renamed.get(f.name, f.name) for f in fields(Variant) if f.name != "source")

@@ -593,6 +593,10 @@ def kernel_source(variant: Variant, dtype: str) -> str:
     """The generated module text for ``variant`` in ``dtype``."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if variant.is_equations:
+        from .ir_kernels import kernel_source as from_equations
+
+        return from_equations(variant, dtype)
     plan = make_plan(variant)
     code = generate(plan)
     const = _constant_gates(code, plan)
