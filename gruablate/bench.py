@@ -148,6 +148,10 @@ class BenchConfig:
                 get_backend(name).require()
             except BackendUnavailableError as exc:
                 raise BenchError(f"--backends {name}: {exc}") from None
+            for variant in self.variants:
+                reason = get_backend(name).unsupported(get_variant(variant))
+                if reason is not None:
+                    raise BenchError(f"--backends {name}: {reason}")
         return BenchConfig(**{**asdict(self), "threads": threads})
 
     def _check_memory(self) -> None:

@@ -61,6 +61,7 @@ class RecurrentLayer:
         self.dtype = normalise_dtype(dtype)
         backend_ = get_backend(backend)
         backend_.require()  # the reason, before any work, when this machine cannot
+        backend_.require_variant(self.variant)  # ... or the backend has no such kernels
         self.backend: str = backend_.name
         self.plan: KernelPlan = make_plan(self.variant)
         I, H, p = self.input_size, self.hidden_size, self.plan

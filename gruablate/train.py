@@ -152,6 +152,9 @@ def check_config(
         the_task = make_task(task, **task_options)
     T, B = the_task.time_scale, batch
     need = the_task.output_size * T * B * 3 * np.dtype(dtype).itemsize  # logits, dz, dy
+    reason = the_backend.unsupported(spec)
+    if reason is not None:  # checked on every machine: it is the spec's, not the device's
+        raise ValueError(reason)
     plan = make_plan(spec)
     for k in range(layers):
         need += layer_bytes(plan, seq_len=T, batch=B, hidden=hidden, dtype=dtype,

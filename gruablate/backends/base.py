@@ -114,6 +114,17 @@ class Backend(ABC):
         if reason is not None:
             raise self.unavailable_error(reason)
 
+    def unsupported(self, variant: Variant) -> str | None:
+        """None when this backend has kernels for ``variant``, else why not (checked
+        when a layer is made, before any work)."""
+        return None
+
+    def require_variant(self, variant: Variant) -> None:
+        """A ``ValueError`` naming the reason when :meth:`unsupported` gives one."""
+        reason = self.unsupported(variant)
+        if reason is not None:
+            raise ValueError(reason)
+
     @abstractmethod
     def layer(self, plan: KernelPlan, dtype: str, input_size: int, hidden: int,
               params: np.ndarray, grads: np.ndarray) -> LayerImpl:

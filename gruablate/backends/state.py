@@ -33,17 +33,18 @@ def check_array(name: str, a: Any, shape: tuple[int, ...], dtype: str) -> np.nda
 
 def pack_state(name: str, state: State, state_names: tuple[str, ...], batch: int,
                hidden: int, dtype: str) -> np.ndarray:
-    """A user state (``h`` or ``(h, c)``, or None for zeros) as one (S, B, H) array."""
+    """A user state (``h``; ``(h, c)``; a tuple in ``state_names`` order for a cell with
+    more states; None for zeros) as one (S, B, H) array."""
     S = len(state_names)
     if state is None:
         return np.zeros((S, batch, hidden), dtype=dtype)
-    if S == 2 and not (isinstance(state, tuple | list) and len(state) == 2):
-        raise ValueError(f"{name} of an LSTM-family layer must be a tuple (h, c)")
-    parts = state if S == 2 else (state,)
+    if S > 1 and not (isinstance(state, tuple | list) and len(state) == S):
+        raise ValueError(f"{name} of this layer must be a tuple ({', '.join(state_names)})")
+    parts = state if S > 1 else (state,)
     return np.stack([check_array(f"{name}[{k}]", s, (batch, hidden), dtype)
                      for k, s in zip(state_names, parts, strict=True)])
 
 
 def unpack_state(s: np.ndarray) -> State:
-    """The user's form of a packed (S, B, H) state: ``h``, or ``(h, c)``."""
-    return (s[0], s[1]) if s.shape[0] == 2 else s[0]
+    """The user's form of a packed (S, B, H) state: ``h``, or the tuple ``(h, c, ...)``."""
+    return tuple(s) if s.shape[0] > 1 else s[0]

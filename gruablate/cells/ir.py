@@ -591,3 +591,102 @@ def _resolve(ir: CellIR, i: int, fwd: set[int], keep: list[int], state_values: s
         _resolve(ir, c, fwd, keep, state_values, seen, expanded)
     if ir.is_op(i):
         expanded.append(i)
+
+
+# ---------------------------------------------------------------------- printing
+def _names(ir: CellIR) -> dict[int, str]:
+    """Display names of the nodes an equation names (the last name wins for shared)."""
+    out = {}
+    for name, i in ir.named.items():
+        base = name[:-1] if name.endswith("'") else name
+        out[i] = display_name(base) + ("'" if name.endswith("'") else "")
+    return out
+
+
+def _show(ir: CellIR, i: int, names: dict[int, str], temps: set[int], top: bool = True
+          ) -> str:
+    n = ir.nodes[i]
+    kind = n[0]
+    if not top and i in names:
+        return names[i]
+    if not top and i in temps:
+        return f"t{i}"
+    if kind == "const":
+        v = n[1]
+        return repr(int(v)) if v == int(v) else repr(v)
+    if kind == "state":
+        return n[1]
+    if kind == "vec":
+        return n[1]
+    if kind == "wx":
+        return f"({n[1]} x)"
+    if kind == "ux":
+        operand = ir.products[n[1]]
+        return f"({n[1]} {_show(ir, operand, names, temps, top=False)})"
+    if kind == "seed":
+        return f"∂{n[1]}'"
+    if kind == "xadj":
+        return f"∂{names.get(n[1], f't{n[1]}')}↑"
+    if kind == "dop":
+        g = ir.groups[n[1]]
+        return f"(∂P{g.index} U{g.index})"
+    sub = [_show(ir, c, names, temps, top=False) for c in ir.children(i)]
+    if kind in ("sigmoid", "tanh", "relu"):
+        return f"{'σ' if kind == 'sigmoid' else kind}({sub[0]})"
+    if kind == "step":
+        return f"[{sub[0]} > 0]"
+    if kind == "copy":
+        return sub[0]
+    if kind == "neg":
+        return f"−{sub[0]}"
+    sym = {"add": "+", "sub": "−", "mul": "⊙", "div": "/"}[kind]
+    text = f"{sub[0]} {sym} {sub[1]}"
+    return text if top else f"({text})"
+
+
+def explain(ir: CellIR, backward: bool = False) -> list[str]:
+    """The schedule as text: per pass the products before it and what it computes, and
+    (``backward``) the derived gradient statements and where each goes."""
+    names = _names(ir)
+    out = []
+    for ps in ir.passes:
+        for g in ir.groups:
+            if g.round == ps.index - 1:
+                operand = _show(ir, g.operand, names, set(), top=False)
+                out.append(f"product P{g.index} = [{', '.join(g.blocks)}] {operand}"
+                           f" (one per step)")
+        out.append(f"forward pass {ps.index}: computes"
+                   f" {', '.join(names[i] for i in ps.forward if i in names) or '-'}")
+    slots = [names.get(i, _show(ir, i, names, set(), top=True)) for i in ir.slots]
+    out.append(f"kept per step for the backward pass: {', '.join(slots) or '-'}")
+    if not backward:
+        return out
+    out.append("")
+    out.append("backward (∂s' is the gradient arriving on a new state: the loss's and the"
+               " later step's; ∂v↑ a value's gradient from a later pass):")
+    for ps in reversed(ir.passes):
+        out.append(f"backward pass {ps.index}:")
+        temps = set(ps.backward)
+        for i in ps.backward:
+            out.append(f"  t{i} = {_show(ir, i, names, temps)}")
+        for w in ps.writes:
+            ref = _show(ir, w.node, names, temps, top=False)
+            op = "+=" if w.accumulate or w.target == "carry" else "="
+            if w.target == "dgx":
+                dest = f"∂({w.name} x)"
+            elif w.target == "dP":
+                dest = f"∂({w.name} ·)"
+            elif w.target == "dvec":
+                dest = f"∂{w.name} (summed over steps and rows)"
+            elif w.target == "xadj":
+                dest = f"∂{names.get(w.name, f't{w.name}')}↑"
+            else:
+                dest = f"∂{w.name} (previous step)"
+            out.append(f"  {dest} {op} {ref}")
+        for g in ir.groups:
+            if g.round == ps.index - 1:
+                out.append(f"  then ∂operand of P{g.index} = ∂P{g.index} U{g.index};"
+                           f" ∂[{', '.join(g.blocks)}] = Σ_t ∂P{g.index}ᵀ operand after the loop")
+    out.append("weight gradients: ∂W = Σ_t ∂(W x)ᵀ x, ∂x = ∂(W x) W, one product each after"
+               " the loop")
+    return out

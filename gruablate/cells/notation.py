@@ -55,7 +55,7 @@ target: NAME PRIME?
     | NAME PRIME?       -> var
     | NAME "(" sum ")"  -> call
     | "(" sum ")"
-MATRIX.2: /[WU]_[A-Za-z0-9]+(?![A-Za-z0-9_'(])/
+MATRIX.2: /[WU]_[A-Za-z0-9]+(?![A-Za-z0-9_])/
 NAME: /[A-Za-z][A-Za-z0-9_]*/
 PRIME: "'"
 NUMBER: /(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?/
@@ -131,6 +131,11 @@ def parse_equation(text: Any, where: str = "") -> Equation:
                         f" {source[exc.pos_in_stream]!r} is not part of the notation") from None
     except UnexpectedInput as exc:
         col = getattr(exc, "column", "?")
+        before = getattr(exc, "token_history", None) or []
+        if before and before[-1].type == "MATRIX":
+            m = str(before[-1])
+            raise SpecError(f"{label}: {m} is a matrix and must multiply an operand written"
+                            f" right after it ({m} x, {m} h, {m} (expression))") from None
         raise SpecError(f"{label}: unsupported syntax at column {col}") from None
     except LarkError as exc:  # pragma: no cover - any other parse failure
         raise SpecError(f"{label}: unsupported syntax ({type(exc).__name__})") from None

@@ -78,8 +78,10 @@ def list_cmd(as_json: bool, input_size: int, hidden: int) -> None:
               help="Print the kernel source generated for this backend instead.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="dtype of the kernel source (with --kernel).")
+@click.option("--backward", is_flag=True,
+              help="Also print the derived gradient equations and the schedule.")
 def show_cmd(name_or_file: str, input_size: int, hidden: int, latex: bool,
-             kernel: str | None, dtype: str) -> None:
+             kernel: str | None, dtype: str, backward: bool) -> None:
     """Equations, switches and parameter count of one variant (name or .toml file).
 
     With --kernel, the Python source generated for it instead: the CPU module Numba
@@ -95,13 +97,28 @@ def show_cmd(name_or_file: str, input_size: int, hidden: int, latex: bool,
     click.echo("\nequations:")
     for line in v.equations("latex" if latex else "text"):
         click.echo(f"  {line}")
-    click.echo("\nswitches:")
-    for key, value in _switches(v).items():
-        click.echo(f"  {key} = {value}")
+    if v.is_equations:
+        click.echo(f"\nstates: {', '.join(v.state_names)}")
+    else:
+        click.echo("\nswitches:")
+        for key, value in _switches(v).items():
+            click.echo(f"  {key} = {value}")
     click.echo(f"\nparameters at I={input_size}, H={hidden}:")
+    roles = {"W": "input weights", "U": "recurrent weights", "b": "bias", "p": "diagonal"}
+    kinds = v.cell.params
     for pname, shape in v.param_shapes(input_size, hidden).items():
-        click.echo(f"  {pname:6s} {'×'.join(map(str, shape))}")
+        role = roles.get(kinds.get(pname, pname[0]), "")
+        click.echo(f"  {pname:6s} {'×'.join(map(str, shape)):>9s}  {role}")
     click.echo(f"  total  {v.param_count(input_size, hidden)}")
+    per_row = v.flops(input_size, hidden, batch=1, seq_len=1)
+    click.echo(f"\nFLOPs of the products per step and batch row: {per_row:.0f} (forward),"
+               f" {3 * per_row:.0f} (training)")
+    if backward:
+        from ..cells.ir import explain
+
+        click.echo("\nschedule:")
+        for line in explain(v.cell, backward=True):
+            click.echo(f"  {line}" if line else "")
     if v.is_linear_recurrence:
         click.echo("\nthe recurrence is linear in h: computable by a scan over time")
 

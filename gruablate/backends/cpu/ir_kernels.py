@@ -42,7 +42,7 @@ from numba import carray, cfunc, njit, types
 
 from gruablate.backends.cpu.runtime import (
     FASTMATH, PARALLEL_MIN_WORK, NoAliasCompiler, address, as_pointer, ccall, keep_alive,
-    num_threads, provide, symbol,
+    num_threads, pow2, provide, symbol,
 )
 
 DT = np.{dtype}

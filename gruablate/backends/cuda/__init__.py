@@ -87,7 +87,14 @@ class CudaBackend(Backend):
                 impl.backward_device(saved, dyd, dsd, T, B)
         return fn, cuda.synchronize
 
+    def unsupported(self, variant: Variant) -> str | None:
+        if variant.is_equations:
+            return (f"variant {variant.name!r} is an equations spec: the cuda backend does"
+                    " not print kernels from equations yet (the cpu backend does)")
+        return None
+
     def kernel_source(self, variant: Variant, dtype: str) -> str:
         from .source import DEFAULT_GEOMETRY, cell_source
 
+        self.require_variant(variant)
         return cell_source(variant, dtype, DEFAULT_GEOMETRY)

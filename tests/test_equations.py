@@ -1,0 +1,433 @@
+"""Cells written as equations: parsed, differentiated and compiled to CPU kernels.
+
+Oracles: the hand-shaped switch kernels (every built-in's rendered equations, as a
+spec, must give its outputs and gradients), float64 NumPy references written here from
+the papers' own equations (never from the graph or the generated code), and central
+finite differences of the kernels' own forward pass for every parameter, the input and
+every initial state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gruablate import RecurrentLayer, get_variant, list_variants
+from gruablate.cells.spec import Variant
+
+I, H, T, B = 3, 4, 5, 2
+
+
+def sig(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def spec(name: str, equations: list[str], **extra) -> Variant:
+    return Variant.from_dict({"name": name, "equations": equations, **extra})
+
+
+def run(layer: RecurrentLayer, x, s0, dy, dsT):
+    """Outputs, last state, and every gradient of ``sum(y*dy) + sum(sT*dsT)``."""
+    y, sT = layer.forward(x, s0)
+    dx, ds0, _ = layer.backward(dy, dsT)
+    return y, sT, dx, ds0, {k: g.copy() for k, g in layer.grads.items()}
+
+
+def inputs(n_states: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T, B, I))
+    s0 = tuple(0.5 * rng.standard_normal((B, H)) for _ in range(n_states))
+    dy = rng.standard_normal((T, B, H))
+    dsT = tuple(rng.standard_normal((B, H)) for _ in range(n_states))
+    one = n_states == 1
+    return x, (s0[0] if one else s0), dy, (dsT[0] if one else dsT)
+
+
+# ------------------------------------------------------------------ built-ins
+@pytest.mark.parametrize("name", list_variants())
+def test_builtin_equations_as_a_spec_match_the_builtin(name):
+    v = get_variant(name)
+    twin = spec(f"{name}-eq", v.equations(), init=v.initial_values)
+    assert twin.param_shapes(I, H) .keys() == v.param_shapes(I, H).keys()
+    a = RecurrentLayer(v, I, H, seed=3, dtype="float64")
+    e = RecurrentLayer(twin, I, H, seed=3, dtype="float64")
+    for k in a.params:
+        e.params[k][:] = a.params[k]
+    args = inputs(len(v.state_names))
+    ra, re_ = run(a, *args), run(e, *args)
+    for got, want in zip(re_[:4], ra[:4], strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-13)
+    for k in ra[4]:
+        np.testing.assert_allclose(re_[4][k], ra[4][k], rtol=1e-11, atol=1e-12, err_msg=k)
+
+
+def test_equations_spec_identity_is_its_content():
+    a = spec("one", ["h' = tanh(W_c x + U_c h + b_c)"])
+    b = spec("two", ["h'=tanh( W_c x+U_c h+b_c )"])
+    from gruablate.cells.identity import spec_digest
+
+    assert spec_digest(a.to_dict()) == spec_digest(b.to_dict())
+    c = spec("three", ["h' = tanh(W_c x + U_c h)"])
+    assert spec_digest(c.to_dict()) != spec_digest(a.to_dict())
+
+
+def test_equations_spec_round_trips_through_toml(tmp_path):
+    v = spec("peep", PEEPHOLE, init={"b_f": 1.0}, description="with peepholes")
+    path = tmp_path / "peep.toml"
+    path.write_text(v.to_toml(), encoding="utf-8")
+    back = Variant.from_toml(path)
+    assert back == v
+    layer = RecurrentLayer(back, I, H)
+    assert np.all(layer.params["b_f"] == 1.0)
+
+
+# ------------------------------------------------------------ new cells
+# Greff et al. 2017, "LSTM: A Search Space Odyssey", section 2 (vanilla LSTM, eqs. for
+# z, i, f, c, o, y): peepholes p_i, p_f on c_{t-1}, p_o on the new c_t.
+PEEPHOLE = [
+    "i = σ(W_i x + U_i h + p_i ⊙ c + b_i)",
+    "f = σ(W_f x + U_f h + p_f ⊙ c + b_f)",
+    "g = tanh(W_g x + U_g h + b_g)",
+    "c' = f ⊙ c + i ⊙ g",
+    "o = σ(W_o x + U_o h + p_o ⊙ c' + b_o)",
+    "h' = o ⊙ tanh(c')",
+]
+
+
+def ref_peephole(P, x, h, c, variant="vanilla"):
+    """Greff et al. 2017, section 2, with their ablations (section 3.2)."""
+    ys = []
+    for t in range(x.shape[0]):
+        xt = x[t]
+        pre = lambda k: xt @ P[f"W_{k}"].T + h @ P[f"U_{k}"].T + P[f"b_{k}"]  # noqa: E731
+        z = pre("g")
+        z = z if variant == "niaf" else np.tanh(z)
+        i = sig(pre("i") + P["p_i"] * c)
+        f = sig(pre("f") + P["p_f"] * c)
+        c = f * c + i * z
+        if variant == "nog":
+            h = np.tanh(c)
+        else:
+            o = sig(pre("o") + P["p_o"] * c)
+            h = o * (c if variant == "noaf" else np.tanh(c))
+        ys.append(h)
+    return np.stack(ys), (h, c)
+
+
+NO_OUTPUT_GATE = PEEPHOLE[:4] + ["h' = tanh(c')"]
+NO_INPUT_ACT = [PEEPHOLE[0], PEEPHOLE[1], "g = W_g x + U_g h + b_g", *PEEPHOLE[3:]]
+NO_OUTPUT_ACT = PEEPHOLE[:5] + ["h' = o ⊙ c'"]
+
+# Greff et al. 2017, FGR variant (section 3.2, "full gate recurrence"): each gate also
+# sees the three gates of the previous step through nine more recurrent matrices.
+FULL_GATE_RECURRENCE = [
+    "i' = σ(W_i x + U_i h + U_ii i + U_if f + U_io o + p_i ⊙ c + b_i)",
+    "f' = σ(W_f x + U_f h + U_fi i + U_ff f + U_fo o + p_f ⊙ c + b_f)",
+    "g = tanh(W_g x + U_g h + b_g)",
+    "c' = f' ⊙ c + i' ⊙ g",
+    "o' = σ(W_o x + U_o h + U_oi i + U_of f + U_oo o + p_o ⊙ c' + b_o)",
+    "h' = o' ⊙ tanh(c')",
+]
+
+
+def ref_fgr(P, x, h, c, i, f, o):
+    ys = []
+    for t in range(x.shape[0]):
+        xt = x[t]
+
+        def pre(k):
+            rec = i @ P[f"U_{k}i"].T + f @ P[f"U_{k}f"].T + o @ P[f"U_{k}o"].T
+            return xt @ P[f"W_{k}"].T + h @ P[f"U_{k}"].T + rec + P[f"b_{k}"]
+
+        i_n = sig(pre("i") + P["p_i"] * c)
+        f_n = sig(pre("f") + P["p_f"] * c)
+        z = np.tanh(xt @ P["W_g"].T + h @ P["U_g"].T + P["b_g"])
+        c = f_n * c + i_n * z
+        o_n = sig(pre("o") + P["p_o"] * c)
+        h = o_n * np.tanh(c)
+        i, f, o = i_n, f_n, o_n
+        ys.append(h)
+    return np.stack(ys), (h, c, i, f, o)
+
+
+# Jozefowicz et al. 2015, MUT3 (section 3.3): z = σ(W_xz x + W_hz tanh(h) + b_z),
+# r = σ(W_xr x + W_hr h + b_r), h' = tanh(W_hh (r ⊙ h) + W_xh x + b_h) ⊙ z + h ⊙ (1 − z).
+MUT3 = [
+    "z = σ(W_z x + U_z tanh(h) + b_z)",
+    "r = σ(W_r x + U_r h + b_r)",
+    "h' = tanh(U_h (r ⊙ h) + W_h x + b_h) ⊙ z + h ⊙ (1 − z)",
+]
+
+
+def ref_mut3(P, x, h):
+    ys = []
+    for t in range(x.shape[0]):
+        xt = x[t]
+        z = sig(xt @ P["W_z"].T + np.tanh(h) @ P["U_z"].T + P["b_z"])
+        r = sig(xt @ P["W_r"].T + h @ P["U_r"].T + P["b_r"])
+        h = np.tanh((r * h) @ P["U_h"].T + xt @ P["W_h"].T + P["b_h"]) * z + h * (1 - z)
+        ys.append(h)
+    return np.stack(ys), h
+
+
+# Feng et al. 2024, minLSTM (section 3.2.3, with the normalised gates f' and i'):
+# f = σ(Linear(x)), i = σ(Linear(x)), h̃ = Linear(x), f' = f / (f + i), i' = i / (f + i),
+# h_t = f' ⊙ h_{t-1} + i' ⊙ h̃. (Their primes are not states: our fn, in.)
+MINLSTM = [
+    "f = σ(W_f x + b_f)",
+    "i = σ(W_i x + b_i)",
+    "ĥ = W_h x + b_h",
+    "fn = f / (f + i)",
+    "in = i / (f + i)",
+    "h' = fn ⊙ h + in ⊙ ĥ",
+]
+
+
+def ref_minlstm(P, x, h):
+    ys = []
+    for t in range(x.shape[0]):
+        xt = x[t]
+        f = sig(xt @ P["W_f"].T + P["b_f"])
+        i = sig(xt @ P["W_i"].T + P["b_i"])
+        ht = xt @ P["W_h"].T + P["b_h"]
+        h = f / (f + i) * h + i / (f + i) * ht
+        ys.append(h)
+    return np.stack(ys), h
+
+
+# Li et al. 2018, IndRNN (eq. 2): h_t = σ(W x_t + u ⊙ h_{t-1} + b), σ = ReLU.
+INDRNN = ["h' = relu(W_h x + p_h ⊙ h + b_h)"]
+
+
+def ref_indrnn(P, x, h):
+    ys = []
+    for t in range(x.shape[0]):
+        h = np.maximum(x[t] @ P["W_h"].T + P["p_h"] * h + P["b_h"], 0.0)
+        ys.append(h)
+    return np.stack(ys), h
+
+
+CELLS = {
+    "lstm_peephole": (PEEPHOLE, lambda P, x, s: ref_peephole(P, x, *s)),
+    "lstm_nog": (NO_OUTPUT_GATE, lambda P, x, s: ref_peephole(P, x, *s, variant="nog")),
+    "lstm_niaf": (NO_INPUT_ACT, lambda P, x, s: ref_peephole(P, x, *s, variant="niaf")),
+    "lstm_noaf": (NO_OUTPUT_ACT, lambda P, x, s: ref_peephole(P, x, *s, variant="noaf")),
+    "lstm_fgr": (FULL_GATE_RECURRENCE, lambda P, x, s: ref_fgr(P, x, *s)),
+    "mut3": (MUT3, lambda P, x, s: ref_mut3(P, x, s)),
+    "minlstm": (MINLSTM, lambda P, x, s: ref_minlstm(P, x, s)),
+    "indrnn": (INDRNN, lambda P, x, s: ref_indrnn(P, x, s)),
+}
+
+
+def test_fgr_states_are_h_then_the_order_of_assignment():
+    v = spec("fgr", FULL_GATE_RECURRENCE)
+    assert v.state_names == ("h", "i", "f", "c", "o")
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_new_cell_matches_its_paper(name):
+    equations, reference = CELLS[name]
+    v = spec(name, equations)
+    layer = RecurrentLayer(v, I, H, seed=5, dtype="float64")
+    S = len(v.state_names)
+    x, s0, dy, dsT = inputs(S, seed=1)
+    y, sT = layer.forward(x, s0, keep=False)
+    P = {k: p.copy() for k, p in layer.params.items()}
+    state = dict(zip(v.state_names, (s0,) if S == 1 else s0, strict=True))
+    if name == "lstm_fgr":
+        ry, rs = reference(P, x, (state["h"], state["c"], state["i"], state["f"],
+                                  state["o"]))
+        rs = dict(zip(("h", "c", "i", "f", "o"), rs, strict=True))
+        rs = tuple(rs[s] for s in v.state_names)
+    elif S == 2:
+        ry, rs = reference(P, x, (state["h"], state["c"]))
+    else:
+        ry, rs = reference(P, x, state["h"])
+        rs = (rs,)
+    np.testing.assert_allclose(y, ry, rtol=1e-12, atol=1e-13)
+    got = (sT,) if S == 1 else sT
+    for g, r in zip(got, rs, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-13)
+
+
+def _loss(layer, x, s0, dy, dsT):
+    y, sT = layer.forward(x, s0, keep=False)
+    sT = sT if isinstance(sT, tuple) else (sT,)
+    dsT = dsT if isinstance(dsT, tuple) else (dsT,)
+    return float(np.sum(y * dy) + sum(np.sum(a * b) for a, b in zip(sT, dsT, strict=True)))
+
+
+def _fd(f, arr, eps=1e-6):
+    out = np.zeros_like(arr)
+    flat, g = arr.reshape(-1), out.reshape(-1)
+    for k in range(flat.size):
+        old = flat[k]
+        flat[k] = old + eps
+        up = f()
+        flat[k] = old - eps
+        down = f()
+        flat[k] = old
+        g[k] = (up - down) / (2 * eps)
+    return out
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_new_cell_gradients_match_finite_differences(name):
+    equations, _ = CELLS[name]
+    v = spec(name, equations)
+    layer = RecurrentLayer(v, I, H, seed=7, dtype="float64")
+    if name == "indrnn":  # keep the ReLU away from its kink at this step size
+        layer.params["b_h"][:] = 0.5
+    S = len(v.state_names)
+    x, s0, dy, dsT = inputs(S, seed=2)
+    _, _, dx, ds0, grads = run(layer, x, s0, dy, dsT)
+
+    def f():
+        return _loss(layer, x, s0, dy, dsT)
+
+    for k, p in layer.params.items():
+        np.testing.assert_allclose(grads[k], _fd(f, p), rtol=1e-6, atol=1e-8, err_msg=k)
+    np.testing.assert_allclose(dx, _fd(f, x), rtol=1e-6, atol=1e-8, err_msg="x")
+    states = (s0,) if S == 1 else s0
+    dstates = (ds0,) if S == 1 else ds0
+    for s, arr, d in zip(v.state_names, states, dstates, strict=True):
+        np.testing.assert_allclose(d, _fd(f, arr), rtol=1e-6, atol=1e-8, err_msg=s)
+
+
+@pytest.mark.parametrize("name", ["lstm_peephole", "mut3", "minlstm"])
+def test_new_cell_float32_and_any_thread_count(name, monkeypatch):
+    """float32 follows float64 closely, and the bits do not depend on the threads."""
+    import numba
+
+    equations, _ = CELLS[name]
+    v = spec(name, equations)
+    T_, B_, H_ = 20, 64, 48  # enough rows for more than one row block
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((T_, B_, I)).astype(np.float32)
+    dy = rng.standard_normal((T_, B_, H_)).astype(np.float32)
+    l32 = RecurrentLayer(v, I, H_, seed=1)
+    l64 = RecurrentLayer(v, I, H_, seed=1, dtype="float64")
+    outs = []
+    for threads in (1, 2):
+        numba.set_num_threads(threads)
+        y, _ = l32.forward(x)
+        l32.backward(dy)
+        outs.append((y.copy(), l32.flat_grads.copy()))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert np.array_equal(outs[0][0], outs[1][0])
+    assert np.array_equal(outs[0][1], outs[1][1])
+    y64, _ = l64.forward(x.astype(np.float64))
+    np.testing.assert_allclose(outs[0][0], y64, atol=2e-5)
+
+
+def test_equations_spec_trains_from_a_file(tmp_path):
+    """From spec file to training run: Adam on the adding task beats the baseline."""
+    from gruablate.train import train
+
+    path = tmp_path / "mut3.toml"
+    path.write_text(spec("mut3", MUT3).to_toml(), encoding="utf-8")
+    record = train(str(path), "adding", hidden=16, steps=150, batch=32, seed=0, lr=1e-2,
+                   seq_len=10)
+    assert record["status"] == "ok", record.get("error")
+    assert record["metric"] < record["baseline"]
+
+
+def test_cuda_refuses_an_equations_spec_before_any_work():
+    from gruablate.backends import get_backend
+
+    reason = get_backend("cuda").unsupported(spec("mut3", MUT3))
+    assert reason is not None and "equations" in reason
+
+
+# ---------------------------------------------------------------- bad specs
+BAD = [
+    (["c' = tanh(W_c x + U_c c)"], "h' is missing"),
+    (["h' = tanh(W_c x + U_c h + q)"], "unknown symbol 'q'"),
+    (["h' = u ⊙ h + W_c x", "u = σ(W_u x)"], "u is used before it is assigned"),
+    (["h' = tanh(W_c h + U_c h)"], "W_c multiplies x only"),
+    (["h' = tanh(W_c x + U_c x)"], "input-sized"),
+    (["h' = tanh(W_c x + U_c h + U_c (h ⊙ h))"], "two different operands"),
+    (["h' = tanh(W_c x + U_c ⊙ h)"], "U_c is a matrix"),
+    (["c' = c", "h' = tanh(W_c x + U_c h + c)"], "never updated"),
+    (["c' = tanh(W_c x)", "h' = tanh(W_h x + U_h h)"], "c is never read"),
+    (["h' = tanh(W_c x + U_c h) ** 2"], "unsupported syntax"),
+    (["h' = exp(W_c x + U_c h)"], "unknown function 'exp'"),
+    (["h' = tanh(W_c x + U_c h)", "h' = tanh(W_c x)"], "assigned twice"),
+    (["b_c = σ(W_c x)", "h' = b_c ⊙ h"], "parameter name"),
+    (["x = σ(W_c x)", "h' = x ⊙ h"], "x is the input"),
+    (["q = σ(W_q x)", "h' = tanh(W_c x + U_c h)"], "q is assigned but never used"),
+    (["h' = tanh(W_c x + b_c)"], "no recurrence"),
+    (["h' = tanh(W_c x + U_c h) ⊙ x"], "x may appear only as W_k x"),
+    (["i = σ(W_i x + p_i ⊙ c')", "c' = i ⊙ c", "h' = tanh(c') + U_h h"],
+     "c' is used before it is assigned"),
+    (["c = σ(W_c x)", "c' = c ⊙ h", "h' = tanh(U_h c)"], "cannot also be an intermediate"),
+    (["h' = tanh(W_c x + U_c h + 1e400)"], "out of range"),
+    (["h' = U_c h ⊙ h"], "never reads its input"),
+    (["h' = tanh(W_c x + U_c h + d')"], "d' is not a state"),
+    (["h' = tanh(W_c x + U_c h)", 7], "must be a string"),
+    ([], "non-empty list"),
+]
+
+
+@pytest.mark.parametrize("equations, message", BAD, ids=[m for _, m in BAD])
+def test_bad_equations_are_refused_with_a_message_naming_them(equations, message):
+    from gruablate.errors import SpecError
+
+    with pytest.raises(SpecError) as err:
+        spec("bad", equations)
+    text = str(err.value)
+    assert message in text
+    assert "\n" not in text
+    if equations and isinstance(equations[0], str) and message != "h' is missing":
+        assert "equation" in text
+
+
+@pytest.mark.parametrize("attack", [
+    "h' = __import__('os').system('true')",
+    "h' = tanh(W_c x + U_c h)\nimport os",
+    'h\' = tanh(W_c x + U_c h) # "',
+    "h' = tanh(W_c x + U_c h); import os",
+    "h' = tanh(W_c x + U_c h + b_c.__class__)",
+])
+def test_code_in_an_equation_is_refused_by_the_parser(attack):
+    from gruablate.errors import SpecError
+
+    with pytest.raises(SpecError, match="unsupported syntax"):
+        spec("evil", [attack])
+
+
+def test_switches_and_equations_do_not_mix():
+    from gruablate.errors import SpecError
+
+    with pytest.raises(SpecError, match="switches and equations do not mix"):
+        Variant.from_dict({"name": "m", "reset": "after", "equations": INDRNN})
+    with pytest.raises(SpecError, match="has switches, not equations"):
+        Variant.from_dict({"name": "m", "family": "gru", "equations": INDRNN})
+    with pytest.raises(SpecError, match="not a parameter"):
+        Variant.from_dict({"name": "m", "equations": INDRNN, "init": {"b_q": 1.0}})
+    with pytest.raises(SpecError, match="only vectors"):
+        Variant.from_dict({"name": "m", "equations": INDRNN, "init": {"W_h": 1.0}})
+
+
+def test_generated_code_holds_no_spec_text():
+    """Names of the spec never reach the kernel source: it is printed from slots."""
+    from gruablate.backends.cpu.kernels import kernel_source
+
+    v = spec("weird", ["zebra = σ(W_zebra x + U_zebra h + b_zebra)",
+                       "h' = zebra ⊙ h + (1 − zebra) ⊙ tanh(W_c x)"])
+    text = kernel_source(v, "float64")
+    assert "zebra" not in text and "weird" not in text
+
+
+def test_variants_show_prints_equations_parameters_flops_and_backward(tmp_path):
+    from click.testing import CliRunner
+
+    from gruablate.cli import main
+
+    path = tmp_path / "peep.toml"
+    path.write_text(spec("lstm_peephole", PEEPHOLE).to_toml(), encoding="utf-8")
+    out = CliRunner().invoke(main, ["variants", "show", str(path), "--backward"])
+    assert out.exit_code == 0, out.output
+    for text in ("c' = f ⊙ c + i ⊙ g", "p_o", "diagonal", "FLOPs", "backward pass 1",
+                 "∂(W_o x)", "states: h, c"):
+        assert text in out.output
