@@ -99,16 +99,17 @@ def ref_peephole(P, x, h, c, variant="vanilla"):
     ys = []
     for t in range(x.shape[0]):
         xt = x[t]
-        pre = lambda k: xt @ P[f"W_{k}"].T + h @ P[f"U_{k}"].T + P[f"b_{k}"]  # noqa: E731
-        z = pre("g")
+        pre = {k: xt @ P[f"W_{k}"].T + h @ P[f"U_{k}"].T + P[f"b_{k}"]
+               for k in "ifgo" if f"W_{k}" in P}
+        z = pre["g"]
         z = z if variant == "niaf" else np.tanh(z)
-        i = sig(pre("i") + P["p_i"] * c)
-        f = sig(pre("f") + P["p_f"] * c)
+        i = sig(pre["i"] + P["p_i"] * c)
+        f = sig(pre["f"] + P["p_f"] * c)
         c = f * c + i * z
         if variant == "nog":
             h = np.tanh(c)
         else:
-            o = sig(pre("o") + P["p_o"] * c)
+            o = sig(pre["o"] + P["p_o"] * c)
             h = o * (c if variant == "noaf" else np.tanh(c))
         ys.append(h)
     return np.stack(ys), (h, c)
@@ -134,16 +135,13 @@ def ref_fgr(P, x, h, c, i, f, o):
     ys = []
     for t in range(x.shape[0]):
         xt = x[t]
-
-        def pre(k):
-            rec = i @ P[f"U_{k}i"].T + f @ P[f"U_{k}f"].T + o @ P[f"U_{k}o"].T
-            return xt @ P[f"W_{k}"].T + h @ P[f"U_{k}"].T + rec + P[f"b_{k}"]
-
-        i_n = sig(pre("i") + P["p_i"] * c)
-        f_n = sig(pre("f") + P["p_f"] * c)
+        pre = {k: xt @ P[f"W_{k}"].T + h @ P[f"U_{k}"].T + i @ P[f"U_{k}i"].T
+               + f @ P[f"U_{k}f"].T + o @ P[f"U_{k}o"].T + P[f"b_{k}"] for k in "ifo"}
+        i_n = sig(pre["i"] + P["p_i"] * c)
+        f_n = sig(pre["f"] + P["p_f"] * c)
         z = np.tanh(xt @ P["W_g"].T + h @ P["U_g"].T + P["b_g"])
         c = f_n * c + i_n * z
-        o_n = sig(pre("o") + P["p_o"] * c)
+        o_n = sig(pre["o"] + P["p_o"] * c)
         h = o_n * np.tanh(c)
         i, f, o = i_n, f_n, o_n
         ys.append(h)

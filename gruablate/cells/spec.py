@@ -311,7 +311,7 @@ class Variant:
         ``[init]`` table; a switch LSTM's ``forget_bias`` on ``b_f``)."""
         if self.is_equations:
             return dict(self.init)
-        if self.family == "lstm":
+        if self.family == "lstm" and "b" in (self.gate_inputs or ""):
             return {"b_f": float(self.forget_bias)}
         return {}
 
