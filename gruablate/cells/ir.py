@@ -83,6 +83,9 @@ class CellIR:
     groups: list[Group] = field(default_factory=list)
     passes: list[Pass] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)  # node per slot of acts
+    #: Values of the parameters alone (``σ(b_u)`` of gru3): the same at every step and
+    #: row, so computed once per call, never per step, and never kept.
+    invariants: list[int] = field(default_factory=list)
     pass_of: dict[int, int] = field(default_factory=dict)
     seeds: dict[str, list[tuple]] = field(default_factory=dict)  # state -> seed loads
     _index: dict[tuple, int] = field(default_factory=dict, repr=False)
@@ -397,8 +400,14 @@ def _schedule(ir: CellIR) -> None:
     # A computed operand of the last pass would feed a product no pass reads: impossible,
     # since every product's result is read by some value of a later pass.
     ir.passes = [Pass(p) for p in range(1, n_passes + 1)]
+    pinned |= set(ir.new_state.values())
     for i in sorted(pass_of):
-        if ir.is_op(i):
+        if ir.is_op(i) and i not in pinned and all(
+                ir.nodes[c][0] in ("const", "vec") or c in ir.invariants
+                for c in ir.children(i)):
+            ir.invariants.append(i)
+    for i in sorted(pass_of):
+        if ir.is_op(i) and i not in ir.invariants:
             ir.passes[pass_of[i] - 1].forward.append(i)
     by_operand: dict[int, list[str]] = {}
     for u, operand in ir.products.items():
@@ -455,7 +464,10 @@ def _differentiate(ir: CellIR) -> None:
         for g in ir.groups:
             if g.round == p_index and ir.group_state(g) is None:
                 inpass.setdefault(g.operand, []).append(ir.node("dop", g.index))
-        for i in reversed(ps.forward):
+        # The values of the parameters alone are computed once per call, but their
+        # gradients flow per step like any other's, in the pass that reads them.
+        nodes = sorted(ps.forward + [i for i in ir.invariants if ir.pass_of[i] == p_index])
+        for i in reversed(nodes):
             terms = list(inpass.get(i, []))
             if ("xadj", i) in contrib:
                 terms.append(ir.node("xadj", i))
@@ -554,7 +566,7 @@ def _choose_slots(ir: CellIR) -> None:
     for ps in ir.passes:
         for i in ps.forward:
             for c in ir.children(i):
-                if ir.is_op(c) and ir.pass_of[c] < ps.index:
+                if ir.is_op(c) and ir.pass_of[c] < ps.index and c not in ir.invariants:
                     want(c)
     fwd = set(ir.pass_of)
     state_values = set(ir.new_state.values())
@@ -581,6 +593,8 @@ def _resolve(ir: CellIR, i: int, fwd: set[int], keep: list[int], state_values: s
         return
     seen.add(i)
     n = ir.nodes[i]
+    if i in ir.invariants:  # computed once per call
+        return
     if i in fwd:
         if n[0] in ("const", "state", "vec"):
             return

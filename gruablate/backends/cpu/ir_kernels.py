@@ -118,6 +118,8 @@ class _Printer:
         # Values handed between backward passes, one (R, H) buffer each.
         self.xadj = sorted({w.name for ps in ir.passes for w in ps.writes
                             if w.target == "xadj"})
+        self._single_writes()
+        self._aliases()
         self._bias_sources()
         written = {(w.target, w.name) for ps in ir.passes for w in ps.writes}
         # A block no pass writes (its gradient is zero) must read as zeros, not garbage.
@@ -128,7 +130,43 @@ class _Printer:
         self.dbp_alloc = "np.empty" if all(("dvec", v) in written for v in self.apart) \
             else "np.zeros"
 
-    # ---------------------------------------------------------- gradients of b
+    # ---------------------------------------------------------- gradient buffers
+    def _single_writes(self) -> None:
+        """``(target, name) -> node`` for every gradient written by one statement."""
+        writes = [w for ps in self.ir.passes for w in ps.writes]
+        count: dict[tuple, int] = {}
+        for w in writes:
+            count[(w.target, w.name)] = count.get((w.target, w.name), 0) + 1
+        self.single = {(w.target, w.name): w.node for w in writes
+                       if count[(w.target, w.name)] == 1}
+
+    def _aliases(self) -> None:
+        """Groups whose product gradient is a run of the input-product gradient.
+
+        Where ``W_k x`` and ``U_k h`` sit in one sum (``σ(W_i x + U_i h + b_i)``) their
+        gradients are one node, so the group's ``dP`` is columns ``m..m+n`` of ``dgx``
+        (every row of ``dgx`` is NX blocks wide): the backward stores it once, and the
+        products read it there with ``dgx``'s row stride. Saves a (T, B, n·H) buffer
+        written and read once per call (the switch kernels' ``DGH_ALIAS``).
+        """
+        ir, plan = self.ir, self.plan
+        self.alias: dict[int, int] = {}
+        by_node = {node: plan.w_index(name) for (target, name), node in self.single.items()
+                   if target == "dgx"}
+        for g in ir.groups:
+            nodes = [self.single.get(("dP", u)) for u in g.blocks]
+            if any(n is None or n not in by_node for n in nodes):
+                continue
+            cols = [by_node[n] for n in nodes]
+            if cols == list(range(cols[0], cols[0] + len(cols))):
+                self.alias[g.index] = cols[0]
+
+    def dp_buffer(self, g: int) -> tuple[str, str, str]:
+        """``(array, column offset, row stride)`` of group ``g``'s product gradient."""
+        if g in self.alias:
+            return "dgx", f"{self.alias[g]} * H", "NX * H"
+        return f"dP{g}", "0", f"{len(self.ir.groups[g].blocks)} * H"
+
     def _bias_sources(self) -> None:
         """Each vector parameter's gradient terms: read from a buffer the products
         already need when the pass writes the same node there once (a bias beside a
@@ -136,15 +174,12 @@ class _Printer:
         ir = self.ir
         self.vec_source: dict[str, tuple[str, int]] = {}
         apart: list[str] = []
-        writes = [w for ps in ir.passes for w in ps.writes]
-        count: dict[tuple, int] = {}
-        for w in writes:
-            count[(w.target, w.name)] = count.get((w.target, w.name), 0) + 1
-        single = {(w.target, w.name): w.node for w in writes if count[(w.target, w.name)] == 1}
+        single = self.single
         by_node: dict[int, tuple[str, str]] = {}
-        for (target, name), node in single.items():
-            if target in ("dgx", "dP"):
-                by_node.setdefault(node, (target, name))
+        for target in ("dgx", "dP"):  # dgx first: an aliased dP lives there anyway
+            for (t, name), node in single.items():
+                if t == target:
+                    by_node.setdefault(node, (target, name))
         for v in ir.vec_names:
             node = single.get(("dvec", v))
             if node is not None and node in by_node:
@@ -220,6 +255,30 @@ class _Printer:
             return lp.use(f"dq{n[1]}_", f"dq{n[1]}[bi_, 0:H]")
         return None
 
+    def invariant_read(self, lp: _Pass, i: int) -> str:
+        k = self.ir.invariants.index(i)
+        return lp.use(f"kv{k}_", f"kv[{k}]")
+
+    def invariant_pass(self) -> _Pass | None:
+        """The loop computing the parameters-only values once per call (into ``kv``)."""
+        ir = self.ir
+        if not ir.invariants:
+            return None
+        lp = _Pass("_invariants")
+
+        def ref(c: int) -> str:
+            if c in ir.invariants:
+                return f"v{c}"
+            out = self.leaf(lp, c, backward=False)
+            assert out is not None
+            return out
+
+        for i in ir.invariants:
+            self.statement(lp, i, ref)
+            k = ir.invariants.index(i)
+            lp.lines.append(f"{lp.use(f'kv{k}_', f'kv[{k}]')} = v{i}")
+        return lp
+
     def slot_read(self, lp: _Pass, i: int, step: str) -> str:
         k = self.ir.slot(i)
         return lp.use(f"a{k}_", f"acts[{step}, row_, {k} * H:{k + 1} * H]")
@@ -234,6 +293,8 @@ class _Printer:
         def ref(c: int) -> str:
             if c in mine:
                 return f"v{c}"
+            if c in ir.invariants:
+                return self.invariant_read(lp, c)
             if ir.is_op(c):  # an earlier pass's value: kept in a slot
                 return self.slot_read(lp, c, "ta")
             out = self.leaf(lp, c, backward=False)
@@ -265,6 +326,8 @@ class _Printer:
         def ref(c: int) -> str:
             if c in mine:
                 return f"v{c}"
+            if c in ir.invariants:
+                return self.invariant_read(lp, c)
             if c in ir.slots:
                 return self.slot_read(lp, c, "t")
             out = self.leaf(lp, c, backward=True)
@@ -282,6 +345,8 @@ class _Printer:
                 dest = lp.use(f"dgx{k}_", f"dgx[t, row_, {k} * H:{k + 1} * H]")
             elif w.target == "dP":
                 g, q = self.group_of[w.name]
+                if g in self.alias:  # the same node is written to dgx
+                    continue
                 dest = lp.use(f"dp{g}_{q}_", f"dP{g}[t, row_, {q} * H:{q + 1} * H]")
             elif w.target == "dvec":
                 e = self.vec_source[w.name][1]
@@ -289,11 +354,9 @@ class _Printer:
             elif w.target == "xadj":
                 q = self.xadj.index(w.name)
                 dest = lp.use(f"xa{q}_", f"xab[{q}, bi_]")
-            else:  # carry: the next (earlier) step's buffer is zeroed at each step
+            else:  # carry: the gradient on the previous state, for the step before
                 k = self.state_index[w.name]
                 dest = lp.use(f"dn{k}_", f"dnext[{k}, bi_]")
-                lp.lines.append(f"{dest} += {value}")
-                continue
             lp.lines.append(f"{dest} {'+=' if w.accumulate else '='} {value}")
         return lp
 
@@ -310,7 +373,8 @@ class _Printer:
         bwd_slots = [("s0", "S * B * H"), ("y", "T * B * H"), ("acts", "T * B * NA * H"),
                      ("dy", "T * B * H"), ("dsT", "S * B * H"), ("ds0", "S * B * H"),
                      ("dgx", "T * B * NX * H"), ("dbp", "T * B * NE * H"), ("b", "NV * H")]
-        bwd_slots += [(f"dP{g.index}", f"T * B * {len(g.blocks)} * H") for g in groups]
+        bwd_slots += [(f"dP{g.index}", f"T * B * {len(g.blocks)} * H") for g in groups
+                      if g.index not in self.alias]
         bwd_slots += [(f"ut{g.index}", f"nph * {len(g.blocks)} * H * NR") for g in groups]
         bwd_slots += [("T", None), ("B", None), ("H", None)]
         BWD = ArgTable(tuple(bwd_slots))
@@ -321,7 +385,8 @@ class _Printer:
         out.append((ACT_FAST if self.dtype == "float32" else ACT_EXACT).format(opts=OPTS))
         fwd_passes = [self.forward_pass(p.index) for p in ir.passes]
         bwd_passes = [self.backward_pass(p.index) for p in ir.passes]
-        for lp in fwd_passes + bwd_passes:
+        self.inv = self.invariant_pass()
+        for lp in fwd_passes + bwd_passes + ([self.inv] if self.inv else []):
             out.append(lp.definition())
         out.append(self._forward_rows(FWD, fwd_passes))
         out.append(self._backward_rows(BWD, bwd_passes))
@@ -360,6 +425,7 @@ class _Printer:
         L += ["    sb = np.empty((2, S, R_, H), dtype=DT)  # previous and new states, swapped",
               "    sbf = sb.reshape(sb.size)",
               "    for k in range(S):", "        sb[0, k] = s0[k, r0_:r1_]",
+              *self._invariants_call(),
               "    for t in range(T):", "        ta = t * keep",
               "        scur = sb[t % 2]", "        snext = sb[(t + 1) % 2]"]
         for lp in passes:
@@ -367,6 +433,13 @@ class _Printer:
             L.append(lp.call())
         L += ["    for k in range(S):", "        sT[k, r0_:r1_] = sb[T % 2, k]"]
         return "\n".join(L) + "\n"
+
+    def _invariants_call(self) -> list[str]:
+        if self.inv is None:
+            return []
+        args = ", ".join(self.inv.binds.values())
+        return [f"    kv = np.empty(({len(self.ir.invariants)}, H), dtype=DT)",
+                f"    _invariants(H, {args})"]
 
     def _products_before(self, lp_index: int) -> list[str]:
         """The products of round ``lp_index − 1``: each group on its operand's rows."""
@@ -402,24 +475,29 @@ class _Printer:
              f"    dy = {BWD.view('dy')}.reshape((T, B, H))",
              f"    dsT = {BWD.view('dsT')}.reshape((S, B, H))",
              f"    ds0 = {BWD.view('ds0')}.reshape((S, B, H))",
-             f"    dgx = {BWD.view('dgx')}.reshape((T, B, NX * H))",
+             f"    dgxf = {BWD.view('dgx')}", "    dgx = dgxf.reshape((T, B, NX * H))",
              f"    dbp = {BWD.view('dbp')}.reshape((T, B, NE * H))",
              f"    b = {BWD.view('b')}"]
         for g in ir.groups:
             k, n = g.index, len(g.blocks)
-            L += [f"    dP{k}f = {BWD.view(f'dP{k}')}",
-                  f"    dP{k} = dP{k}f.reshape((T, B, {n} * H))",
-                  f"    ut{k} = {BWD.view(f'ut{k}')}",
+            if k not in self.alias:
+                L += [f"    dP{k}f = {BWD.view(f'dP{k}')}",
+                      f"    dP{k} = dP{k}f.reshape((T, B, {n} * H))"]
+            L += [f"    ut{k} = {BWD.view(f'ut{k}')}",
                   f"    dq{k} = np.zeros((R_, nph * NR), dtype=DT)  # the operand's gradient",
                   f"    dq{k}f = dq{k}.reshape(dq{k}.size)"]
         L += ["    dcar = np.zeros((2, S, R_, H), dtype=DT)  # gradient on the states, carried",
               "    for k in range(S):", "        dcar[(T - 1) % 2, k] = dsT[k, r0_:r1_]",
               "    xab = np.empty((max(1, NQ), R_, H), dtype=DT)",
+              *self._invariants_call(),
               "    spv_ = np.empty((S, R_, H), dtype=DT)  # previous states of the step",
               "    for t in range(T - 1, -1, -1):",
               "        hprev_ = s0[0] if t == 0 else y[t - 1]",
-              "        dcur = dcar[t % 2]", "        dnext = dcar[(t + 1) % 2]",
-              "        dnext[:] = ZERO"]
+              "        dcur = dcar[t % 2]", "        dnext = dcar[(t + 1) % 2]"]
+        carried = {w.name for ps in ir.passes for w in ps.writes if w.target == "carry"}
+        for s in ir.states:  # a state no pass writes a gradient to starts each step at 0
+            if s not in carried:
+                L.append(f"        dnext[{self.state_index[s]}] = ZERO")
         for s in ir.states[1:]:
             k = self.state_index[s]
             slot = ir.state_slot(s)
@@ -445,7 +523,8 @@ class _Printer:
             if g.round != index - 1:
                 continue
             k, n = g.index, len(g.blocks)
-            L.append(f"        ccall(MMP, address(dP{k}f), (t * B + r0_) * {n} * H, {n} * H,"
+            buf, off, ld = self.dp_buffer(k)
+            L.append(f"        ccall(MMP, address({buf}f), (t * B + r0_) * {ld} + {off}, {ld},"
                      f" R_, address(ut{k}), {n} * H, H, address(dq{k}f), 0, nph * NR, 0)")
         return L
 
@@ -494,8 +573,9 @@ class _Printer:
               f"    dbp = {self.dbp_alloc}((T, B, NE * H), dtype=DT)"]
         for g in ir.groups:
             k, n, off = g.index, len(g.blocks), plan.group_offset(g.index)
-            L += [f"    dP{k} = {self.dp_alloc[k]}((T, B, {n} * H), dtype=DT)",
-                  f"    ut{k} = np.empty(nph * {n} * H * NR, dtype=DT)",
+            if k not in self.alias:
+                L.append(f"    dP{k} = {self.dp_alloc[k]}((T, B, {n} * H), dtype=DT)")
+            L += [f"    ut{k} = np.empty(nph * {n} * H * NR, dtype=DT)",
                   f'    ccall(symbol("{sym["pack"]}"), address(U), {off} * H * H, H, 1,'
                   f" {n} * H, H, address(ut{k}))"]
         L.append(BWD.pack())
@@ -519,22 +599,23 @@ class _Printer:
             k, n, off = g.index, len(g.blocks), plan.group_offset(g.index)
             s = ir.group_state(g)
             dU = f"address(dU), {off} * H * H, H"
+            buf, col, ld = self.dp_buffer(k)
             if s is None:  # sum_t dP_t^T operand_t, the operand kept in a slot
                 slot = ir.slot(g.operand)
-                L.append(f"    ccall(gemm, address(dP{k}), 0, 1, {n} * H, {n} * H, T * B,"
+                L.append(f"    ccall(gemm, address({buf}), {col}, 1, {ld}, {n} * H, T * B,"
                          f" address(acts), {slot} * H, NA * H, 1, H, {dU}, 0)")
                 continue
             si = self.state_index[s]
-            L.append(f"    ccall(gemm, address(dP{k}), 0, 1, {n} * H, {n} * H, B,"
+            L.append(f"    ccall(gemm, address({buf}), {col}, 1, {ld}, {n} * H, B,"
                      f" address(s0), {si} * B * H, H, 1, H, {dU}, 0)")
             if si == 0:
                 prev = "address(y), 0, H"
             else:
                 prev = f"address(acts), {ir.state_slot(s)} * H, NA * H"
-            L.append(f"    ccall(gemm, address(dP{k}), B * {n} * H, 1, {n} * H, {n} * H,"
+            L.append(f"    ccall(gemm, address({buf}), B * {ld} + {col}, 1, {ld}, {n} * H,"
                      f" (T - 1) * B, {prev}, 1, H, {dU}, 1)")
-        keep = ", ".join(["dgx", "dbp", "args"] + [f"dP{g.index}, ut{g.index}"
-                                                   for g in ir.groups])
+        keep = ", ".join(["dgx", "dbp", "args"] + [f"ut{g.index}" for g in ir.groups]
+                         + [f"dP{g.index}" for g in ir.groups if g.index not in self.alias])
         L.append(f"    keep_alive({keep})")
         return "\n".join(L) + "\n"
 
