@@ -2,9 +2,11 @@
 
 Every built-in is run twice in one process: as its switch spec (``kernels.py``) and as
 an ``equations`` spec of the equations it renders (``ir_kernels.py``), same weights,
-same inputs. Prints the median milliseconds of a training step (forward + backward)
-and of inference, and the ratio switch time / equations time (below 1: the equations
-kernels are slower).
+same inputs. The two are timed in alternating rounds (a shared machine drifts by 10-20 %
+over a minute; alternating puts both under the same drift), each round the median of
+``--repeats`` calls. Prints the median over rounds of a training step (forward +
+backward) and of inference, and the ratio switch time / equations time (below 1: the
+equations kernels are slower).
 
     python benchmarks/equations_vs_switches.py --hidden 64 256 --threads 2
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -33,15 +36,22 @@ def twin(v: Variant) -> Variant:
                               "init": v.initial_values})
 
 
-def step_times(layer: RecurrentLayer, x: np.ndarray, dy: np.ndarray, repeats: int):
-    def train():
-        layer.forward(x, copy=False)
-        layer.backward(dy)
+def step_times(layers: list[RecurrentLayer], x: np.ndarray, dy: np.ndarray, repeats: int,
+               rounds: int) -> list[tuple[float, float]]:
+    """Per layer: median over alternating rounds of (train ms, inference ms)."""
+    times: list[list[tuple[float, float]]] = [[] for _ in layers]
+    for _ in range(rounds):
+        for k, layer in enumerate(layers):
+            def train(layer=layer):
+                layer.forward(x, copy=False)
+                layer.backward(dy)
 
-    def infer():
-        layer.forward(x, keep=False)
+            def infer(layer=layer):
+                layer.forward(x, keep=False)
 
-    return median_ms(train, repeats), median_ms(infer, repeats)
+            times[k].append((median_ms(train, repeats), median_ms(infer, repeats)))
+    return [(statistics.median(t for t, _ in ts), statistics.median(i for _, i in ts))
+            for ts in times]
 
 
 def main() -> None:
@@ -52,6 +62,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None, help="also write the records here")
     args = ap.parse_args()
     numba.set_num_threads(args.threads)
@@ -71,8 +82,7 @@ def main() -> None:
             e = RecurrentLayer(twin(v), H, H, seed=0)
             for k in a.params:
                 e.params[k][:] = a.params[k]
-            ta, ia = step_times(a, x, dy, args.repeats)
-            te, ie = step_times(e, x, dy, args.repeats)
+            (ta, ia), (te, ie) = step_times([a, e], x, dy, args.repeats, args.rounds)
             print(f"{name} | {H} | {ta:.2f} | {te:.2f} | {ta / te:.2f} | {ia:.2f} |"
                   f" {ie:.2f} | {ia / ie:.2f}", flush=True)
             records.append(dict(variant=name, hidden=H, switch_train_ms=ta,

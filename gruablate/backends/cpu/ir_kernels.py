@@ -107,6 +107,10 @@ class _Pass:
         return "\n".join(lines)
 
 
+def _indented(text: str) -> str:
+    return "\n".join("    " + line for line in text.split("\n"))
+
+
 class _Printer:
     """The generated module of one cell in one dtype."""
 
@@ -284,11 +288,24 @@ class _Printer:
         return lp.use(f"a{k}_", f"acts[{step}, row_, {k} * H:{k + 1} * H]")
 
     # ---------------------------------------------------------- the passes
-    def forward_pass(self, index: int) -> _Pass:
+    def inference_slots(self) -> set[int]:
+        """The slots inference writes too: values a later pass or product reads within
+        the step (the rest are for the backward pass only)."""
+        ir = self.ir
+        out = {g.operand for g in ir.groups if ir.group_state(g) is None}
+        for ps in ir.passes:
+            for i in ps.forward:
+                for c in ir.children(i):
+                    if c in ir.slots and ir.is_op(c) and ir.pass_of[c] < ps.index:
+                        out.add(c)
+        return out
+
+    def forward_pass(self, index: int, train: bool = True) -> _Pass:
         ir = self.ir
         ps = ir.passes[index - 1]
-        lp = _Pass(f"_fwd{index}")
+        lp = _Pass(f"_fwd{index}" if train else f"_inf{index}")
         mine = set(ps.forward)
+        kept = set(ir.slots) if train else self.inference_slots()
 
         def ref(c: int) -> str:
             if c in mine:
@@ -303,11 +320,11 @@ class _Printer:
 
         # Product results the backward reads are kept as they are, in their first pass.
         for i in ir.slots:
-            if not ir.is_op(i) and max(1, ir.pass_of[i]) == index:
+            if i in kept and not ir.is_op(i) and max(1, ir.pass_of[i]) == index:
                 lp.lines.append(f"{self.slot_read(lp, i, 'ta')} = {ref(i)}")
         for i in ps.forward:
             self.statement(lp, i, ref)
-            if i in ir.slots:
+            if i in kept:
                 lp.lines.append(f"{self.slot_read(lp, i, 'ta')} = v{i}")
             for s, node in ir.new_state.items():
                 if node == i:
@@ -384,11 +401,17 @@ class _Printer:
             nr=cpu_runtime.panel_width(self.dtype), block_bytes=BLOCK_BYTES)]
         out.append((ACT_FAST if self.dtype == "float32" else ACT_EXACT).format(opts=OPTS))
         fwd_passes = [self.forward_pass(p.index) for p in ir.passes]
+        # Inference keeps only what the step itself reads again: its own loops, where
+        # they differ, skip the stores of the values kept for the backward pass.
+        inf_passes = [self.forward_pass(p.index, train=False) for p in ir.passes]
+        inf_passes = [i if i.lines != f.lines else None
+                      for i, f in zip(inf_passes, fwd_passes, strict=True)]
         bwd_passes = [self.backward_pass(p.index) for p in ir.passes]
         self.inv = self.invariant_pass()
-        for lp in fwd_passes + bwd_passes + ([self.inv] if self.inv else []):
+        extra = [lp for lp in inf_passes if lp] + ([self.inv] if self.inv else [])
+        for lp in fwd_passes + bwd_passes + extra:
             out.append(lp.definition())
-        out.append(self._forward_rows(FWD, fwd_passes))
+        out.append(self._forward_rows(FWD, fwd_passes, inf_passes))
         out.append(self._backward_rows(BWD, bwd_passes))
         out.append(self._entries(FWD, BWD))
         text = "".join(out)
@@ -400,7 +423,8 @@ class _Printer:
         return [f"{indent}np{g.index} = ({len(g.blocks)} * H + NR - 1) // NR"
                 for g in self.ir.groups]
 
-    def _forward_rows(self, FWD: ArgTable, passes: list[_Pass]) -> str:
+    def _forward_rows(self, FWD: ArgTable, passes: list[_Pass],
+                      inference: list[_Pass | None]) -> str:
         ir = self.ir
         L = ["", "", "def _forward_rows(chunk_, nch, a):",
              '    """Rows block chunk_ of nch over the whole sequence (a cfunc)."""',
@@ -428,9 +452,13 @@ class _Printer:
               *self._invariants_call(),
               "    for t in range(T):", "        ta = t * keep",
               "        scur = sb[t % 2]", "        snext = sb[(t + 1) % 2]"]
-        for lp in passes:
-            L += self._products_before(lp_index=int(lp.name[4:]))
-            L.append(lp.call())
+        for index, (lp, inf) in enumerate(zip(passes, inference, strict=True), start=1):
+            L += self._products_before(index)
+            if inf is None:
+                L.append(lp.call())
+            else:
+                L += ["        if keep:", _indented(lp.call()), "        else:",
+                      _indented(inf.call())]
         L += ["    for k in range(S):", "        sT[k, r0_:r1_] = sb[T % 2, k]"]
         return "\n".join(L) + "\n"
 
@@ -504,9 +532,9 @@ class _Printer:
             L += ["        if t == 0:", f"            spv_[{k}] = s0[{k}, r0_:r1_]",
                   "        else:",
                   f"            spv_[{k}] = acts[t - 1, r0_:r1_, {slot} * H:{slot + 1} * H]"]
-        for lp in reversed(passes):
-            L.append(lp.call())
-            L += self._transposed_after(int(lp.name[4:]))
+        for index in range(len(passes), 0, -1):
+            L.append(passes[index - 1].call())
+            L += self._transposed_after(index)
         L += ["    for k in range(S):", "        ds0[k, r0_:r1_] = dnext[k]"]
         for g in ir.groups:
             s = ir.group_state(g)
