@@ -16,6 +16,8 @@ from gruablate import RecurrentLayer, get_variant, list_variants
 from gruablate.cells.spec import Variant
 
 I, H, T, B = 3, 4, 5, 2
+#: (T, B): 10 rows read U in place, 20 rows pack it (PACK_MIN_ROWS = 16): both paths.
+SHAPES = [(5, 2), (4, 5)]
 
 
 def sig(v):
@@ -33,19 +35,21 @@ def run(layer: RecurrentLayer, x, s0, dy, dsT):
     return y, sT, dx, ds0, {k: g.copy() for k, g in layer.grads.items()}
 
 
-def inputs(n_states: int, seed: int = 0):
+def inputs(n_states: int, seed: int = 0, shape: tuple[int, int] = (T, B)):
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((T, B, I))
-    s0 = tuple(0.5 * rng.standard_normal((B, H)) for _ in range(n_states))
-    dy = rng.standard_normal((T, B, H))
-    dsT = tuple(rng.standard_normal((B, H)) for _ in range(n_states))
+    T_, B_ = shape
+    x = rng.standard_normal((T_, B_, I))
+    s0 = tuple(0.5 * rng.standard_normal((B_, H)) for _ in range(n_states))
+    dy = rng.standard_normal((T_, B_, H))
+    dsT = tuple(rng.standard_normal((B_, H)) for _ in range(n_states))
     one = n_states == 1
     return x, (s0[0] if one else s0), dy, (dsT[0] if one else dsT)
 
 
 # ------------------------------------------------------------------ built-ins
+@pytest.mark.parametrize("shape", SHAPES, ids=["in-place", "packed"])
 @pytest.mark.parametrize("name", list_variants())
-def test_builtin_equations_as_a_spec_match_the_builtin(name):
+def test_builtin_equations_as_a_spec_match_the_builtin(name, shape):
     v = get_variant(name)
     twin = spec(f"{name}-eq", v.equations(), init=v.initial_values)
     assert twin.param_shapes(I, H) .keys() == v.param_shapes(I, H).keys()
@@ -53,7 +57,7 @@ def test_builtin_equations_as_a_spec_match_the_builtin(name):
     e = RecurrentLayer(twin, I, H, seed=3, dtype="float64")
     for k in a.params:
         e.params[k][:] = a.params[k]
-    args = inputs(len(v.state_names))
+    args = inputs(len(v.state_names), shape=shape)
     ra, re_ = run(a, *args), run(e, *args)
     for got, want in zip(re_[:4], ra[:4], strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-13)
@@ -222,13 +226,14 @@ def test_fgr_states_are_h_then_the_order_of_assignment():
     assert v.state_names == ("h", "i", "f", "c", "o")
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=["in-place", "packed"])
 @pytest.mark.parametrize("name", list(CELLS))
-def test_new_cell_matches_its_paper(name):
+def test_new_cell_matches_its_paper(name, shape):
     equations, reference = CELLS[name]
     v = spec(name, equations)
     layer = RecurrentLayer(v, I, H, seed=5, dtype="float64")
     S = len(v.state_names)
-    x, s0, dy, dsT = inputs(S, seed=1)
+    x, s0, dy, dsT = inputs(S, seed=1, shape=shape)
     y, sT = layer.forward(x, s0, keep=False)
     P = {k: p.copy() for k, p in layer.params.items()}
     state = dict(zip(v.state_names, (s0,) if S == 1 else s0, strict=True))
@@ -269,15 +274,16 @@ def _fd(f, arr, eps=1e-6):
     return out
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=["in-place", "packed"])
 @pytest.mark.parametrize("name", list(CELLS))
-def test_new_cell_gradients_match_finite_differences(name):
+def test_new_cell_gradients_match_finite_differences(name, shape):
     equations, _ = CELLS[name]
     v = spec(name, equations)
     layer = RecurrentLayer(v, I, H, seed=7, dtype="float64")
     if name == "indrnn":  # keep the ReLU away from its kink at this step size
         layer.params["b_h"][:] = 0.5
     S = len(v.state_names)
-    x, s0, dy, dsT = inputs(S, seed=2)
+    x, s0, dy, dsT = inputs(S, seed=2, shape=shape)
     _, _, dx, ds0, grads = run(layer, x, s0, dy, dsT)
 
     def f():

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Below this many rows of the whole sequence (T·B) the recurrent weights are not packed:
+# packing costs one pass over them, about what one row's product costs.
+PACK_MIN_ROWS = 16
 # A row block runs the whole time loop for its rows, one block per thread at a time.
 # At B = 64, H = 512 the LSTM's two blocks of 32 rows were 20 % slower per row than at
 # B = 32: a step's input pre-activations, products and gates for 32 rows (786 KB)
