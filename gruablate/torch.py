@@ -189,17 +189,20 @@ class Recurrent(nn.Module):
         return out
 
     @property
-    def _lstm(self) -> bool:
-        return len(self.variant.state_names) == 2
+    def _several_states(self) -> bool:
+        """``(h, c)`` for the LSTM family, or a tuple of all the states of an equations
+        cell with more (``variant.state_names`` order); else the state is ``h``."""
+        return len(self.variant.state_names) > 1
 
     def _initial(self, state: Any, B: int, like: torch.Tensor) -> list[torch.Tensor]:
-        """Each layer's (S, B, H) initial state from the user's ``h`` or ``(h, c)``."""
+        """Each layer's (S, B, H) initial state from the user's ``h`` or ``(h, c, ...)``."""
         L, H, S = self.num_layers, self.hidden_size, len(self.variant.state_names)
         if state is None:
             return [like.new_zeros((S, B, H)) for _ in range(L)]
-        parts = state if self._lstm else (state,)
-        if self._lstm and not (isinstance(state, tuple | list) and len(state) == 2):
-            raise ValueError("the state of an LSTM-family Recurrent is a tuple (h, c)")
+        parts = state if self._several_states else (state,)
+        if self._several_states and not (isinstance(state, tuple | list) and len(state) == S):
+            raise ValueError(f"the state of this Recurrent is a tuple"
+                             f" ({', '.join(self.variant.state_names)})")
         for name, p in zip(self.variant.state_names, parts, strict=True):
             if not isinstance(p, torch.Tensor) or tuple(p.shape) != (L, B, H):
                 got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
@@ -229,7 +232,7 @@ class Recurrent(nn.Module):
             last.append(sT)
         y = h.transpose(0, 1) if self.batch_first else h
         stacked = torch.stack(last, dim=1)  # (S, L, B, H)
-        return y, ((stacked[0], stacked[1]) if self._lstm else stacked[0])
+        return y, (tuple(stacked) if self._several_states else stacked[0])
 
     def extra_repr(self) -> str:
         return (f"{self.variant.name!r}, {self.input_size}, {self.hidden_size},"

@@ -24,20 +24,41 @@ def _state(module, B, requires_grad=True):
     gen = torch.Generator().manual_seed(3)
     parts = [torch.randn(L, B, H, generator=gen, dtype=module.dtype).requires_grad_(
         requires_grad) for _ in module.variant.state_names]
-    return tuple(parts) if len(parts) == 2 else parts[0]
+    return tuple(parts) if len(parts) > 1 else parts[0]
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+#: Equations specs (kernels printed from their graph): two states, and five.
+EQUATIONS = {
+    "lstm_peephole": ["i = σ(W_i x + U_i h + p_i ⊙ c + b_i)",
+                      "f = σ(W_f x + U_f h + p_f ⊙ c + b_f)", "g = tanh(W_g x + U_g h + b_g)",
+                      "c' = f ⊙ c + i ⊙ g", "o = σ(W_o x + U_o h + p_o ⊙ c' + b_o)",
+                      "h' = o ⊙ tanh(c')"],
+    "gates_as_states": ["i' = σ(W_i x + U_i h + U_ii i + p_i ⊙ c + b_i)",
+                        "f' = σ(W_f x + U_f h + U_ff f + b_f)", "g = tanh(W_g x + U_g h)",
+                        "c' = f' ⊙ c + i' ⊙ g", "o' = σ(W_o x + U_o h + U_oo o)",
+                        "h' = o' ⊙ tanh(c')"],
+}
+
+
+def _variant(name):
+    if name not in EQUATIONS:
+        return name
+    from gruablate.cells.spec import Variant
+
+    return Variant.from_dict({"name": name, "equations": EQUATIONS[name]})
+
+
+@pytest.mark.parametrize("name", BUILTINS + list(EQUATIONS))
 def test_gradcheck_every_variant_two_layers(name):
     torch.manual_seed(0)
-    module = Recurrent(name, 3, 4, num_layers=2, dtype=torch.float64)
+    module = Recurrent(_variant(name), 3, 4, num_layers=2, dtype=torch.float64)
     x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
     state = _state(module, 2)
     params = list(module.parameters())
 
     def run(x, *inputs):
         n = len(module.variant.state_names)
-        st = tuple(inputs[:n]) if n == 2 else inputs[0]
+        st = tuple(inputs[:n]) if n > 1 else inputs[0]
         y, last = module(x, st)
         return (y, *last) if isinstance(last, tuple) else (y, last)
 
@@ -71,7 +92,7 @@ def _with_param(module, p, v, x, state_inputs):
         setattr(cell, pname, v)  # a plain tensor in the parameter's place
         n = len(module.variant.state_names)
         st = tuple(s.detach() for s in state_inputs)
-        y, last = module(x, st if n == 2 else st[0])
+        y, last = module(x, st if n > 1 else st[0])
     finally:
         delattr(cell, pname)
         cell.register_parameter(pname, saved)
