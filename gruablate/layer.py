@@ -59,6 +59,7 @@ class RecurrentLayer:
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.dtype = normalise_dtype(dtype)
+        self.variant.check_sizes(self.input_size, self.hidden_size)
         backend_ = get_backend(backend)
         backend_.require()  # the reason, before any work, when this machine cannot
         backend_.require_variant(self.variant)  # ... or the backend has no such kernels

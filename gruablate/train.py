@@ -155,6 +155,7 @@ def check_config(
     reason = the_backend.unsupported(spec)
     if reason is not None:  # checked on every machine: it is the spec's, not the device's
         raise ValueError(reason)
+    spec.check_sizes(the_task.input_size, hidden)  # the first layer; the rest take H
     plan = make_plan(spec)
     for k in range(layers):
         need += layer_bytes(plan, seq_len=T, batch=B, hidden=hidden, dtype=dtype,

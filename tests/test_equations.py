@@ -35,7 +35,7 @@ def run(layer: RecurrentLayer, x, s0, dy, dsT):
     return y, sT, dx, ds0, {k: g.copy() for k, g in layer.grads.items()}
 
 
-def inputs(n_states: int, seed: int = 0, shape: tuple[int, int] = (T, B)):
+def inputs(n_states: int, seed: int = 0, shape: tuple[int, int] = (T, B), I: int = I):
     rng = np.random.default_rng(seed)
     T_, B_ = shape
     x = rng.standard_normal((T_, B_, I))
@@ -209,6 +209,49 @@ def ref_indrnn(P, x, h):
     return np.stack(ys), h
 
 
+# Jozefowicz et al. 2015, MUT1 and MUT2 (section 3.3): the raw input inside an H-sized
+# expression, so I = H.
+#   MUT1: z = σ(W_xz x + b_z), r = σ(W_xr x + W_hr h + b_r),
+#         h' = tanh(W_hh (r ⊙ h) + tanh(x) + b_h) ⊙ z + h ⊙ (1 − z)
+#   MUT2: z = σ(W_xz x + W_hz h + b_z), r = σ(x + W_hr h + b_r),
+#         h' = tanh(W_hh (r ⊙ h) + W_xh x + b_h) ⊙ z + h ⊙ (1 − z)
+MUT1 = [
+    "z = σ(W_z x + b_z)",
+    "r = σ(W_r x + U_r h + b_r)",
+    "h' = tanh(U_h (r ⊙ h) + tanh(x) + b_h) ⊙ z + h ⊙ (1 − z)",
+]
+MUT2 = [
+    "z = σ(W_z x + U_z h + b_z)",
+    "r = σ(x + U_r h + b_r)",
+    "h' = tanh(U_h (r ⊙ h) + W_h x + b_h) ⊙ z + h ⊙ (1 − z)",
+]
+
+
+def ref_mut1(P, x, h):
+    ys = []
+    for t in range(x.shape[0]):
+        xt = x[t]
+        z = sig(xt @ P["W_z"].T + P["b_z"])
+        r = sig(xt @ P["W_r"].T + h @ P["U_r"].T + P["b_r"])
+        h = np.tanh((r * h) @ P["U_h"].T + np.tanh(xt) + P["b_h"]) * z + h * (1 - z)
+        ys.append(h)
+    return np.stack(ys), h
+
+
+def ref_mut2(P, x, h):
+    ys = []
+    for t in range(x.shape[0]):
+        xt = x[t]
+        z = sig(xt @ P["W_z"].T + h @ P["U_z"].T + P["b_z"])
+        r = sig(xt + h @ P["U_r"].T + P["b_r"])
+        h = np.tanh((r * h) @ P["U_h"].T + xt @ P["W_h"].T + P["b_h"]) * z + h * (1 - z)
+        ys.append(h)
+    return np.stack(ys), h
+
+
+#: Cells whose input is read element-wise: the input size is the hidden size.
+SQUARE = {"mut1", "mut2"}
+
 CELLS = {
     "lstm_peephole": (PEEPHOLE, lambda P, x, s: ref_peephole(P, x, *s)),
     "lstm_nog": (NO_OUTPUT_GATE, lambda P, x, s: ref_peephole(P, x, *s, variant="nog")),
@@ -218,6 +261,8 @@ CELLS = {
     "mut3": (MUT3, lambda P, x, s: ref_mut3(P, x, s)),
     "minlstm": (MINLSTM, lambda P, x, s: ref_minlstm(P, x, s)),
     "indrnn": (INDRNN, lambda P, x, s: ref_indrnn(P, x, s)),
+    "mut1": (MUT1, lambda P, x, s: ref_mut1(P, x, s)),
+    "mut2": (MUT2, lambda P, x, s: ref_mut2(P, x, s)),
 }
 
 
@@ -231,9 +276,10 @@ def test_fgr_states_are_h_then_the_order_of_assignment():
 def test_new_cell_matches_its_paper(name, shape):
     equations, reference = CELLS[name]
     v = spec(name, equations)
-    layer = RecurrentLayer(v, I, H, seed=5, dtype="float64")
+    I_ = H if name in SQUARE else I
+    layer = RecurrentLayer(v, I_, H, seed=5, dtype="float64")
     S = len(v.state_names)
-    x, s0, dy, dsT = inputs(S, seed=1, shape=shape)
+    x, s0, dy, dsT = inputs(S, seed=1, shape=shape, I=I_)
     y, sT = layer.forward(x, s0, keep=False)
     P = {k: p.copy() for k, p in layer.params.items()}
     state = dict(zip(v.state_names, (s0,) if S == 1 else s0, strict=True))
@@ -279,11 +325,12 @@ def _fd(f, arr, eps=1e-6):
 def test_new_cell_gradients_match_finite_differences(name, shape):
     equations, _ = CELLS[name]
     v = spec(name, equations)
-    layer = RecurrentLayer(v, I, H, seed=7, dtype="float64")
+    I_ = H if name in SQUARE else I
+    layer = RecurrentLayer(v, I_, H, seed=7, dtype="float64")
     if name == "indrnn":  # keep the ReLU away from its kink at this step size
         layer.params["b_h"][:] = 0.5
     S = len(v.state_names)
-    x, s0, dy, dsT = inputs(S, seed=2, shape=shape)
+    x, s0, dy, dsT = inputs(S, seed=2, shape=shape, I=I_)
     _, _, dx, ds0, grads = run(layer, x, s0, dy, dsT)
 
     def f():
@@ -336,6 +383,16 @@ def test_equations_spec_trains_from_a_file(tmp_path):
     assert record["metric"] < record["baseline"]
 
 
+def test_a_cell_reading_x_element_wise_needs_input_size_equal_to_hidden():
+    v = spec("mut1", MUT1)
+    with pytest.raises(ValueError, match="input size must equal its hidden size"):
+        RecurrentLayer(v, I, H)
+    from gruablate.train import check_config
+
+    with pytest.raises(ValueError, match="input size must equal"):
+        check_config(v, "adding", hidden=16)  # the adding task's input is 2 wide
+
+
 def test_cuda_refuses_an_equations_spec_before_any_work():
     from gruablate.backends import get_backend
 
@@ -361,7 +418,6 @@ BAD = [
     (["x = σ(W_c x)", "h' = x ⊙ h"], "x is the input"),
     (["q = σ(W_q x)", "h' = tanh(W_c x + U_c h)"], "q is assigned but never used"),
     (["h' = tanh(W_c x + b_c)"], "no recurrence"),
-    (["h' = tanh(W_c x + U_c h) ⊙ x"], "x may appear only as W_k x"),
     (["i = σ(W_i x + p_i ⊙ c')", "c' = i ⊙ c", "h' = tanh(c') + U_h h"],
      "c' is used before it is assigned"),
     (["c = σ(W_c x)", "c' = c ⊙ h", "h' = tanh(U_h c)"], "cannot also be an intermediate"),

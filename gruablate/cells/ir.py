@@ -34,7 +34,7 @@ from .notation import FUNCTIONS, Equation, display_name, param_role, parse_equat
 UNARY = ("neg", "sigmoid", "tanh", "relu", "step", "copy")
 BINARY = ("add", "sub", "mul", "div")
 #: Leaves of the forward graph, readable in every pass.
-LOADS = ("const", "state", "vec", "wx", "ux")
+LOADS = ("const", "state", "vec", "wx", "ux", "xin")
 #: Leaves that exist only in the backward pass.
 BACKWARD_LOADS = ("seed", "xadj", "dop", "carry", "dy")
 
@@ -151,6 +151,11 @@ class CellIR:
         return self.nodes[i][0] in UNARY or self.nodes[i][0] in BINARY
 
     # ------------------------------------------------------------ queries
+    @property
+    def reads_x(self) -> bool:
+        """``x`` appears in an element-wise expression (``tanh(x)``): needs I = H."""
+        return ("xin",) in self._index
+
     @property
     def w_names(self) -> list[str]:
         return [n for n, r in self.params.items() if r == "W"]
@@ -305,9 +310,8 @@ class _Builder:
             if name + "'" not in self.env:
                 raise self.fail(f"{shown} is used before it is assigned")
             return self.env[name + "'"]
-        if name == "x":
-            raise self.fail("x may appear only as W_k x: its width is the input size, the"
-                            " cell's values have the hidden size")
+        if name == "x":  # x itself in an H-sized expression: the layer needs I = H
+            return ir.node("xin")
         role = param_role(name)
         if role in ("W", "U"):
             shape = "H×I" if role == "W" else "H×H"
@@ -443,6 +447,8 @@ def _differentiate(ir: CellIR) -> None:
             add(("dgx", n[1]), p, term)
         elif n[0] == "ux":
             add(("dP", n[1]), p, term)
+        elif n[0] == "xin":
+            add(("dxe", "x"), p, term)
         elif ir.pass_of[child] == p:
             inpass.setdefault(child, []).append(term)
         else:
@@ -596,7 +602,7 @@ def _resolve(ir: CellIR, i: int, fwd: set[int], keep: list[int], state_values: s
     if i in ir.invariants:  # computed once per call
         return
     if i in fwd:
-        if n[0] in ("const", "state", "vec"):
+        if n[0] in ("const", "state", "vec", "xin"):
             return
         if n[0] in ("wx", "ux", "sigmoid", "tanh", "relu") or i in keep or i in state_values:
             _keep(keep, i)
@@ -634,6 +640,8 @@ def _show(ir: CellIR, i: int, names: dict[int, str], temps: set[int], top: bool 
         return n[1]
     if kind == "wx":
         return f"({n[1]} x)"
+    if kind == "xin":
+        return "x"
     if kind == "ux":
         operand = ir.products[n[1]]
         return f"({n[1]} {_show(ir, operand, names, temps, top=False)})"
@@ -694,6 +702,8 @@ def explain(ir: CellIR, backward: bool = False) -> list[str]:
                 dest = f"∂{w.name} (summed over steps and rows)"
             elif w.target == "xadj":
                 dest = f"∂{names.get(w.name, f't{w.name}')}↑"
+            elif w.target == "dxe":
+                dest = "∂x (element-wise part)"
             else:
                 dest = f"∂{w.name} (previous step)"
             out.append(f"  {dest} {op} {ref}")

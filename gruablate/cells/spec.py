@@ -305,6 +305,14 @@ class Variant:
 
         return build(list(self.cell_equations) if self.is_equations else self.equations())
 
+    def check_sizes(self, input_size: int, hidden_size: int) -> None:
+        """A ``ValueError`` when the cell cannot take these sizes: an equations cell
+        that reads ``x`` element-wise (``tanh(x)``, ``σ(x + ...)``) needs I = H."""
+        if self.is_equations and self.cell.reads_x and input_size != hidden_size:
+            raise ValueError(
+                f"variant {self.name!r} reads x element-wise, so its input size must equal"
+                f" its hidden size; got input size {input_size}, hidden size {hidden_size}")
+
     @property
     def initial_values(self) -> dict[str, float]:
         """Vector parameters set to a constant after the random initialisation (the

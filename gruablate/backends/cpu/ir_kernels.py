@@ -235,6 +235,8 @@ class _Printer:
             if backward:
                 return lp.use(f"sp{k}_", f"spv_[{k}, bi_]")
             return lp.use(f"sp{k}_", f"scur[{k}, bi_]")
+        if kind == "xin":  # x itself (I = H, checked when the layer is made)
+            return lp.use("xr_", "xs[t, row_]")
         if kind == "wx":
             k = self.plan.w_index(n[1])
             return lp.use(f"x{k}_", f"xp[t, row_, {k} * H:{k + 1} * H]")
@@ -372,6 +374,8 @@ class _Printer:
             elif w.target == "xadj":
                 q = self.xadj.index(w.name)
                 dest = lp.use(f"xa{q}_", f"xab[{q}, bi_]")
+            elif w.target == "dxe":  # added to dx after the loop
+                dest = lp.use("dxe_", "dxe[t, row_]")
             else:  # carry: the gradient on the previous state, for the step before
                 k = self.state_index[w.name]
                 dest = lp.use(f"dn{k}_", f"dnext[{k}, bi_]")
@@ -387,6 +391,8 @@ class _Printer:
         fwd_slots += [(f"pk{g.index}", f"np{g.index} * H * NR * packed") for g in groups]
         fwd_slots += [("U", "NU * H * H"), ("T", None), ("B", None), ("H", None),
                       ("keep", None), ("packed", None), ("sT", "S * B * H")]
+        if ir.reads_x:
+            fwd_slots.append(("x", "T * B * H"))
         FWD = ArgTable(tuple(fwd_slots))
         bwd_slots = [("s0", "S * B * H"), ("y", "T * B * H"), ("acts", "T * B * NA * H"),
                      ("dy", "T * B * H"), ("dsT", "S * B * H"), ("ds0", "S * B * H"),
@@ -397,6 +403,8 @@ class _Printer:
                       for g in groups]
         bwd_slots += [("U", "NU * H * H"), ("T", None), ("B", None), ("H", None),
                       ("packed", None)]
+        if ir.reads_x:
+            bwd_slots += [("x", "T * B * H"), ("dxe", "T * B * H")]
         BWD = ArgTable(tuple(bwd_slots))
         out = [_HEADER.format(
             dtype=self.dtype, tag=cpu_runtime.TAG, nx=plan.nx, nu=plan.nu, nv=plan.nv,
@@ -445,6 +453,8 @@ class _Printer:
               f"    actsf = {FWD.view('acts')}", "    acts = actsf.reshape((TA, B, NA * H))",
               f"    xp = {FWD.view('xp')}.reshape((T, B, NX * H))",
               f"    sT = {FWD.view('sT')}.reshape((S, B, H))", f"    Uf = {FWD.view('U')}"]
+        if ir.reads_x:
+            L.append(f"    xs = {FWD.view('x')}.reshape((T, B, H))")
         for g in ir.groups:
             k = g.index
             L += [f"    pk{k} = {FWD.view(f'pk{k}')}",
@@ -515,6 +525,9 @@ class _Printer:
              f"    dgxf = {BWD.view('dgx')}", "    dgx = dgxf.reshape((T, B, NX * H))",
              f"    dbp = {BWD.view('dbp')}.reshape((T, B, NE * H))",
              f"    b = {BWD.view('b')}", f"    Uf = {BWD.view('U')}"]
+        if ir.reads_x:
+            L += [f"    xs = {BWD.view('x')}.reshape((T, B, H))",
+                  f"    dxe = {BWD.view('dxe')}.reshape((T, B, H))"]
         for g in ir.groups:
             k, n = g.index, len(g.blocks)
             if k not in self.alias:
@@ -616,6 +629,8 @@ class _Printer:
               "    H = y.shape[2]", "    nph = (H + NR - 1) // NR",
               "    packed = 1 if T * B >= PACK_MIN_ROWS else 0",
               f"    dgx = {self.dgx_alloc}((T, B, NX * H), dtype=DT)",
+              *(["    dxe = np.zeros((T, B, H), dtype=DT)  # dx's element-wise part"]
+                if ir.reads_x else []),
               f"    dbp = {self.dbp_alloc}((T, B, NE * H), dtype=DT)"]
         for g in ir.groups:
             k, n, off = g.index, len(g.blocks), plan.group_offset(g.index)
@@ -640,6 +655,7 @@ class _Printer:
         L += [f'    gemm = symbol("{sym["gemm"]}")',
               "    ccall(gemm, address(dgx), 0, NX * H, 1, T * B, NX * H, address(W), 0, I,"
               " 1, I,", "          address(dx), 0, I, 0)",
+              *(["    dx += dxe"] if ir.reads_x else []),
               "    ccall(gemm, address(dgx), 0, 1, NX * H, NX * H, T * B, address(x), 0, I,"
               " 1, I,", "          address(dW), 0, I, 0)"]
         for g in ir.groups:
