@@ -491,3 +491,17 @@ def test_variants_show_prints_equations_parameters_flops_and_backward(tmp_path):
     for text in ("c' = f ⊙ c + i ⊙ g", "p_o", "diagonal", "FLOPs", "backward pass 1",
                  "∂(W_o x)", "states: h, c"):
         assert text in out.output
+
+
+def test_variants_show_kernel_for_an_equations_spec(tmp_path):
+    from click.testing import CliRunner
+
+    from gruablate.cli import main
+
+    path = tmp_path / "mut3.toml"
+    path.write_text(spec("mut3", MUT3).to_toml(), encoding="utf-8")
+    cpu = CliRunner().invoke(main, ["variants", "show", str(path), "--kernel", "cpu"])
+    assert cpu.exit_code == 0 and "def _fwd1" in cpu.output and "def _bwd2" in cpu.output
+    cuda = CliRunner().invoke(main, ["variants", "show", str(path), "--kernel", "cuda"])
+    assert cuda.exit_code == 2 and "equations spec" in cuda.output
+    assert "Traceback" not in cuda.output

@@ -73,7 +73,7 @@ def _not_shadowing(variant: Variant, builtins: dict[str, Variant]) -> Variant:
     if builtin is not None and spec_digest(builtin.to_dict()) != spec_digest(variant.to_dict()):
         where = f" in {variant.source}" if variant.source else ""
         raise SpecError(f"spec{where} is named {variant.name!r}, the name of a built-in"
-                        " variant with other switches; give it a name of its own")
+                        " variant with other content; give it a name of its own")
     return variant
 
 

@@ -89,7 +89,11 @@ def show_cmd(name_or_file: str, input_size: int, hidden: int, latex: bool,
     """
     v = _load(name_or_file)
     if kernel is not None:
-        click.echo(get_backend(kernel).kernel_source(v, dtype), nl=False)
+        try:
+            text = get_backend(kernel).kernel_source(v, dtype)
+        except ValueError as exc:  # this backend has no kernels for the spec
+            raise click.UsageError(f"--kernel {kernel}: {exc}") from None
+        click.echo(text, nl=False)
         return
     click.echo(f"{v.name} — {v.description}" if v.description else v.name)
     if v.citation:
