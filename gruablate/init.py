@@ -63,11 +63,18 @@ def _memory_bias(layer: RecurrentLayer) -> str | None:
     """The bias chrono sets: the keep gate's, the LSTM forget gate's or the MGU's tied
     write gate's; None when the variant has no such gate with a bias."""
     v = layer.variant
+    if v.is_equations:  # which gate keeps memory is not something equations say
+        return None
     name = "b_f" if v.family == "lstm" or v.reset == "tied" else "b_u"
     return name if v.family != "rnn" and name in layer.params else None
 
 
 def _check_chrono(layer: RecurrentLayer, tmax: int | None) -> None:
+    if layer.variant.is_equations:
+        raise ValueError(
+            f"init 'chrono' needs to know which gate keeps memory, which the equations of"
+            f" variant {layer.variant.name!r} do not say; give the bias in its [init] table"
+        )
     if _memory_bias(layer) is None:
         raise ValueError(
             f"init 'chrono' needs a keep, forget or tied write gate with a bias;"

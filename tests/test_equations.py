@@ -505,3 +505,13 @@ def test_variants_show_kernel_for_an_equations_spec(tmp_path):
     cuda = CliRunner().invoke(main, ["variants", "show", str(path), "--kernel", "cuda"])
     assert cuda.exit_code == 2 and "equations spec" in cuda.output
     assert "Traceback" not in cuda.output
+
+
+def test_chrono_refuses_an_equations_spec_and_blocks_are_switch_only():
+    from gruablate.init import initialise
+
+    v = spec("mut3", MUT3)
+    with pytest.raises(ValueError, match="which gate keeps memory"):
+        initialise(RecurrentLayer(v, I, H), "chrono", seed=0, tmax=10)
+    with pytest.raises(ValueError, match="no switch blocks"):
+        _ = v.blocks

@@ -356,7 +356,11 @@ class Variant:
 
         The candidate is last so that the blocks seeing ``x`` (or ``h``) are always a
         contiguous range, which keeps every product one BLAS call on a packed matrix.
+        A switch spec's only: an equations spec's structure is :attr:`cell`.
         """
+        if self.is_equations:
+            raise ValueError(f"variant {self.name!r} is an equations spec: it has no switch"
+                             " blocks (its graph is variant.cell)")
         gx, gh, gb = (
             ("x" in (self.gate_inputs or "")),
             ("h" in (self.gate_inputs or "")),
