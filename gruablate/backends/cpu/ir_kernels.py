@@ -642,11 +642,13 @@ class _Printer:
                   f" {n} * H, H, address(ut{k}))"]
         L.append(BWD.pack())
         L += ["    nch = _chunks(T, B, H)",
-              f'    ccall(symbol("{run}"), symbol("@BWD@"), nch, address(args))',
-              "    # Vector-parameter gradients: every step's and row's terms in one fixed",
-              "    # order (steps backwards, rows in order): the same bits for any threads.",
-              "    for k in range(NV * H):", "        db[k] = ZERO",
-              "    for t in range(T - 1, -1, -1):", "        for i in range(B):"]
+              f'    ccall(symbol("{run}"), symbol("@BWD@"), nch, address(args))']
+        if ir.vec_names:
+            L += ["    # Vector-parameter gradients: every step's and row's terms in one",
+                  "    # fixed order (steps backwards, rows in order): the same bits for any",
+                  "    # thread count.",
+                  "    for k in range(NV * H):", "        db[k] = ZERO",
+                  "    for t in range(T - 1, -1, -1):", "        for i in range(B):"]
         for v in ir.vec_names:
             src, blk = self.vec_source[v]
             k = plan.v_index(v)
