@@ -16,7 +16,22 @@ def random_state(layer: gruablate.RecurrentLayer, B: int, rng: np.random.Generat
     parts = tuple(
         (scale * rng.standard_normal((B, H))).astype(layer.dtype) for _ in layer.variant.state_names
     )
-    return parts if len(parts) == 2 else parts[0]
+    return parts if len(parts) > 1 else parts[0]
+
+
+def central_differences(f, arr: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """``d f() / d arr`` by central differences, ``arr`` changed in place and restored."""
+    out = np.zeros_like(arr)
+    flat, g = arr.reshape(-1), out.reshape(-1)
+    for k in range(flat.size):
+        old = flat[k]
+        flat[k] = old + eps
+        up = f()
+        flat[k] = old - eps
+        down = f()
+        flat[k] = old
+        g[k] = (up - down) / (2 * eps)
+    return out
 
 
 def as_tuple(state):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import central_differences as _fd
 
 from gruablate import RecurrentLayer, get_variant, list_variants
 from gruablate.cells.spec import Variant
@@ -304,20 +305,6 @@ def _loss(layer, x, s0, dy, dsT):
     sT = sT if isinstance(sT, tuple) else (sT,)
     dsT = dsT if isinstance(dsT, tuple) else (dsT,)
     return float(np.sum(y * dy) + sum(np.sum(a * b) for a, b in zip(sT, dsT, strict=True)))
-
-
-def _fd(f, arr, eps=1e-6):
-    out = np.zeros_like(arr)
-    flat, g = arr.reshape(-1), out.reshape(-1)
-    for k in range(flat.size):
-        old = flat[k]
-        flat[k] = old + eps
-        up = f()
-        flat[k] = old - eps
-        down = f()
-        flat[k] = old
-        g[k] = (up - down) / (2 * eps)
-    return out
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["in-place", "packed"])

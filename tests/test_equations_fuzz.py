@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import central_differences as _fd
 
 from gruablate import RecurrentLayer
 from gruablate.cells.notation import parse_equation
@@ -118,27 +119,15 @@ def interpret(equations: list[str], P: dict, x: np.ndarray, s0: dict) -> tuple:
             if k == "neg":
                 return -ev(n[1])
             a, b = ev(n[1]), ev(n[2])
-            return {"add": a + b, "sub": a - b, "mul": a * b, "div": a / b}[k]
+            if k == "div":
+                return a / b
+            return a + b if k == "add" else (a - b if k == "sub" else a * b)
 
         for eq in parsed:
             env[eq.target + ("'" if eq.primed else "")] = ev(eq.expr)
         state = {s: env[s + "'"] for s in state}
         ys.append(state["h"])
     return np.stack(ys), state
-
-
-def _fd(f, arr, eps=1e-6):
-    out = np.zeros_like(arr)
-    flat, g = arr.reshape(-1), out.reshape(-1)
-    for k in range(flat.size):
-        old = flat[k]
-        flat[k] = old + eps
-        up = f()
-        flat[k] = old - eps
-        down = f()
-        flat[k] = old
-        g[k] = (up - down) / (2 * eps)
-    return out
 
 
 @pytest.mark.parametrize("seed", range(FIRST, FIRST + N_CELLS))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .ir import CellIR
+from .layout import split_flat
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,10 +81,7 @@ class IRPlan:
 
     def split(self, flat: np.ndarray, input_size: int, hidden: int
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n_w, n_u, _ = self.param_sizes(input_size, hidden)
-        W = flat[:n_w].reshape(self.nx * hidden, input_size)
-        U = flat[n_w : n_w + n_u].reshape(self.nu * hidden, hidden)
-        return W, U, flat[n_w + n_u :]
+        return split_flat(flat, self.nx, self.nu, input_size, hidden)
 
     def named(self, W: np.ndarray, U: np.ndarray, b: np.ndarray, hidden: int
               ) -> dict[str, np.ndarray]:

@@ -28,6 +28,7 @@ from functools import cache
 
 import numpy as np
 
+from .layout import split_flat
 from .spec import Variant
 
 
@@ -83,10 +84,7 @@ class KernelPlan:
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The packed ``W`` (NX·H, I), ``U`` (NH·H, H) and ``b`` (NB·H) as views of a
         flat buffer of :meth:`param_count` elements (parameters or gradients)."""
-        n_w, n_u, _ = self.param_sizes(input_size, hidden)
-        W = flat[:n_w].reshape(self.nx * hidden, input_size)
-        U = flat[n_w : n_w + n_u].reshape(self.nh * hidden, hidden)
-        return W, U, flat[n_w + n_u :]
+        return split_flat(flat, self.nx, self.nh, input_size, hidden)
 
     def named(self, W: np.ndarray, U: np.ndarray, b: np.ndarray, hidden: int
               ) -> dict[str, np.ndarray]:
