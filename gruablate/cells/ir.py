@@ -35,8 +35,9 @@ UNARY = ("neg", "sigmoid", "tanh", "relu", "step", "copy")
 BINARY = ("add", "sub", "mul", "div")
 #: Leaves of the forward graph, readable in every pass.
 LOADS = ("const", "state", "vec", "wx", "ux", "xin")
-#: Leaves that exist only in the backward pass.
-BACKWARD_LOADS = ("seed", "xadj", "dop", "carry", "dy")
+# Leaves that exist only in the backward pass: ("seed", s) the gradient arriving on s';
+# ("xadj", n) node n's gradient from a later pass; ("dop", g) the transposed product of
+# group g (its operand's gradient); ("carry", s) and ("dy",) inside a seed.
 
 
 @dataclass(frozen=True)
@@ -168,10 +169,6 @@ class CellIR:
     @property
     def vec_names(self) -> list[str]:
         return [n for n, r in self.params.items() if r in ("b", "p")]
-
-    @property
-    def n_passes(self) -> int:
-        return len(self.passes)
 
     def group_state(self, g: Group) -> str | None:
         """The state a group multiplies, or None for a computed operand."""
