@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import central_differences
 
 import gruablate
 from gruablate import backends
@@ -48,16 +49,7 @@ class ReferenceLayer:
             return float((y * dy).sum() + (sT * dsT).sum())
 
         def central(a):
-            g = np.empty_like(a)
-            for i in np.ndindex(a.shape):
-                keep = a[i]
-                a[i] = keep + EPS
-                up = objective()
-                a[i] = keep - EPS
-                down = objective()
-                a[i] = keep
-                g[i] = (up - down) / (2 * EPS)
-            return g
+            return central_differences(objective, a, EPS)
 
         self.grads[:] = central(self.params)
         return central(x), central(s0)
