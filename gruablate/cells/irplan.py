@@ -35,8 +35,6 @@ class IRPlan:
     def nu(self) -> int:
         return len(self.ir.u_names)
 
-    nh = nu
-
     @property
     def nv(self) -> int:
         return len(self.ir.vec_names)
@@ -45,17 +43,11 @@ class IRPlan:
     def na(self) -> int:
         return len(self.ir.slots)
 
-    uses_aux = False
-    reset_before = False
-    carries_gate_part = False
+    uses_aux = False  # what memory.layer_bytes asks: every kept value is a slot of acts
 
     @property
     def n_states(self) -> int:
         return len(self.ir.states)
-
-    @property
-    def has_cell_state(self) -> bool:
-        return self.n_states == 2
 
     # ---------------------------------------------------------------- offsets
     def w_index(self, name: str) -> int:

@@ -435,18 +435,23 @@ class _Printer:
         return [f"{indent}np{g.index} = ({len(g.blocks)} * H + NR - 1) // NR"
                 for g in self.ir.groups]
 
+    def _rows_head(self, name: str, what: str, table: ArgTable) -> list[str]:
+        """The start both row cfuncs share: arguments, sizes, this block's rows."""
+        return ["", "", f"def {name}(chunk_, nch, a):",
+                f'    """Rows block chunk_ of nch, {what} (a cfunc)."""',
+                f"    args = carray(as_pointer(a, I64Z), {len(table.slots)})",
+                f"    T = {table.scalar('T')}", f"    B = {table.scalar('B')}",
+                f"    H = {table.scalar('H')}", f"    packed = {table.scalar('packed')}",
+                '    MMP = symbol("' + cpu_runtime.runtime_symbol("mm_packed", self.dtype)
+                + '")',
+                "    r0_ = (chunk_ * B) // nch", "    r1_ = ((chunk_ + 1) * B) // nch",
+                "    R_ = r1_ - r0_"]
+
     def _forward_rows(self, FWD: ArgTable, passes: list[_Pass],
                       inference: list[_Pass | None]) -> str:
         ir = self.ir
-        L = ["", "", "def _forward_rows(chunk_, nch, a):",
-             '    """Rows block chunk_ of nch over the whole sequence (a cfunc)."""',
-             f"    args = carray(as_pointer(a, I64Z), {len(FWD.slots)})",
-             f"    T = {FWD.scalar('T')}", f"    B = {FWD.scalar('B')}",
-             f"    H = {FWD.scalar('H')}", f"    keep = {FWD.scalar('keep')}",
-             f"    packed = {FWD.scalar('packed')}", "    TA = T if keep else 1",
-             '    MMP = symbol("' + cpu_runtime.runtime_symbol("mm_packed", self.dtype) + '")',
-             "    r0_ = (chunk_ * B) // nch", "    r1_ = ((chunk_ + 1) * B) // nch",
-             "    R_ = r1_ - r0_"]
+        L = self._rows_head("_forward_rows", "over the whole sequence", FWD)
+        L += [f"    keep = {FWD.scalar('keep')}", "    TA = T if keep else 1"]
         L += self._group_sizes("    ")
         L += [f"    s0 = {FWD.view('s0')}.reshape((S, B, H))", f"    b = {FWD.view('b')}",
               f"    y = {FWD.view('y')}.reshape((T, B, H))",
@@ -508,14 +513,8 @@ class _Printer:
 
     def _backward_rows(self, BWD: ArgTable, passes: list[_Pass]) -> str:
         ir = self.ir
-        L = ["", "", "def _backward_rows(chunk_, nch, a):",
-             '    """Rows block chunk_ of nch, backwards through the sequence (a cfunc)."""',
-             f"    args = carray(as_pointer(a, I64Z), {len(BWD.slots)})",
-             f"    T = {BWD.scalar('T')}", f"    B = {BWD.scalar('B')}",
-             f"    H = {BWD.scalar('H')}", f"    packed = {BWD.scalar('packed')}",
-             '    MMP = symbol("' + cpu_runtime.runtime_symbol("mm_packed", self.dtype) + '")',
-             "    r0_ = (chunk_ * B) // nch", "    r1_ = ((chunk_ + 1) * B) // nch",
-             "    R_ = r1_ - r0_", "    nph = (H + NR - 1) // NR",
+        L = self._rows_head("_backward_rows", "backwards through the sequence", BWD)
+        L += ["    nph = (H + NR - 1) // NR",
              f"    s0 = {BWD.view('s0')}.reshape((S, B, H))",
              f"    y = {BWD.view('y')}.reshape((T, B, H))",
              f"    acts = {BWD.view('acts')}.reshape((T, B, NA * H))",
