@@ -9,8 +9,9 @@ Three kinds of evidence, each meaningful on a machine with no GPU:
 2. **Simulator.** ``NUMBA_ENABLE_CUDASIM=1`` runs the kernels in Python; it must be set
    before ``numba.cuda`` is first imported, so it runs in subprocesses (this file is
    also their script: ``python tests/test_cuda.py --compare NAME ...``). Forward
-   (training and inference) and backward of every built-in variant, and of user specs
-   that reach the other code paths, are compared with the float64 CPU backend.
+   (training and inference) and backward of every built-in variant, of user specs
+   that reach the other code paths, and of cells written as equations (the kernels
+   printed from their graphs) are compared with the float64 CPU backend.
 3. **Unavailability.** Without a GPU, or without numba-cuda, asking for
    ``backend="cuda"`` gives one clear error and the rest of gruablate still works.
 
@@ -31,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _cudasim import gpu_present  # tests/ is on sys.path
+from test_equations import CELLS as EQUATION_CELLS
+from test_equations_fuzz import random_cell
 
 import gruablate
 
@@ -61,6 +64,18 @@ USER_SPECS = {
     },
 }
 
+# Cells written as equations (kernels printed from the graph, backends/cuda/ir_source.py):
+# every built-in's own equations as a spec, the cells of the papers in
+# tests/test_equations.py (peepholes, gates carried as states, x read element-wise,
+# division, diagonal recurrence), and random cells (several passes, products on
+# computed values and on extra states, parameters-only values).
+EQUATION_SPECS = {
+    **{f"{n}_eq": {"name": f"{n}_eq", "equations": list(gruablate.get_variant(n).equations()),
+                   "init": dict(gruablate.get_variant(n).initial_values)} for n in BUILTINS},
+    **{n: {"name": n, "equations": list(cell[0])} for n, cell in EQUATION_CELLS.items()},
+    **{f"random{s}": {"name": f"random{s}", "equations": random_cell(s)} for s in (3, 7, 11)},
+}
+
 # Largest error allowed against the float64 CPU backend, relative to the largest
 # magnitude of the compared array (at least 1): float64 differs only by summation
 # order; float32 by its rounding, accumulated over sums of a few hundred terms. A
@@ -71,6 +86,8 @@ TOL = {"float64": 1e-10, "float32": 1e-4}
 def _variant(name: str) -> gruablate.Variant:
     if name in USER_SPECS:
         return gruablate.Variant.from_dict(USER_SPECS[name])
+    if name in EQUATION_SPECS:
+        return gruablate.Variant.from_dict(EQUATION_SPECS[name])
     return gruablate.get_variant(name)
 
 
@@ -83,6 +100,8 @@ def compare_with_cpu(
     values in float64, so a float32 run is judged against exact arithmetic.
     """
     variant = _variant(name)
+    if variant.is_equations and variant.cell.reads_x:
+        I = H  # the cell reads x element-wise
     gpu = gruablate.RecurrentLayer(variant, I, H, seed=seed, dtype=dtype, backend="cuda")
     cpu = gruablate.RecurrentLayer(variant, I, H, dtype="float64")
     cpu.flat_params[:] = gpu.flat_params
@@ -93,7 +112,7 @@ def compare_with_cpu(
         return rng.standard_normal(shape).astype(dtype)
 
     def state(parts: list[np.ndarray]):
-        return tuple(parts) if S == 2 else parts[0]
+        return tuple(parts) if S > 1 else parts[0]
 
     x, dy = draw(T, B, I), draw(T, B, H)
     s0 = [draw(B, H) for _ in range(S)]
@@ -209,9 +228,30 @@ def test_variant_kernels_compile_to_ptx(real_cuda, name):
             assert ("cudaCGSynchronize" in ptx[kernel]) == recurrent, (name, dtype, kernel)
 
 
+@pytest.mark.parametrize("name", sorted(EQUATION_CELLS) + ["random3", "random7"])
+def test_equations_kernels_compile_to_ptx(real_cuda, name):
+    """The kernels printed from each paper's cell (and two random ones) compile for a
+    real GPU, keep their accumulators in registers and carry their launch bounds."""
+    from gruablate.backends.cuda.kernels import compile_ptx
+    from gruablate.backends.cuda.source import CELL_KERNELS
+    from gruablate.backends.cuda.source import DEFAULT_GEOMETRY as geo
+
+    variant = _variant(name)
+    recurrent = bool(variant.cell.groups)
+    runs = [("float32", geo)]
+    if name in ("mut3", "lstm_peephole"):  # the rest differ from these in constants only
+        runs += [("float64", geo), ("float32", geo.for_batch(1))]
+    for dtype, g in runs:
+        ptx = compile_ptx(variant, dtype, cc=(9, 0), geo=g)
+        _assert_sm90(ptx, CELL_KERNELS, g.threads if recurrent else g.ew_threads)
+        for kernel in CELL_KERNELS:
+            assert ("cudaCGSynchronize" in ptx[kernel]) == recurrent, (name, dtype, kernel)
+
+
 # ------------------------------------------------------------------- 2. simulator
 # The simulator work is split in a few subprocesses so pytest-xdist can spread them.
 SIM_CHUNKS = [BUILTINS[i::3] for i in range(3)] + [sorted(USER_SPECS)]
+SIM_CHUNKS += [sorted(EQUATION_SPECS)[i::3] for i in range(3)]
 
 
 def _sim_env() -> dict[str, str]:
@@ -240,9 +280,10 @@ def test_simulator_matches_cpu_with_gpu_geometry():
     """The geometry a GPU runs (512 threads, 4 × 64 tiles, two columns per lane) in the
     simulator, on sizes with three row tiles, two column tiles and partial ones, for a
     variant with both forward phases (reset before the product, two gates in the main
-    product)."""
-    report = _simulate("--gpu-geometry", "--compare", "gru")
-    assert report["ran"] == ["gru float64"]
+    product), and the same cell and MUT3 (three groups in two rounds) printed from
+    their equations."""
+    report = _simulate("--gpu-geometry", "--compare", "gru", "mut3")
+    assert report["ran"] == ["gru float64", "mut3 float64"]
     assert not report["bad"], "\n".join(report["bad"])
 
 
@@ -301,7 +342,7 @@ gpu_only = pytest.mark.skipif(not gpu_present(), reason="no CUDA GPU here")
 
 @gpu_only
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name", BUILTINS + sorted(USER_SPECS))
+@pytest.mark.parametrize("name", BUILTINS + sorted(USER_SPECS) + sorted(EQUATION_SPECS))
 def test_gpu_matches_cpu(name, dtype):
     # Sizes off the tile multiples, several tiles per step, and (H = 300, B = 37) more
     # tiles than one block runs, so the grid-stride loops and grid syncs all work; the

@@ -27,6 +27,7 @@ import hashlib
 from functools import cache
 
 from ...cells.irplan import IRPlan
+from ...cells.irprint import CellPrinter
 from ...cells.plan import make_plan
 from ...cells.spec import Variant
 from ...vocabulary import DTYPES
@@ -64,19 +65,6 @@ ITEMSIZE = np.dtype(DT).itemsize
 '''
 
 
-def _const(v: float) -> str:
-    if v == 1.0:
-        return "ONE"
-    if v == 0.0:
-        return "ZERO"
-    if v == 0.5:
-        return "HALF"
-    return f"DT({float(v)!r})"
-
-
-_OPS = {"add": "{} + {}", "sub": "{} - {}", "mul": "{} * {}", "div": "{} / {}"}
-
-
 class _Pass:
     """Printing one element-wise loop: statements, and the slices they bind."""
 
@@ -112,59 +100,72 @@ def _indented(text: str) -> str:
     return "\n".join("    " + line for line in text.split("\n"))
 
 
-class _Printer:
+def _binding(loc: tuple) -> tuple[str, str]:
+    """The loop argument and the row slice bound to it at the call, for a location of
+    :mod:`~gruablate.cells.irprint` (the loop indexes the slice with ``j``)."""
+    kind = loc[0]
+    if kind == "vec":
+        k = loc[1]
+        return f"b{k}_", f"b[{k} * H:{k + 1} * H]"
+    if kind == "state":
+        k, backward = loc[1], loc[2]
+        if backward and k == 0:
+            return "hpv_", "hprev_[row_]"
+        return f"sp{k}_", f"spv_[{k}, bi_]" if backward else f"scur[{k}, bi_]"
+    if kind == "xin":
+        return "xr_", "xs[t, row_]"
+    if kind == "wx":
+        k = loc[1]
+        return f"x{k}_", f"xp[t, row_, {k} * H:{k + 1} * H]"
+    if kind == "ux":
+        g, q = loc[1], loc[2]
+        return f"p{g}_{q}_", f"pg{g}[bi_, {q} * H:{q + 1} * H]"
+    if kind == "inv":
+        return f"kv{loc[1]}_", f"kv[{loc[1]}]"
+    if kind == "slot":
+        k, step = loc[1], "t" if loc[2] else "ta"
+        return f"a{k}_", f"acts[{step}, row_, {k} * H:{k + 1} * H]"
+    if kind == "dy":
+        return "dyr_", "dy[t, row_]"
+    if kind == "carry":
+        return f"dc{loc[1]}_", f"dcur[{loc[1]}, bi_]"
+    if kind == "dq":
+        return f"dq{loc[1]}_", f"dq{loc[1]}[bi_, 0:H]"
+    if kind == "xadj":
+        return f"xa{loc[1]}_", f"xab[{loc[1]}, bi_]"
+    if kind == "new":
+        return f"sn{loc[1]}_", f"snext[{loc[1]}, bi_]"
+    if kind == "y":
+        return "yo_", "y[t, row_]"
+    if kind == "dgx":
+        k = loc[1]
+        return f"dgx{k}_", f"dgx[t, row_, {k} * H:{k + 1} * H]"
+    if kind == "dP":
+        g, q = loc[1], loc[2]
+        return f"dp{g}_{q}_", f"dP{g}[t, row_, {q} * H:{q + 1} * H]"
+    if kind == "dbp":
+        e = loc[1]
+        return f"db{e}_", f"dbp[t, row_, {e} * H:{e + 1} * H]"
+    if kind == "dxe":
+        return "dxe_", "dxe[t, row_]"
+    assert kind == "dnext", loc
+    return f"dn{loc[1]}_", f"dnext[{loc[1]}, bi_]"
+
+
+class _Printer(CellPrinter):
     """The generated module of one cell in one dtype."""
 
     def __init__(self, plan: IRPlan, dtype: str) -> None:
-        self.plan, self.ir, self.dtype = plan, plan.ir, dtype
-        ir = self.ir
-        self.group_of = {u: (g.index, q) for g in ir.groups for q, u in enumerate(g.blocks)}
-        self.state_index = {s: k for k, s in enumerate(ir.states)}
-        # Values handed between backward passes, one (R, H) buffer each.
-        self.xadj = sorted({w.name for ps in ir.passes for w in ps.writes
-                            if w.target == "xadj"})
-        self._single_writes()
-        self._aliases()
-        self._bias_sources()
-        written = {(w.target, w.name) for ps in ir.passes for w in ps.writes}
+        super().__init__(plan)
+        self.dtype = dtype
         # A block no pass writes (its gradient is zero) must read as zeros, not garbage.
-        self.dgx_alloc = "np.empty" if all(("dgx", w) in written for w in ir.w_names) \
-            else "np.zeros"
-        self.dp_alloc = {g.index: "np.empty" if all(("dP", u) in written for u in g.blocks)
-                         else "np.zeros" for g in ir.groups}
-        self.dbp_alloc = "np.empty" if all(("dvec", v) in written for v in self.apart) \
-            else "np.zeros"
+        zeros = lambda *a: "np.zeros" if self.zero_filled(*a) else "np.empty"  # noqa: E731
+        self.dgx_alloc = zeros("dgx")
+        self.dp_alloc = {g.index: zeros("dP", g.index) for g in self.ir.groups}
+        self.dbp_alloc = zeros("dbp")
 
-    # ---------------------------------------------------------- gradient buffers
-    def _single_writes(self) -> None:
-        """``(target, name) -> node`` for every gradient written by one statement."""
-        writes = [w for ps in self.ir.passes for w in ps.writes]
-        count: dict[tuple, int] = {}
-        for w in writes:
-            count[(w.target, w.name)] = count.get((w.target, w.name), 0) + 1
-        self.single = {(w.target, w.name): w.node for w in writes
-                       if count[(w.target, w.name)] == 1}
-
-    def _aliases(self) -> None:
-        """Groups whose product gradient is a run of the input-product gradient.
-
-        Where ``W_k x`` and ``U_k h`` sit in one sum (``σ(W_i x + U_i h + b_i)``) their
-        gradients are one node, so the group's ``dP`` is columns ``m..m+n`` of ``dgx``
-        (every row of ``dgx`` is NX blocks wide): the backward stores it once, and the
-        products read it there with ``dgx``'s row stride. Saves a (T, B, n·H) buffer
-        written and read once per call (the switch kernels' ``DGH_ALIAS``).
-        """
-        ir, plan = self.ir, self.plan
-        self.alias: dict[int, int] = {}
-        by_node = {node: plan.w_index(name) for (target, name), node in self.single.items()
-                   if target == "dgx"}
-        for g in ir.groups:
-            nodes = [self.single.get(("dP", u)) for u in g.blocks]
-            if any(n is None or n not in by_node for n in nodes):
-                continue
-            cols = [by_node[n] for n in nodes]
-            if cols == list(range(cols[0], cols[0] + len(cols))):
-                self.alias[g.index] = cols[0]
+    def at(self, lp: _Pass, loc: tuple) -> str:  # type: ignore[override]
+        return lp.use(*_binding(loc))
 
     def dp_buffer(self, g: int) -> tuple[str, str, str]:
         """``(array, column offset, row stride)`` of group ``g``'s product gradient."""
@@ -172,99 +173,20 @@ class _Printer:
             return "dgx", f"{self.alias[g]} * H", "NX * H"
         return f"dP{g}", "0", f"{len(self.ir.groups[g].blocks)} * H"
 
-    def _bias_sources(self) -> None:
-        """Each vector parameter's gradient terms: read from a buffer the products
-        already need when the pass writes the same node there once (a bias beside a
-        ``W`` or ``U`` block: its gradient is that block's), else kept in ``dbp``."""
-        ir = self.ir
-        self.vec_source: dict[str, tuple[str, int]] = {}
-        apart: list[str] = []
-        single = self.single
-        by_node: dict[int, tuple[str, str]] = {}
-        for target in ("dgx", "dP"):  # dgx first: an aliased dP lives there anyway
-            for (t, name), node in single.items():
-                if t == target:
-                    by_node.setdefault(node, (target, name))
-        for v in ir.vec_names:
-            node = single.get(("dvec", v))
-            if node is not None and node in by_node:
-                target, name = by_node[node]
-                if target == "dgx":
-                    self.vec_source[v] = ("dgx", self.plan.w_index(name))
-                else:
-                    g, q = self.group_of[name]
-                    self.vec_source[v] = (f"dP{g}", q)
-            else:
-                self.vec_source[v] = ("dbp", len(apart))
-                apart.append(v)
-        self.apart = apart
+    def vec_terms(self, v: str) -> tuple[str, int]:
+        """The (T, B, n·H) array holding vector ``v``'s gradient terms, and the block."""
+        src = self.vec_source[v]
+        if src[0] == "dP":
+            g, q = src[1], src[2]
+            return ("dgx", self.alias[g] + q) if g in self.alias else (f"dP{g}", q)
+        return src[0], src[1]
 
-    # ---------------------------------------------------------- expressions
-    def statement(self, lp: _Pass, i: int, ref) -> None:
-        n = self.ir.nodes[i]
-        kind = n[0]
-        if kind in _OPS:
-            text = _OPS[kind].format(ref(n[1]), ref(n[2]))
-        elif kind == "neg":
-            text = f"-{ref(n[1])}"
-        elif kind == "copy":
-            text = ref(n[1])
-        elif kind == "relu":
-            a = ref(n[1])
-            text = f"{a} if {a} > ZERO else ZERO"
-        elif kind == "step":
-            text = f"ONE if {ref(n[1])} > ZERO else ZERO"
-        else:  # sigmoid, tanh
-            text = f"{kind}({ref(n[1])})"
-        lp.lines.append(f"v{i} = {text}")
-
-    def leaf(self, lp: _Pass, i: int, backward: bool) -> str | None:
-        """The read of a leaf (a load) in a loop, or None for a computed value."""
-        ir = self.ir
-        n = ir.nodes[i]
-        kind = n[0]
-        if kind == "const":
-            return _const(n[1])
-        if kind == "vec":
-            k = self.plan.v_index(n[1])
-            return lp.use(f"b{k}_", f"b[{k} * H:{k + 1} * H]")
-        if kind == "state":
-            k = self.state_index[n[1]]
-            if backward and k == 0:
-                return lp.use("hpv_", "hprev_[row_]")
-            if backward:
-                return lp.use(f"sp{k}_", f"spv_[{k}, bi_]")
-            return lp.use(f"sp{k}_", f"scur[{k}, bi_]")
-        if kind == "xin":  # x itself (I = H, checked when the layer is made)
-            return lp.use("xr_", "xs[t, row_]")
-        if kind == "wx":
-            k = self.plan.w_index(n[1])
-            return lp.use(f"x{k}_", f"xp[t, row_, {k} * H:{k + 1} * H]")
-        if kind == "ux":
-            g, q = self.group_of[n[1]]
-            return lp.use(f"p{g}_{q}_", f"pg{g}[bi_, {q} * H:{q + 1} * H]")
-        if kind == "seed":
-            s = n[1]
-            k = self.state_index[s]
-            terms = []
-            for load in ir.seeds[s]:
-                if load[0] == "dy":
-                    terms.append(lp.use("dyr_", "dy[t, row_]"))
-                elif load[0] == "carry":
-                    terms.append(lp.use(f"dc{k}_", f"dcur[{k}, bi_]"))
-                else:
-                    terms.append(lp.use(f"dq{load[1]}_", f"dq{load[1]}[bi_, 0:H]"))
-            return "(" + " + ".join(terms) + ")"
-        if kind == "xadj":
-            q = self.xadj.index(n[1])
-            return lp.use(f"xa{q}_", f"xab[{q}, bi_]")
-        if kind == "dop":
-            return lp.use(f"dq{n[1]}_", f"dq{n[1]}[bi_, 0:H]")
-        return None
-
-    def invariant_read(self, lp: _Pass, i: int) -> str:
-        k = self.ir.invariants.index(i)
-        return lp.use(f"kv{k}_", f"kv[{k}]")
+    @staticmethod
+    def loop(name: str, fill, *args) -> _Pass:
+        """A loop named ``name``, its statements printed by ``fill(loop, *args)``."""
+        lp = _Pass(name)
+        fill(lp, *args)
+        return lp
 
     def invariant_pass(self) -> _Pass | None:
         """The loop computing the parameters-only values once per call (into ``kv``)."""
@@ -282,104 +204,7 @@ class _Printer:
 
         for i in ir.invariants:
             self.statement(lp, i, ref)
-            k = ir.invariants.index(i)
-            lp.lines.append(f"{lp.use(f'kv{k}_', f'kv[{k}]')} = v{i}")
-        return lp
-
-    def slot_read(self, lp: _Pass, i: int, step: str) -> str:
-        k = self.ir.slot(i)
-        return lp.use(f"a{k}_", f"acts[{step}, row_, {k} * H:{k + 1} * H]")
-
-    # ---------------------------------------------------------- the passes
-    def inference_slots(self) -> set[int]:
-        """The slots inference writes too: values a later pass or product reads within
-        the step (the rest are for the backward pass only)."""
-        ir = self.ir
-        out = {g.operand for g in ir.groups if ir.group_state(g) is None}
-        for ps in ir.passes:
-            for i in ps.forward:
-                for c in ir.children(i):
-                    if c in ir.slots and ir.is_op(c) and ir.pass_of[c] < ps.index:
-                        out.add(c)
-        return out
-
-    def forward_pass(self, index: int, train: bool = True) -> _Pass:
-        ir = self.ir
-        ps = ir.passes[index - 1]
-        lp = _Pass(f"_fwd{index}" if train else f"_inf{index}")
-        mine = set(ps.forward)
-        kept = set(ir.slots) if train else self.inference_slots()
-
-        def ref(c: int) -> str:
-            if c in mine:
-                return f"v{c}"
-            if c in ir.invariants:
-                return self.invariant_read(lp, c)
-            if ir.is_op(c):  # an earlier pass's value: kept in a slot
-                return self.slot_read(lp, c, "ta")
-            out = self.leaf(lp, c, backward=False)
-            assert out is not None
-            return out
-
-        # Product results the backward reads are kept as they are, in their first pass.
-        for i in ir.slots:
-            if i in kept and not ir.is_op(i) and max(1, ir.pass_of[i]) == index:
-                lp.lines.append(f"{self.slot_read(lp, i, 'ta')} = {ref(i)}")
-        for i in ps.forward:
-            self.statement(lp, i, ref)
-            if i in kept:
-                lp.lines.append(f"{self.slot_read(lp, i, 'ta')} = v{i}")
-            for s, node in ir.new_state.items():
-                if node == i:
-                    k = self.state_index[s]
-                    lp.lines.append(f"{lp.use(f'sn{k}_', f'snext[{k}, bi_]')} = v{i}")
-                    if k == 0:
-                        lp.lines.append(f"{lp.use('yo_', 'y[t, row_]')} = v{i}")
-        return lp
-
-    def backward_pass(self, index: int) -> _Pass:
-        ir = self.ir
-        ps = ir.passes[index - 1]
-        lp = _Pass(f"_bwd{index}")
-        mine = set(ps.backward)
-
-        def ref(c: int) -> str:
-            if c in mine:
-                return f"v{c}"
-            if c in ir.invariants:
-                return self.invariant_read(lp, c)
-            if c in ir.slots:
-                return self.slot_read(lp, c, "t")
-            out = self.leaf(lp, c, backward=True)
-            assert out is not None, ir.nodes[c]
-            return out
-
-        for i in ps.backward:
-            self.statement(lp, i, ref)
-        for w in ps.writes:
-            value = ref(w.node)
-            if w.target == "dvec" and self.vec_source[w.name][0] != "dbp":
-                continue
-            if w.target == "dgx":
-                k = self.plan.w_index(w.name)
-                dest = lp.use(f"dgx{k}_", f"dgx[t, row_, {k} * H:{k + 1} * H]")
-            elif w.target == "dP":
-                g, q = self.group_of[w.name]
-                if g in self.alias:  # the same node is written to dgx
-                    continue
-                dest = lp.use(f"dp{g}_{q}_", f"dP{g}[t, row_, {q} * H:{q + 1} * H]")
-            elif w.target == "dvec":
-                e = self.vec_source[w.name][1]
-                dest = lp.use(f"db{e}_", f"dbp[t, row_, {e} * H:{e + 1} * H]")
-            elif w.target == "xadj":
-                q = self.xadj.index(w.name)
-                dest = lp.use(f"xa{q}_", f"xab[{q}, bi_]")
-            elif w.target == "dxe":  # added to dx after the loop
-                dest = lp.use("dxe_", "dxe[t, row_]")
-            else:  # carry: the gradient on the previous state, for the step before
-                k = self.state_index[w.name]
-                dest = lp.use(f"dn{k}_", f"dnext[{k}, bi_]")
-            lp.lines.append(f"{dest} {'+=' if w.accumulate else '='} {value}")
+            lp.lines.append(f"{self.at(lp, ('inv', ir.invariants.index(i)))} = v{i}")
         return lp
 
     # ---------------------------------------------------------- the module
@@ -412,13 +237,16 @@ class _Printer:
             nr=cpu_runtime.panel_width(self.dtype), block_bytes=BLOCK_BYTES,
             pack_min=PACK_MIN_ROWS)]
         out.append((ACT_FAST if self.dtype == "float32" else ACT_EXACT).format(opts=OPTS))
-        fwd_passes = [self.forward_pass(p.index) for p in ir.passes]
+        fwd_passes = [self.loop(f"_fwd{p.index}", self.forward_pass, p.index)
+                      for p in ir.passes]
         # Inference keeps only what the step itself reads again: its own loops, where
         # they differ, skip the stores of the values kept for the backward pass.
-        inf_passes = [self.forward_pass(p.index, train=False) for p in ir.passes]
+        inf_passes = [self.loop(f"_inf{p.index}", self.forward_pass, p.index, False)
+                      for p in ir.passes]
         inf_passes = [i if i.lines != f.lines else None
                       for i, f in zip(inf_passes, fwd_passes, strict=True)]
-        bwd_passes = [self.backward_pass(p.index) for p in ir.passes]
+        bwd_passes = [self.loop(f"_bwd{p.index}", self.backward_pass, p.index)
+                      for p in ir.passes]
         self.inv = self.invariant_pass()
         extra = [lp for lp in inf_passes if lp] + ([self.inv] if self.inv else [])
         for lp in fwd_passes + bwd_passes + extra:
@@ -543,10 +371,8 @@ class _Printer:
               "    for t in range(T - 1, -1, -1):",
               "        hprev_ = s0[0] if t == 0 else y[t - 1]",
               "        dcur = dcar[t % 2]", "        dnext = dcar[(t + 1) % 2]"]
-        carried = {w.name for ps in ir.passes for w in ps.writes if w.target == "carry"}
-        for s in ir.states:  # a state no pass writes a gradient to starts each step at 0
-            if s not in carried:
-                L.append(f"        dnext[{self.state_index[s]}] = ZERO")
+        for k in self.uncarried:  # a state no pass writes a gradient to starts at 0
+            L.append(f"        dnext[{k}] = ZERO")
         for s in ir.states[1:]:
             k = self.state_index[s]
             slot = ir.state_slot(s)
@@ -649,7 +475,7 @@ class _Printer:
                   "    for k in range(NV * H):", "        db[k] = ZERO",
                   "    for t in range(T - 1, -1, -1):", "        for i in range(B):"]
         for v in ir.vec_names:
-            src, blk = self.vec_source[v]
+            src, blk = self.vec_terms(v)
             k = plan.v_index(v)
             L += ["            for j in range(H):",
                   f"                db[{k} * H + j] += {src}[t, i, {blk} * H + j]"]

@@ -2,6 +2,7 @@
 that stays on the device.
 
 - :mod:`.source`, :mod:`.train_source`: the kernel text (pure text, no GPU needed);
+  :mod:`.ir_source` prints an equations cell's from its graph, :mod:`.ir_layer` runs it;
 - :mod:`.kernels`, :mod:`.train_kernels`: loading it as disk-cached modules, PTX, the
   shared products;
 - :mod:`.layer`: one layer (:class:`~.layer.CudaLayer`); :mod:`.model` and
@@ -47,6 +48,12 @@ class CudaBackend(Backend):
 
     def layer(self, plan: KernelPlan, dtype: str, input_size: int, hidden: int,
               params: np.ndarray, grads: np.ndarray) -> CudaLayer:
+        from ...cells.irplan import IRPlan
+
+        if isinstance(plan, IRPlan):  # an equations cell: kernels printed from its graph
+            from .ir_layer import CudaIRLayer
+
+            return CudaIRLayer(plan, dtype, input_size, hidden, params, grads)
         from .layer import CudaLayer
 
         return CudaLayer(plan, dtype, input_size, hidden, params, grads)
@@ -87,14 +94,12 @@ class CudaBackend(Backend):
                 impl.backward_device(saved, dyd, dsd, T, B)
         return fn, cuda.synchronize
 
-    def unsupported(self, variant: Variant) -> str | None:
-        if variant.is_equations:
-            return (f"variant {variant.name!r} is an equations spec: the cuda backend does"
-                    " not print kernels from equations yet (the cpu backend does)")
-        return None
-
     def kernel_source(self, variant: Variant, dtype: str) -> str:
+        from .kernels import is_printed_from_equations
         from .source import DEFAULT_GEOMETRY, cell_source
 
-        self.require_variant(variant)
+        if is_printed_from_equations(variant):
+            from .ir_source import cell_source as ir_cell_source
+
+            return ir_cell_source(variant, dtype, DEFAULT_GEOMETRY)
         return cell_source(variant, dtype, DEFAULT_GEOMETRY)

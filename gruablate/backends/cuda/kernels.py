@@ -41,8 +41,8 @@ from .source import (
     signatures,
 )
 
-__all__ = ["blocks", "common_kernels", "compile_ptx", "kernels", "launch_matmul",
-           "module_ptx"]
+__all__ = ["blocks", "common_kernels", "compile_ptx", "ir_kernels", "kernels",
+           "launch_matmul", "module_ptx"]
 
 
 @cache
@@ -52,6 +52,24 @@ def kernels(variant: Variant, dtype: str, geo: Geometry | None = None) -> Module
     numba_cuda()
     geo = geo or geometry()
     return load_module(f"cuda_{dtype}", cell_source(variant, dtype, geo))
+
+
+@cache
+def ir_kernels(variant: Variant, dtype: str, geo: Geometry | None = None) -> ModuleType:
+    """The kernel module printed from an equations cell (:mod:`.ir_source`)."""
+    from .ir_source import cell_source as ir_cell_source
+
+    numba_cuda()
+    geo = geo or geometry()
+    return load_module(f"cudaeq_{dtype}", ir_cell_source(variant, dtype, geo))
+
+
+def is_printed_from_equations(variant: Variant) -> bool:
+    """Whether ``variant``'s kernels come from :mod:`.ir_source` (an equations cell)."""
+    from ...cells.irplan import IRPlan
+    from ...cells.plan import make_plan
+
+    return isinstance(make_plan(variant), IRPlan)
 
 
 @cache
@@ -81,6 +99,10 @@ def compile_ptx(
     sigs = signatures(dtype)
     if variant is None:
         mod, names = common_kernels(dtype, geo), COMMON_KERNELS
+    elif is_printed_from_equations(variant):
+        from .ir_source import ir_signatures
+
+        mod, names, sigs = ir_kernels(variant, dtype, geo), CELL_KERNELS, ir_signatures(dtype)
     else:
         mod, names = kernels(variant, dtype, geo), CELL_KERNELS
     return module_ptx(cuda, mod, names, sigs, cc)

@@ -34,7 +34,7 @@ class CudaLayer:
         self.sim = simulator_enabled()
         self.dt = np.dtype(dtype)
         self.m = common_kernels(dtype, self.geo)
-        self._sigs = signatures(dtype)
+        self._sigs = self._signatures(dtype)
         self._coop: dict[tuple[str, Geometry], int] = {}
         self.buffers = DeviceBuffers(self.cuda, self.dt)
         p = plan
@@ -59,9 +59,23 @@ class CudaLayer:
         """Refresh what derives from :attr:`d_params` after it changed on the device."""
         if self.n_u:
             H = self.hidden
-            R, C = self.plan.nh * H, H
+            R, C = self.n_u // H, H  # every U block, stacked
             ew = self.geo.ew_threads
             self.m.transpose[blocks(R * C, ew), ew](R, C, self.d_params, self.n_w, self.d_UT)
+
+    # ------------------------------------------------------------- the kernels
+    @property
+    def recurrent(self) -> bool:
+        """Whether the kernels are persistent (a recurrent product), not a scan."""
+        return self.plan.nh > 0
+
+    def _module(self, geo: Geometry) -> Any:
+        """The generated module of the layer's variant for launch geometry ``geo``."""
+        return kernels(self.plan.variant, self.dtype, geo)
+
+    @staticmethod
+    def _signatures(dtype: str) -> dict[str, tuple]:
+        return signatures(dtype)
 
     # ---------------------------------------------------------------- launches
     def _matmul(self, M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc) -> None:
@@ -74,8 +88,8 @@ class CudaLayer:
         tiles of as few batch rows as ``B`` needs (:meth:`Geometry.for_batch`)."""
         H = self.hidden
         geo = self.geo.for_batch(B)
-        kern = getattr(kernels(self.plan.variant, self.dtype, geo), name)
-        if self.plan.nh == 0:
+        kern = getattr(self._module(geo), name)
+        if not self.recurrent:
             ew = geo.ew_threads
             kern[blocks(B * H, ew), ew](*args)
             return
@@ -110,13 +124,19 @@ class CudaLayer:
         BH = B * self.hidden
         up = self.buffers.upload
         saved = self.forward_device(up("x", x), up("s0", s0), T, B, keep)
-        xd, hs, cs, acts, aux = saved
-        y = hs[BH:].copy_to_host().reshape(x.shape[:2] + (-1,))
-        sT = np.empty_like(s0)
-        sT[0] = y[T - 1]
-        if s0.shape[0] == 2:
-            sT[1] = (cs[T * BH :] if keep else cs[:BH]).copy_to_host().reshape(B, -1)
+        y = saved[1][BH : (T + 1) * BH].copy_to_host().reshape(x.shape[:2] + (-1,))
+        last = self.buffers.get("last_state", s0.size)
+        self.copy_last_state(saved, T, B, keep, last)
+        sT = last.copy_to_host().reshape(s0.shape)
         return y, sT, (saved if keep else ())
+
+    def copy_last_state(self, saved: tuple, T: int, B: int, keep: bool, dst: Any) -> None:
+        """The last state after :meth:`forward_device` into ``dst``, flat (S, B, H)."""
+        hs, cs = saved[1], saved[2]
+        BH = B * self.hidden
+        dst[:BH].copy_to_device(hs[T * BH : (T + 1) * BH])
+        if self.plan.n_states == 2:
+            dst[BH:].copy_to_device(cs[T * BH : (T + 1) * BH] if keep else cs[:BH])
 
     def forward_device(self, xd: Any, s0d: Any, T: int, B: int, keep: bool) -> tuple:
         """The forward pass on device arrays: ``xd`` the flat (T, B, I) input, ``s0d`` the
@@ -201,6 +221,6 @@ class CudaLayer:
             self._matmul(H, H, TB, dgc, 0, 1, H, aux, 0, H, 1, g, self.n_w + nhmh * H, H)
         nbh = p.nb * H
         self.m.colsum[blocks(nbh, self.geo.jt), self.geo.threads](
-            TB, nbh, dgb, g, self.n_w + self.n_u
+            TB, nbh, dgb, 0, nbh, g, self.n_w + self.n_u
         )
         return dx, ds0

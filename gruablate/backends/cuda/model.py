@@ -85,7 +85,7 @@ class DeviceModel:
     def _zeros(self, name: str, size: int) -> Any:
         buf = self.buffers.get(name, size)
         ew = self.geo.ew_threads
-        self.k.zero[blocks(buf.size, ew), ew](buf.size, buf)
+        self.m.zero[blocks(buf.size, ew), ew](buf.size, buf)
         return buf
 
     def _matmul(self, M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc) -> None:
@@ -163,12 +163,10 @@ class DeviceModel:
         name = "state_out" if keep else "state_out_inf"
         BH = B * self.model.hidden
         out = []
-        for k, (_, hs, cs, _, _) in enumerate(saved):
+        for k, (impl, layer_saved) in enumerate(zip(self.impls, saved, strict=True)):
             S = self.model.layers[k].plan.n_states
             st = self.buffers.get(f"{name}{k}", S * BH)
-            st[:BH].copy_to_device(hs[T * BH : (T + 1) * BH])
-            if S == 2:
-                st[BH:].copy_to_device(cs[T * BH : (T + 1) * BH] if keep else cs[:BH])
+            impl.copy_last_state(layer_saved, T, B, keep, st)
             out.append(st)
         return out
 
@@ -214,7 +212,8 @@ class DeviceModel:
         hs = saved[-1][1]
         # dV = dz^T top, dc = column sums of dz (no atomics), dtop = dz V.
         self._matmul(O, H, R, dz, 0, 1, O, hs, off, H, 1, self.d_ro_grads, 0, H)
-        self.m.colsum[blocks(O, self.geo.jt), self.geo.threads](R, O, dz, self.d_ro_grads, O * H)
+        self.m.colsum[blocks(O, self.geo.jt), self.geo.threads](R, O, dz, 0, O, self.d_ro_grads,
+                                                                 O * H)
         if M.readout == "every":
             dy = self.buffers.get("dy", T * BH)
             self._matmul(R, H, O, dz, 0, O, 1, self.d_ro, 0, H, 1, dy, 0, H)

@@ -48,7 +48,7 @@ class DeviceAdam(Adam):
             m = cuda.device_array(p.size, dtype=p.dtype)
             v = cuda.device_array(p.size, dtype=p.dtype)
             for buf in (m, v):
-                self.dev.k.zero[blocks(buf.size, self.dev.geo.ew_threads),
+                self.dev.m.zero[blocks(buf.size, self.dev.geo.ew_threads),
                                 self.dev.geo.ew_threads](buf.size, buf)
             self.state.append((m, v))
 

@@ -13,7 +13,7 @@ Two modules are generated per dtype and geometry:
     operands read from flat arrays (numba-cuda has no cuBLAS binding), 64² and 128²
     outputs per block; ``ksum`` — the slices of a product split along k, added;
     ``colsum`` — column sums (the bias gradients, reduced without atomics);
-    ``transpose``.
+    ``transpose``; ``zero`` and ``addto`` (``dst += src``) on flat buffers.
 
 ``cell`` (one per variant)
     ``forward`` (training or, with ``keep = 0``, inference: one kernel, so one
@@ -155,7 +155,7 @@ SIM_GEOMETRY = Geometry(
 )
 
 CELL_KERNELS = ("forward", "backward")
-COMMON_KERNELS = ("matmul", "matmul_big", "colsum", "transpose", "ksum")
+COMMON_KERNELS = ("matmul", "matmul_big", "colsum", "transpose", "ksum", "zero", "addto")
 
 # Argument lists, identical for every variant (unused arrays get a 1-element dummy).
 _FORWARD_ARGS = ("T", "B", "H", "keep", "xp", "b", "UT", "hs", "cs", "acts", "aux")
@@ -201,7 +201,9 @@ _ARGS = {
     "backward": _BACKWARD_ARGS,
     "matmul": _MATMUL_ARGS,
     "matmul_big": _MATMUL_ARGS,
-    "colsum": ("R", "N", "src", "dst", "d_off"),
+    "colsum": ("R", "N", "src", "s_off", "lds", "dst", "d_off"),
+    "zero": ("N", "dst"),
+    "addto": ("N", "src", "dst"),
     "transpose": ("R", "C", "src", "s_off", "dst"),
     "ksum": ("S", "R", "C", "src", "dst", "d_off", "ldd"),
 }
@@ -226,6 +228,7 @@ _INT_ARGS = frozenset(
         "ldc",
         "d_off",
         "s_off",
+        "lds",
         "kc",
         "czs",
         "S",
@@ -234,16 +237,20 @@ _INT_ARGS = frozenset(
 )
 
 
-def signatures(dtype: str) -> dict[str, tuple]:
-    """The one argument-type tuple of every kernel, for ``compile_ptx`` and launches."""
+def signatures(dtype: str, table: dict[str, tuple[str, ...]] | None = None,
+               ints: frozenset[str] = _INT_ARGS) -> dict[str, tuple]:
+    """The one argument-type tuple of every kernel, for ``compile_ptx`` and launches:
+    ``int64`` for the arguments named in ``ints``, flat ``dtype`` arrays for the rest.
+    ``table`` gives each kernel's argument names (default: the switch and common
+    kernels')."""
     from numba.core import types
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     arr = types.Array(getattr(types, dtype), 1, "C")
     return {
-        name: tuple(types.int64 if a in _INT_ARGS else arr for a in args)
-        for name, args in _ARGS.items()
+        name: tuple(types.int64 if a in ints else arr for a in args)
+        for name, args in (_ARGS if table is None else table).items()
     }
 
 
@@ -425,9 +432,10 @@ def common_source(dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
         "",
         "",
         "@cuda.jit(cache=True)",
-        "def colsum(R, N, src, dst, d_off):",
-        '    """dst[d_off + n] = sum_r src[r*N + n]: a block owns JT columns, its NW warps',
-        '    stride over the rows, and a shared-memory sum (not atomics) combines them."""',
+        "def colsum(R, N, src, s_off, lds, dst, d_off):",
+        '    """dst[d_off + n] = sum_r src[s_off + r*lds + n]: a block owns JT columns, its',
+        '    NW warps stride over the rows, and a shared-memory sum (not atomics) combines',
+        '    them, in an order fixed by the geometry."""',
         "    red = cuda.shared.array(NT, NBT)",
         "    lane = cuda.threadIdx.x % JT",
         "    row = cuda.threadIdx.x // JT",
@@ -435,7 +443,7 @@ def common_source(dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
         "    s = ZERO",
         "    if n < N:",
         "        for r in range(row, R, NW):",
-        "            s += src[r * N + n]",
+        "            s += src[s_off + r * lds + n]",
         "    red[row * JT + lane] = s",
         "    cuda.syncthreads()",
         "    if row == 0 and n < N:",
@@ -467,15 +475,34 @@ def common_source(dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
         "        for s in range(S):",
         "            t += src[s * R * C + i]",
         "        dst[d_off + r * ldd + i - r * C] = t",
+        "",
+        "",
+        "@cuda.jit(cache=True)",
+        "def zero(N, dst):",
+        '    """dst[:N] = 0."""',
+        "    i = cuda.grid(1)",
+        "    if i < N:",
+        "        dst[i] = ZERO",
+        "",
+        "",
+        "@cuda.jit(cache=True)",
+        "def addto(N, src, dst):",
+        '    """dst[:N] += src[:N]."""',
+        "    i = cuda.grid(1)",
+        "    if i < N:",
+        "        dst[i] += src[i]",
     )
     return c.text()
 
 
 # ------------------------------------------------------------------------ cell
 def _product(
-    c: _Code, G: int, a: str, a_off: str, lda: str, bm: str, col: str, ldb: str, K: str
+    c: _Code, G: int, a: str, a_off: str, lda: str, bm: str, col: str, ldb: str, K: str,
+    store: str = "hps[q_m * GJT + q_g * JTC + q_n]", guard: str = "",
 ) -> None:
-    """Emit one tile of a recurrent product into the shared array ``hps``.
+    """Emit one tile of a recurrent product into the shared array ``hps`` (or into
+    ``store``, an element of block ``q_g`` at the thread's ``(bi, j)``, where ``guard``
+    holds).
 
     ``hps[m*GJT + g*JTC + n] = sum_k a[a_off + (r0+m)*lda + k] * bm[col + g*H + j0+n + k*ldb]``
     for the tile's batch rows ``r0 + m`` and hidden units ``j0 + n`` (``g < G`` selects
@@ -532,11 +559,11 @@ def _product(
         "        for q_c in range(JC):",
         f"            part[(q_w * BM + q_r) * JTC + q_c * JT + q_l] = q_acc[{ai}]",
         "    cuda.syncthreads()",
-        "    if q_w < BMC:  # warp w adds the NW partial sums of its row and columns",
+        f"    if q_w < BMC{guard}:  # warp w adds the NW partial sums of its row, columns",
         "        q_t = ZERO",
         "        for q_v in range(NW):",
         "            q_t += part[(q_v * BM + q_m) * JTC + q_n]",
-        "        hps[q_m * GJT + q_g * JTC + q_n] = q_t",
+        f"        {store} = q_t",
         "    cuda.syncthreads()",
     )
 

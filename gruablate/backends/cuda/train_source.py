@@ -8,8 +8,9 @@ and ``colsum`` of the common module.
 
 ``encode_tokens``
     one-hot encoding of the uploaded integer symbols.
-``add_bias``, ``zero``
-    ``z += c`` row-wise after the readout product; clearing a buffer.
+``add_bias``
+    ``z += c`` row-wise after the readout product (clearing a buffer is the common
+    module's ``zero``).
 ``loss_ce``, ``loss_mse``, ``loss_bernoulli``
     one thread per predicted position: its (unscaled) loss in float64 and the gradient
     on the logits, computed in float64 and stored in the model's dtype, as the host
@@ -35,7 +36,6 @@ from .source import DEFAULT_GEOMETRY, DTYPES, Geometry
 TRAIN_KERNELS = (
     "encode_tokens",
     "add_bias",
-    "zero",
     "loss_ce",
     "loss_mse",
     "loss_bernoulli",
@@ -50,7 +50,6 @@ TRAIN_KERNELS = (
 _ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "encode_tokens": (("n", "i"), ("I", "i"), ("tok", "l"), ("out", "a")),
     "add_bias": (("R", "i"), ("N", "i"), ("z", "a"), ("src", "a"), ("s_off", "i")),
-    "zero": (("n", "i"), ("dst", "a")),
     **{
         name: (
             ("R", "i"),
@@ -154,13 +153,6 @@ def train_source(dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
         "    i = cuda.grid(1)",
         "    if i < R * N:",
         "        z[i] += src[s_off + i % N]",
-        "",
-        "",
-        "@cuda.jit(cache=True)",
-        _def("zero"),
-        "    i = cuda.grid(1)",
-        "    if i < n:",
-        "        dst[i] = ZERO",
         "",
         "",
         "@cuda.jit(cache=True)",

@@ -1,0 +1,422 @@
+"""CUDA kernels printed from a cell's graph (:mod:`gruablate.cells.ir`): pure text.
+
+The shape is that of the switch kernels (:mod:`.source`): one tiled product for the
+input projections of all steps before the loop; one *persistent* cooperative kernel
+that walks time, every block owning tiles of (batch rows × hidden units); and after
+the backward one product per weight matrix and a column sum per vector parameter. A
+step is the cell's passes (:class:`~gruablate.cells.ir.Pass`): before pass ``p`` each
+tile computes the products of the groups of round ``p − 1`` on its rows and columns
+(into ``pgb``, the step's product results, read by whichever later pass needs them),
+then runs the pass's element-wise statements; a grid-wide sync separates passes,
+because the next round's products read whole rows. Backward, each step runs the passes
+last first; before pass ``p`` a tile forms the transposed products of round ``p``
+(``dq = dP U``: the gradient on a computed operand), and before the last pass those of
+round 0 from the step after (the gradient the next step's products send back to the
+states). A cell without recurrent products is a scan: one thread per (row, unit).
+
+The statements come from :class:`~gruablate.cells.irprint.CellPrinter`, the same as the
+CPU backend's; this module says where each element lives on the device. Buffers
+(flat, sizes in elements; ``BH = B·H``):
+
+``ss``
+    the states: ``h`` for steps 0..T (``ss[BH:(T+1)·BH]`` is ``y``), then each other
+    state's steps 0..T in training, or two alternating steps in inference;
+``acts``
+    the slots of every step (training) or of the current step (inference);
+``pgb``
+    this step's product results, (B, NU·H); ``xp`` the input products (T, B, NX·H);
+``dgx``, ``dP``, ``dbp``
+    the gradients of the input products, of the products not read from ``dgx``, and
+    the vector-parameter terms kept apart, per step; ``dq`` (groups, B, H) the
+    transposed products; ``dcar`` (2, S, B, H) the carried state gradients, alternating;
+    ``xab`` the values one backward pass hands an earlier one; ``dxe`` dx's
+    element-wise part.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from ...cells.irplan import IRPlan
+from ...cells.irprint import CellPrinter
+from ...cells.plan import make_plan
+from ...cells.spec import Variant
+from ...vocabulary import DTYPES
+from .source import _INT_ARGS, DEFAULT_GEOMETRY, Geometry, _Code, _header, _product, signatures
+
+FORWARD_ARGS = ("T", "B", "H", "keep", "xp", "b", "UT", "ss", "acts", "pgb", "x")
+BACKWARD_ARGS = ("T", "B", "H", "U", "b", "ss", "acts", "x", "dy", "dgx", "dP", "dbp",
+                 "xab", "dq", "dcar", "dxe", "ds0")
+ARGS = {"forward": FORWARD_ARGS, "backward": BACKWARD_ARGS}
+
+
+def ir_signatures(dtype: str) -> dict[str, tuple]:
+    """The argument types of the printed ``forward`` and ``backward``."""
+    return signatures(dtype, ARGS, _INT_ARGS | {"keep"})
+
+
+class _Lines:
+    """One element-wise pass being printed: its lines, and the parameters-only values
+    already computed in it."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.done: set[int] = set()
+
+
+class CudaCellPrinter(CellPrinter):
+    """Where each location of :mod:`~gruablate.cells.irprint` lives in the kernels."""
+
+    writes_y = False  # y is the h history in ss
+
+    def __init__(self, plan: IRPlan) -> None:
+        super().__init__(plan)
+        ir = self.ir
+        #: each group's first block in ``pgb`` and ``U``
+        self.offset = {g.index: plan.group_offset(g.index) for g in ir.groups}
+        #: each group's first block in ``dP`` (groups read from dgx have none)
+        self.dp_offset: dict[int, int] = {}
+        n = 0
+        for g in ir.groups:
+            if g.index not in self.alias:
+                self.dp_offset[g.index] = n
+                n += len(g.blocks)
+        self.dp_blocks = n
+
+    # ------------------------------------------------------------ locations
+    def at(self, lp: _Lines, loc: tuple) -> str:  # type: ignore[override]
+        kind = loc[0]
+        if kind == "vec":
+            return f"b[{loc[1]} * H + j]"
+        if kind in ("state", "new"):
+            k = loc[1]
+            if k == 0:
+                return "ss[hrow + j]" if kind == "state" else "ss[hrow + BH + j]"
+            if kind == "state" and loc[2]:  # backward: every step is kept
+                return f"ss[HS * {k} + hrow + j]"
+            step = "tc" if kind == "state" else "tn"
+            return f"ss[HS + ({k - 1} * TS + {step}) * BH + srow + j]"
+        if kind == "xin":
+            return "x[hrow + j]"
+        if kind == "wx":
+            return f"xp[xrow + {loc[1]} * H + j]"
+        if kind == "ux":
+            return f"pgb[prow + {self.offset[loc[1]] + loc[2]} * H + j]"
+        if kind == "slot":
+            return f"acts[arow + {loc[1]} * H + j]"
+        if kind == "dy":
+            return "dy[hrow + j]"
+        if kind in ("carry", "dnext"):
+            step = "tcur" if kind == "carry" else "tnxt"
+            return f"dcar[({step} * S + {loc[1]}) * BH + srow + j]"
+        if kind == "dq":
+            return f"dq[{loc[1]} * BH + srow + j]"
+        if kind == "xadj":
+            return f"xab[{loc[1]} * BH + srow + j]"
+        if kind == "dgx":
+            return f"dgx[xrow + {loc[1]} * H + j]"
+        if kind == "dP":
+            g, q = loc[1], loc[2]
+            n = len(self.ir.groups[g].blocks)
+            return f"dP[{self.dp_offset[g]} * TBH + hrow * {n} + {q} * H + j]"
+        if kind == "dbp":
+            return f"dbp[erow + {loc[1]} * H + j]"
+        if kind == "dxe":
+            return "dxe[hrow + j]"
+        raise AssertionError(loc)  # "inv" is computed inline (invariant_read)
+
+    def function(self, kind: str, arg: str) -> str:
+        # Written out, not a device function: numba-cuda compiles a device function
+        # for the GPU it finds, so calling one would fail compile_ptx without a GPU.
+        if kind == "sigmoid":
+            return f"ONE / (ONE + math.exp(-{arg}))"
+        return f"math.tanh({arg})"
+
+    def invariant_read(self, lp: _Lines, i: int) -> str:  # type: ignore[override]
+        """Parameters-only values are computed where they are read: a few operations
+        per element, cheaper on a GPU than a buffer and a launch."""
+        ir = self.ir
+        if i not in lp.done:
+            lp.done.add(i)
+
+            def ref(c: int) -> str:
+                if c in ir.invariants:
+                    return self.invariant_read(lp, c)
+                out = self.leaf(lp, c, backward=False)
+                assert out is not None
+                return out
+
+            self.statement(lp, i, ref)
+        return f"v{i}"
+
+    def forward_lines(self, index: int) -> list[str]:
+        lp = _Lines()
+        self.forward_pass(lp, index)
+        return lp.lines
+
+    def backward_lines(self, index: int) -> list[str]:
+        lp = _Lines()
+        self.backward_pass(lp, index)
+        return lp.lines
+
+    # ------------------------------------------------------------ products
+    def product_source(self, g: int, backward: bool, step: str) -> tuple[str, str, str]:
+        """``(array, offset, row stride)`` of group ``g``'s product operand: forward its
+        operand at step ``t``, backward its product gradient at step ``step``."""
+        ir = self.ir
+        group = ir.groups[g]
+        if backward:
+            if g in self.alias:
+                return "dgx", f"{step} * B * NXH + {self.alias[g]} * H", "NXH"
+            n = len(group.blocks)
+            return "dP", f"{self.dp_offset[g]} * TBH + {step} * B * {n} * H", f"{n} * H"
+        s = ir.group_state(group)
+        if s is None:
+            return "acts", f"keep * t * B * NAH + {ir.slot(group.operand)} * H", "NAH"
+        k = self.state_index[s]
+        if k == 0:
+            return "ss", "t * BH", "H"
+        return "ss", f"HS + ({k - 1} * TS + tc) * BH", "H"
+
+
+_GUARD = " and bi < B and j < H"
+
+
+def _consts(pr: CudaCellPrinter, geo: Geometry) -> list[str]:
+    ir, plan = pr.ir, pr.plan
+    g = max([len(x.blocks) for x in ir.groups] + [1])
+    return [
+        f"NX = {plan.nx}  # W blocks",
+        f"NU = {plan.nu}  # U blocks, by group",
+        f"NA = {plan.na}  # slots kept per step",
+        f"NE = {len(pr.apart)}  # vector parameters whose gradient terms are kept apart",
+        f"S = {plan.n_states}  # states",
+        # Shared and local array shapes must be literal constants for numba.
+        "GJT = 1",
+        "HPS_N = 1",
+        f"PART_N = {geo.nw * geo.bm * geo.tile_cols}",
+        f"ACC_N = {geo.bm * g * geo.jc}",
+        f"YK_N = {geo.ku * g * geo.jc}",
+        f"XK_N = {geo.ku * geo.bm}",
+    ]
+
+
+def _prelude(c: _Code, recurrent: bool) -> None:
+    c("BH = B * H", "HS = (T + 1) * BH", "TBH = T * BH", "NXH = NX * H", "NUH = NU * H",
+      "NAH = NA * H", "NEH = NE * H")
+    if recurrent:
+        c(
+            "grid = cuda.cg.this_grid()",
+            "hps = cuda.shared.array(HPS_N, NBT)",
+            "part = cuda.shared.array(PART_N, NBT)",
+            "q_acc = cuda.local.array(ACC_N, NBT)",
+            "q_y = cuda.local.array(YK_N, NBT)",
+            "q_x = cuda.local.array(XK_N, NBT)",
+            "q_w = cuda.threadIdx.x // JT",
+            "q_l = cuda.threadIdx.x % JT",
+            "# In the element-wise passes warp q_w handles tile row q_m, column q_n.",
+            "q_m = q_w % BM",
+            "q_n = (q_w // BM) * JT + q_l",
+            "ntj = (H + JTC - 1) // JTC",
+            "ntiles = ((B + BM - 1) // BM) * ntj",
+        )
+
+
+def _tiles(c: _Code) -> None:
+    c("for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):")
+    c.indent()
+    c("r0 = (tile // ntj) * BM", "j0 = (tile % ntj) * JTC", "bi = r0 + q_m", "j = j0 + q_n")
+
+
+def _rows(c: _Code, backward: bool) -> None:
+    """Row bases of the thread's (t, bi) in the flat buffers (keep is 0 or 1:
+    arithmetic instead of branches keeps the kernel's control flow small)."""
+    c("hrow = (t * B + bi) * H", "xrow = (t * B + bi) * NXH", "srow = bi * H")
+    if backward:
+        c("arow = (t * B + bi) * NAH", "erow = (t * B + bi) * NEH")
+    else:
+        c("arow = (keep * t * B + bi) * NAH", "prow = bi * NUH")
+
+
+def _steps(c: _Code, backward: bool) -> None:
+    """Which buffer holds this step's values: every step is kept in training, two
+    alternate in inference; the carried gradients alternate."""
+    if backward:
+        c("tcur = (t + 2) % 2  # the carried gradient on this step's new states",
+          "tnxt = (t + 1) % 2  # ... and on its previous ones, for the step before")
+    else:
+        c("tc = keep * t + (1 - keep) * (t % 2)",
+          "tn = keep * (t + 1) + (1 - keep) * ((t + 1) % 2)")
+
+
+def _dq_product(c: _Code, pr: CudaCellPrinter, g: int, step: str) -> None:
+    """Group ``g``'s transposed product at step ``step`` into ``dq``: dP U_g."""
+    a, off, ld = pr.product_source(g, True, step)
+    n = len(pr.ir.groups[g].blocks)
+    _product(c, 1, a, off, ld, "U", f"{pr.offset[g]} * H * H", "H", f"{n} * H",
+             store=f"dq[{g} * BH + bi * H + j]", guard=_GUARD)
+
+
+@cache
+def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
+    """Module text of the ``forward`` and ``backward`` kernels of an equations cell."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    plan = make_plan(variant)
+    assert isinstance(plan, IRPlan), "switch variants have source.cell_source"
+    pr = CudaCellPrinter(plan)
+    ir = pr.ir
+    recurrent = bool(ir.groups)
+    n_passes = len(ir.passes)
+    c = _Code()
+    head = _header("cell", "the equations of a cell", dtype, geo)
+    head[0] = "# Generated by gruablate.backends.cuda.ir_source from the equations of a cell"
+    head[1] = f"# ({dtype}, geometry {geo.key}). Do not edit: the file name is the hash of"
+    head[2] = "# this text, and numba caches the compiled kernels beside it."
+    c(*head, "HALF = DT(0.5)")
+    c(*_consts(pr, geo))
+    c(
+        "# Launch bounds make ptxas fit the registers to the block size (a cooperative",
+        "# launch must fit whole); numba's simulator takes no such option.",
+        "from gruablate.backends.cuda.device import simulator_enabled",
+        "",
+        "BOUNDS = {} if simulator_enabled() else {'launch_bounds': %s}"
+        % ("NT" if recurrent else "EW"),
+    )
+    guard = f"q_w < BMC{_GUARD}"
+
+    # ------------------------------------------------------------------ forward
+    c("", "", "@cuda.jit(cache=True, **BOUNDS)", f"def forward({', '.join(FORWARD_ARGS)}):")
+    c.indent()
+    c('"""Forward over T steps: the states into ss, the slots into acts (every step\'s',
+      'when keep is 1, the current step\'s when it is 0)."""')
+    _prelude(c, recurrent)
+    c("TS = 2 + keep * (T - 1)  # steps kept of the states other than h")
+    if not recurrent:
+        # A scan: nothing crosses hidden units, so one thread per (bi, j) walks the
+        # sequence, every pass in turn.
+        c("idx = cuda.grid(1)", "if idx < BH:")
+        c.indent()
+        c("bi = idx // H", "j = idx % H", "for t in range(T):")
+        c.indent()
+        _steps(c, False)
+        _rows(c, False)
+        for p in range(1, n_passes + 1):
+            c(*pr.forward_lines(p))
+        c.dedent()
+        c.dedent()
+    else:
+        c("for t in range(T):")
+        c.indent()
+        _steps(c, False)
+        for p in range(1, n_passes + 1):
+            _tiles(c)
+            for g in ir.groups:
+                if g.round == p - 1:
+                    a, off, ld = pr.product_source(g.index, False, "t")
+                    _product(c, len(g.blocks), a, off, ld, "UT", f"{pr.offset[g.index]} * H",
+                             "NUH", "H", store=f"pgb[(bi * NU + {pr.offset[g.index]} + q_g)"
+                             " * H + j]", guard=_GUARD)
+            c(f"if {guard}:")
+            c.indent()
+            _rows(c, False)
+            c(*pr.forward_lines(p))
+            c.dedent()
+            c("cuda.syncthreads()  # part is reused by the next tile")
+            c.dedent()
+            c(f"grid.sync()  # pass {p} complete: the next products read whole rows")
+        c.dedent()
+    c.dedent()
+
+    # ------------------------------------------------------------------ backward
+    c("", "", "@cuda.jit(cache=True, **BOUNDS)", f"def backward({', '.join(BACKWARD_ARGS)}):")
+    c.indent()
+    c('"""Backward through time: the gradients of every step\'s products (dgx, dP) and',
+      "vector terms (dbp) for the weight gradients after the loop, the state gradient",
+      'into ds0. dcar arrives holding the gradient on the last state at step T - 1."""')
+    _prelude(c, recurrent)
+    zero = [f"dcar[(tnxt * S + {k}) * BH + srow + j] = ZERO  # no pass writes it"
+            for k in pr.uncarried]
+    state_groups = {k: [g.index for g in ir.groups if ir.group_state(g) == s]
+                    for k, s in enumerate(ir.states)}
+
+    def ds0(indent_first: bool = False) -> None:
+        for k in range(plan.n_states):
+            terms = [f"dcar[(tcur * S + {k}) * BH + srow + j]"]
+            terms += [f"dq[{g} * BH + srow + j]" for g in state_groups[k]]
+            c(f"ds0[{k} * BH + srow + j] = {' + '.join(terms)}")
+
+    if not recurrent:
+        c("idx = cuda.grid(1)", "if idx < BH:")
+        c.indent()
+        c("bi = idx // H", "j = idx % H", "for t in range(T - 1, -1, -1):")
+        c.indent()
+        _steps(c, True)
+        _rows(c, True)
+        c(*zero)
+        for p in range(n_passes, 0, -1):
+            c(*pr.backward_lines(p))
+        c.dedent()
+        c("t = -1", "srow = bi * H")
+        _steps(c, True)
+        ds0()
+        c.dedent()
+        c.dedent()
+        return c.text()
+    # Step t's last pass first forms dq for the groups on the states, from the step
+    # after (dP_{t+1} U: a product over whole rows, hence the grid sync closing each
+    # pass); the extra step t = -1 forms them from step 0, for ds0.
+    c("for t in range(T - 1, -2, -1):")
+    c.indent()
+    _steps(c, True)
+    _tiles(c)
+    rounds0 = [g.index for g in ir.groups if g.round == 0]
+    if rounds0:  # (a cell may multiply only computed values: U_c (r ⊙ h))
+        c("if t + 1 < T:")
+        c.indent()
+        for g in rounds0:
+            _dq_product(c, pr, g, "(t + 1)")
+        c.dedent()
+        c(f"elif {guard}:  # nothing comes back from after the last step")
+        for g in rounds0:
+            c(f"    dq[{g} * BH + bi * H + j] = ZERO")
+    for g in ir.groups:
+        if g.round == n_passes:  # pragma: no cover - a product no pass reads
+            raise AssertionError("a product after the last pass")
+    c(f"if {guard}:")
+    c.indent()
+    c("if t >= 0:")
+    c.indent()
+    _rows(c, True)
+    c(*zero)
+    c(*pr.backward_lines(n_passes))
+    c.dedent()
+    c("else:")
+    c.indent()
+    c("srow = bi * H")
+    ds0()
+    c.dedent()
+    c.dedent()
+    c("cuda.syncthreads()")
+    c.dedent()
+    c(f"grid.sync()  # pass {n_passes} complete")
+    if n_passes > 1:
+        c("if t >= 0:")
+        c.indent()
+        for p in range(n_passes - 1, 0, -1):
+            _tiles(c)
+            for g in ir.groups:
+                if g.round == p:
+                    _dq_product(c, pr, g.index, "t")
+            c(f"if {guard}:")
+            c.indent()
+            _rows(c, True)
+            c(*pr.backward_lines(p))
+            c.dedent()
+            c("cuda.syncthreads()")
+            c.dedent()
+            c(f"grid.sync()  # pass {p} complete")
+        c.dedent()
+    c.dedent()
+    c.dedent()
+    return c.text()
