@@ -66,7 +66,19 @@ STEP_CASES = (
     ("gru", 2, "every", "bernoulli", False),
     ("lstm", 1, "last", "ce", True),
     ("mingru", 1, "every", "mse", False),
+    # A cell written as equations (kernels printed from its graph): Greff's full gate
+    # recurrence, five states carried between steps and between calls, stacked.
+    ("lstm_fgr", 2, "every", "mse", False),
 )
+
+
+def _variant(name: str) -> str | gruablate.Variant:
+    """A built-in by name, or a cell of tests/test_equations.py as an equations spec."""
+    from test_equations import CELLS  # tests/ is on sys.path
+
+    if name in CELLS:
+        return gruablate.Variant.from_dict({"name": name, "equations": list(CELLS[name][0])})
+    return name
 
 
 # --------------------------------------------------------------- 1. real compiler
@@ -260,7 +272,7 @@ def _steps_on_device(
     for variant, layers, readout, loss, tokens in STEP_CASES:
         def make(backend, variant=variant, layers=layers, readout=readout, loss=loss,
                  tokens=tokens):
-            return Model(variant, input_size=I, hidden=H, output_size=O, layers=layers,
+            return Model(_variant(variant), input_size=I, hidden=H, output_size=O, layers=layers,
                          tokens=tokens, readout=readout, loss=loss, seed=2, dtype="float64",
                          backend=backend)
 
