@@ -42,7 +42,17 @@ from ...cells.irprint import CellPrinter
 from ...cells.plan import make_plan
 from ...cells.spec import Variant
 from ...vocabulary import DTYPES
-from .source import _INT_ARGS, DEFAULT_GEOMETRY, Geometry, _Code, _header, _product, signatures
+from .source import (
+    _INT_ARGS,
+    DEFAULT_GEOMETRY,
+    Geometry,
+    _Code,
+    _header,
+    _product,
+    _tile_loop,
+    _tile_workspace,
+    signatures,
+)
 
 FORWARD_ARGS = ("T", "B", "H", "keep", "xp", "b", "UT", "ss", "acts", "pgb", "x")
 BACKWARD_ARGS = ("T", "B", "H", "U", "b", "ss", "acts", "x", "dy", "dgx", "dP", "dbp",
@@ -205,27 +215,7 @@ def _prelude(c: _Code, recurrent: bool) -> None:
     c("BH = B * H", "HS = (T + 1) * BH", "TBH = T * BH", "NXH = NX * H", "NUH = NU * H",
       "NAH = NA * H", "NEH = NE * H")
     if recurrent:
-        c(
-            "grid = cuda.cg.this_grid()",
-            "hps = cuda.shared.array(HPS_N, NBT)",
-            "part = cuda.shared.array(PART_N, NBT)",
-            "q_acc = cuda.local.array(ACC_N, NBT)",
-            "q_y = cuda.local.array(YK_N, NBT)",
-            "q_x = cuda.local.array(XK_N, NBT)",
-            "q_w = cuda.threadIdx.x // JT",
-            "q_l = cuda.threadIdx.x % JT",
-            "# In the element-wise passes warp q_w handles tile row q_m, column q_n.",
-            "q_m = q_w % BM",
-            "q_n = (q_w // BM) * JT + q_l",
-            "ntj = (H + JTC - 1) // JTC",
-            "ntiles = ((B + BM - 1) // BM) * ntj",
-        )
-
-
-def _tiles(c: _Code) -> None:
-    c("for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):")
-    c.indent()
-    c("r0 = (tile // ntj) * BM", "j0 = (tile % ntj) * JTC", "bi = r0 + q_m", "j = j0 + q_n")
+        _tile_workspace(c)
 
 
 def _rows(c: _Code, backward: bool) -> None:
@@ -310,7 +300,7 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) 
         c.indent()
         _steps(c, False)
         for p in range(1, n_passes + 1):
-            _tiles(c)
+            _tile_loop(c)
             for g in ir.groups:
                 if g.round == p - 1:
                     a, off, ld = pr.product_source(g.index, False, "t")
@@ -369,7 +359,7 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) 
     c("for t in range(T - 1, -2, -1):")
     c.indent()
     _steps(c, True)
-    _tiles(c)
+    _tile_loop(c)
     rounds0 = [g.index for g in ir.groups if g.round == 0]
     if rounds0:  # (a cell may multiply only computed values: U_c (r ⊙ h))
         c("if t + 1 < T:")
@@ -404,7 +394,7 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) 
         c("if t >= 0:")
         c.indent()
         for p in range(n_passes - 1, 0, -1):
-            _tiles(c)
+            _tile_loop(c)
             for g in ir.groups:
                 if g.round == p:
                     _dq_product(c, pr, g.index, "t")

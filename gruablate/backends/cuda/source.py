@@ -683,21 +683,27 @@ def _prelude(c: _Code, recurrent: bool) -> None:
         "NBH = NB * H",
     )
     if recurrent:
-        c(
-            "grid = cuda.cg.this_grid()",
-            "hps = cuda.shared.array(HPS_N, NBT)",
-            "part = cuda.shared.array(PART_N, NBT)",
-            "q_acc = cuda.local.array(ACC_N, NBT)",
-            "q_y = cuda.local.array(YK_N, NBT)",
-            "q_x = cuda.local.array(XK_N, NBT)",
-            "q_w = cuda.threadIdx.x // JT",
-            "q_l = cuda.threadIdx.x % JT",
-            "# In the gate pass warp q_w handles tile row q_m, tile column q_n.",
-            "q_m = q_w % BM",
-            "q_n = (q_w // BM) * JT + q_l",
-            "ntj = (H + JTC - 1) // JTC",
-            "ntiles = ((B + BM - 1) // BM) * ntj",
-        )
+        _tile_workspace(c)
+
+
+def _tile_workspace(c: _Code) -> None:
+    """The persistent kernels' grid, the products' shared and local arrays, and which
+    tile element each thread owns in the element-wise passes."""
+    c(
+        "grid = cuda.cg.this_grid()",
+        "hps = cuda.shared.array(HPS_N, NBT)",
+        "part = cuda.shared.array(PART_N, NBT)",
+        "q_acc = cuda.local.array(ACC_N, NBT)",
+        "q_y = cuda.local.array(YK_N, NBT)",
+        "q_x = cuda.local.array(XK_N, NBT)",
+        "q_w = cuda.threadIdx.x // JT",
+        "q_l = cuda.threadIdx.x % JT",
+        "# In the element-wise passes warp q_w handles tile row q_m, tile column q_n.",
+        "q_m = q_w % BM",
+        "q_n = (q_w // BM) * JT + q_l",
+        "ntj = (H + JTC - 1) // JTC",
+        "ntiles = ((B + BM - 1) // BM) * ntj",
+    )
 
 
 def _tile_loop(c: _Code) -> None:
