@@ -22,7 +22,8 @@ reads
     value; ``("dq", g)`` group ``g``'s transposed product (its operand's gradient);
     ``("xadj", q)`` a value one backward pass hands an earlier one;
 writes
-    ``("slot", k, False)``; ``("new", k)`` state ``k``'s new value; ``("y",)``;
+    ``("slot", k, False)``; ``("new", k)`` the new value of state ``k`` ≥ 1; ``("y",)``
+    the new ``h`` (the output, and the ``h`` history the next step reads);
     ``("dgx", k)``, ``("dP", g, q)``, ``("dbp", e)`` (a vector's gradient terms kept
     apart), ``("xadj", q)``, ``("dxe",)`` (dx's element-wise part), ``("dnext", k)``
     (the gradient on the previous value of state ``k``).
@@ -56,10 +57,6 @@ class Loop(Protocol):
 
 class CellPrinter:
     """The passes of one cell, printed through a backend's :meth:`at`."""
-
-    #: Whether the forward stores ``y`` apart from the new ``h`` (False where the
-    #: backend's ``h`` history is ``y``).
-    writes_y = True
 
     def __init__(self, plan: IRPlan) -> None:
         self.plan, self.ir = plan, plan.ir
@@ -260,9 +257,9 @@ class CellPrinter:
             for s, node in ir.new_state.items():
                 if node == i:
                     k = self.state_index[s]
-                    lp.lines.append(f"{self.at(lp, ('new', k))} = v{i}")
-                    if k == 0 and self.writes_y:
-                        lp.lines.append(f"{self.at(lp, ('y',))} = v{i}")
+                    # h' is the output: the next step reads it there.
+                    where = ("y",) if k == 0 else ("new", k)
+                    lp.lines.append(f"{self.at(lp, where)} = v{i}")
 
     def backward_pass(self, lp: Loop, index: int) -> None:
         """The derived statements of pass ``index`` into ``lp``, and their writes."""

@@ -12,9 +12,10 @@ printed text back.
 
 Per row block and step, forward: the products of round 0 (on the previous states),
 pass 1, the products of round 1 (on values pass 1 computed), pass 2, ... The states
-live in two buffers that swap every step (the previous and the new values), and the
-new ``h`` is also written to ``y``. Backward, last pass first: each pass's derived
-statements, then the transposed products of the round before it. The gradient on a
+other than ``h`` live in two buffers that swap every step (the previous and the new
+values); ``h`` is ``y``, each step reading the previous step's rows (``h0`` at step
+0). Backward, last pass first: each pass's derived statements, then the transposed
+products of the round before it. The gradient on a
 previous state is carried to the next (earlier) step in two buffers that swap too.
 
 Signatures are those of :mod:`.kernels` (``forward_train``, ``forward_infer``,
@@ -109,7 +110,7 @@ def _binding(loc: tuple) -> tuple[str, str]:
         return f"b{k}_", f"b[{k} * H:{k + 1} * H]"
     if kind == "state":
         k, backward = loc[1], loc[2]
-        if backward and k == 0:
+        if k == 0:  # the previous h is the previous output (or h0)
             return "hpv_", "hprev_[row_]"
         return f"sp{k}_", f"spv_[{k}, bi_]" if backward else f"scur[{k}, bi_]"
     if kind == "xin":
@@ -293,12 +294,16 @@ class _Printer(CellPrinter):
             L += [f"    pk{k} = {FWD.view(f'pk{k}')}",
                   f"    pg{k} = np.empty((R_, np{k} * NR), dtype=DT)",
                   f"    pg{k}f = pg{k}.reshape(pg{k}.size)"]
-        L += ["    sb = np.empty((2, S, R_, H), dtype=DT)  # previous and new states, swapped",
+        L += ["    # The states other than h (h is y): previous and new, swapped each step.",
+              "    sb = np.empty((2, S, R_, H), dtype=DT)",
               "    sbf = sb.reshape(sb.size)",
-              "    for k in range(S):", "        sb[0, k] = s0[k, r0_:r1_]",
+              "    s0f = s0.reshape(s0.size)",
+              "    yf = y.reshape(y.size)",
+              "    for k in range(1, S):", "        sb[0, k] = s0[k, r0_:r1_]",
               *self._invariants_call(),
               "    for t in range(T):", "        ta = t * keep",
-              "        scur = sb[t % 2]", "        snext = sb[(t + 1) % 2]"]
+              "        scur = sb[t % 2]", "        snext = sb[(t + 1) % 2]",
+              "        hprev_ = s0[0] if t == 0 else y[t - 1]"]
         for index, (lp, inf) in enumerate(zip(passes, inference, strict=True), start=1):
             L += self._products_before(index)
             if inf is None:
@@ -306,7 +311,8 @@ class _Printer(CellPrinter):
             else:
                 L += ["        if keep:", _indented(lp.call()), "        else:",
                       _indented(inf.call())]
-        L += ["    for k in range(S):", "        sT[k, r0_:r1_] = sb[T % 2, k]"]
+        L += ["    sT[0, r0_:r1_] = y[T - 1, r0_:r1_]", "    for k in range(1, S):",
+              "        sT[k, r0_:r1_] = sb[T % 2, k]"]
         return "\n".join(L) + "\n"
 
     def _invariants_call(self) -> list[str]:
@@ -325,7 +331,11 @@ class _Printer(CellPrinter):
                 continue
             k = g.index
             s = ir.group_state(g)
-            if s is not None:
+            if s == ir.states[0]:  # h: the previous output's rows (h0's at step 0)
+                L += ["        if t == 0:", "            hsrc_, hoff_ = s0f, r0_ * H",
+                      "        else:", "            hsrc_, hoff_ = yf, ((t - 1) * B + r0_) * H"]
+                src, off, lda = "hsrc_", "hoff_", "H"
+            elif s is not None:
                 src, off, lda = "sbf", f"((t % 2) * S + {self.state_index[s]}) * R_ * H", "H"
             else:
                 slot = ir.slot(g.operand)

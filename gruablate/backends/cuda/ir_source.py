@@ -77,8 +77,6 @@ class _Lines:
 class CudaCellPrinter(CellPrinter):
     """Where each location of :mod:`~gruablate.cells.irprint` lives in the kernels."""
 
-    writes_y = False  # y is the h history in ss
-
     def __init__(self, plan: IRPlan) -> None:
         super().__init__(plan)
         ir = self.ir
@@ -98,10 +96,12 @@ class CudaCellPrinter(CellPrinter):
         kind = loc[0]
         if kind == "vec":
             return f"b[{loc[1]} * H + j]"
+        if kind == "y":  # the new h: step t + 1 of its history
+            return "ss[hrow + BH + j]"
         if kind in ("state", "new"):
             k = loc[1]
             if k == 0:
-                return "ss[hrow + j]" if kind == "state" else "ss[hrow + BH + j]"
+                return "ss[hrow + j]"
             if kind == "state" and loc[2]:  # backward: every step is kept
                 return f"ss[HS * {k} + hrow + j]"
             step = "tc" if kind == "state" else "tn"
