@@ -21,9 +21,11 @@ def test_list_json_has_every_variant():
 
 
 def test_list_table():
-    result = CliRunner().invoke(main, ["variants", "list"])
+    result = CliRunner().invoke(main, ["variants", "list"], env={"COLUMNS": "220"})
     assert result.exit_code == 0
-    assert "lstm_cifg" in result.output
+    assert "lstm_cifg" in result.output and "greff_fgr" in result.output
+    assert "family" in result.output and "source" in result.output
+    assert "equations" in result.output and "Greff et al. 2017" in result.output
 
 
 def test_show_name_and_file(tmp_path):

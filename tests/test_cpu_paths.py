@@ -70,7 +70,7 @@ def _loss(layer, x, s0, wy, ws) -> float:
 
 def _grads(layer, x, s0, wy, ws):
     y, last = layer.forward(x, s0)
-    dx, ds0, _ = layer.backward(wy, ws if len(ws) == 2 else ws[0])
+    dx, ds0, _ = layer.backward(wy, ws if len(ws) > 1 else ws[0])
     return y, last, dx.copy(), tuple(d.copy() for d in as_tuple(ds0)), layer.flat_grads.copy()
 
 
@@ -163,7 +163,7 @@ def test_parallel_size_matches_reference(name, dtype):
     p64 = {k: v.astype(np.float64) for k, v in layer.params.items()}
     s64 = tuple(s.astype(np.float64) for s in as_tuple(s0))
     y_ref, _ = reference.forward(layer.variant, p64, x.astype(np.float64),
-                                 s64 if len(s64) == 2 else s64[0])
+                                 s64 if len(s64) > 1 else s64[0])
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == "float64" else dict(rtol=5e-5, atol=5e-5)
     np.testing.assert_allclose(y, y_ref, **tol)
 

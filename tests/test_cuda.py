@@ -69,10 +69,16 @@ USER_SPECS = {
 # tests/test_equations.py (peepholes, gates carried as states, x read element-wise,
 # division, diagonal recurrence), and random cells (several passes, products on
 # computed values and on extra states, parameters-only values).
+SWITCH_BUILTINS = [n for n in BUILTINS if not gruablate.get_variant(n).is_equations]
+_CATALOGUED = {gruablate.get_variant(n).cell_equations for n in BUILTINS} - {None, ()}
 EQUATION_SPECS = {
     **{f"{n}_eq": {"name": f"{n}_eq", "equations": list(gruablate.get_variant(n).equations()),
-                   "init": dict(gruablate.get_variant(n).initial_values)} for n in BUILTINS},
-    **{n: {"name": n, "equations": list(cell[0])} for n, cell in EQUATION_CELLS.items()},
+                   "init": dict(gruablate.get_variant(n).initial_values)}
+       for n in SWITCH_BUILTINS},
+    # (the cells the catalogue has as built-ins run with the built-ins)
+    **{n: {"name": n, "equations": list(cell[0])} for n, cell in EQUATION_CELLS.items()
+       if gruablate.Variant.from_dict({"name": n, "equations": list(cell[0])}).cell_equations
+       not in _CATALOGUED},
     **{f"random{s}": {"name": f"random{s}", "equations": random_cell(s)} for s in (3, 7, 11)},
 }
 
@@ -207,7 +213,7 @@ def test_common_kernels_compile_to_ptx(real_cuda, dtype):
     _assert_sm90(compile_ptx(None, dtype, cc=(9, 0)), COMMON_KERNELS)
 
 
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", SWITCH_BUILTINS)
 def test_variant_kernels_compile_to_ptx(real_cuda, name):
     from gruablate.backends.cuda.kernels import compile_ptx
     from gruablate.backends.cuda.source import CELL_KERNELS
@@ -228,10 +234,12 @@ def test_variant_kernels_compile_to_ptx(real_cuda, name):
             assert ("cudaCGSynchronize" in ptx[kernel]) == recurrent, (name, dtype, kernel)
 
 
-@pytest.mark.parametrize("name", sorted(EQUATION_CELLS) + ["random3", "random7"])
+@pytest.mark.parametrize("name", sorted(set(BUILTINS) - set(SWITCH_BUILTINS))
+                         + sorted(EQUATION_SPECS.keys() - {f"{n}_eq" for n in BUILTINS}))
 def test_equations_kernels_compile_to_ptx(real_cuda, name):
-    """The kernels printed from each paper's cell (and two random ones) compile for a
-    real GPU, keep their accumulators in registers and carry their launch bounds."""
+    """The kernels printed from each cell written as equations (the catalogue's, the
+    papers' cells of tests/test_equations.py, random ones) compile for a real GPU, keep
+    their accumulators in registers and carry their launch bounds."""
     from gruablate.backends.cuda.kernels import compile_ptx
     from gruablate.backends.cuda.source import CELL_KERNELS
     from gruablate.backends.cuda.source import DEFAULT_GEOMETRY as geo
@@ -239,7 +247,7 @@ def test_equations_kernels_compile_to_ptx(real_cuda, name):
     variant = _variant(name)
     recurrent = bool(variant.cell.groups)
     runs = [("float32", geo)]
-    if name in ("mut3", "lstm_peephole"):  # the rest differ from these in constants only
+    if name in ("mut3", "greff_vanilla"):  # the rest differ from these in constants only
         runs += [("float64", geo), ("float32", geo.for_batch(1))]
     for dtype, g in runs:
         ptx = compile_ptx(variant, dtype, cc=(9, 0), geo=g)

@@ -48,8 +48,12 @@ def inputs(n_states: int, seed: int = 0, shape: tuple[int, int] = (T, B), I: int
 
 
 # ------------------------------------------------------------------ built-ins
+#: The built-ins written as switches (the others are equations already).
+SWITCH_BUILTINS = [n for n in list_variants() if not get_variant(n).is_equations]
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=["in-place", "packed"])
-@pytest.mark.parametrize("name", list_variants())
+@pytest.mark.parametrize("name", SWITCH_BUILTINS)
 def test_builtin_equations_as_a_spec_match_the_builtin(name, shape):
     v = get_variant(name)
     twin = spec(f"{name}-eq", v.equations(), init=v.initial_values)
@@ -108,8 +112,13 @@ def ref_peephole(P, x, h, c, variant="vanilla"):
                for k in "ifgo" if f"W_{k}" in P}
         z = pre["g"]
         z = z if variant == "niaf" else np.tanh(z)
-        i = sig(pre["i"] + P["p_i"] * c)
-        f = sig(pre["f"] + P["p_f"] * c)
+        i = 1.0 if variant == "nig" else sig(pre["i"] + P["p_i"] * c)
+        if variant == "nfg":
+            f = 1.0
+        elif variant == "cifg":  # the forget gate coupled to the input gate
+            f = 1.0 - i
+        else:
+            f = sig(pre["f"] + P["p_f"] * c)
         c = f * c + i * z
         if variant == "nog":
             h = np.tanh(c)
@@ -120,6 +129,9 @@ def ref_peephole(P, x, h, c, variant="vanilla"):
     return np.stack(ys), (h, c)
 
 
+NO_INPUT_GATE = [PEEPHOLE[1], PEEPHOLE[2], "c' = f ⊙ c + g", *PEEPHOLE[4:]]
+NO_FORGET_GATE = [PEEPHOLE[0], PEEPHOLE[2], "c' = c + i ⊙ g", *PEEPHOLE[4:]]
+COUPLED_GATES = [PEEPHOLE[0], PEEPHOLE[2], "c' = (1 − i) ⊙ c + i ⊙ g", *PEEPHOLE[4:]]
 NO_OUTPUT_GATE = PEEPHOLE[:4] + ["h' = tanh(c')"]
 NO_INPUT_ACT = [PEEPHOLE[0], PEEPHOLE[1], "g = W_g x + U_g h + b_g", *PEEPHOLE[3:]]
 NO_OUTPUT_ACT = PEEPHOLE[:5] + ["h' = o ⊙ c'"]
@@ -255,6 +267,10 @@ SQUARE = {"mut1", "mut2"}
 
 CELLS = {
     "lstm_peephole": (PEEPHOLE, lambda P, x, s: ref_peephole(P, x, *s)),
+    "lstm_nig": (NO_INPUT_GATE, lambda P, x, s: ref_peephole(P, x, *s, variant="nig")),
+    "lstm_nfg": (NO_FORGET_GATE, lambda P, x, s: ref_peephole(P, x, *s, variant="nfg")),
+    "lstm_cifg_peephole": (COUPLED_GATES,
+                           lambda P, x, s: ref_peephole(P, x, *s, variant="cifg")),
     "lstm_nog": (NO_OUTPUT_GATE, lambda P, x, s: ref_peephole(P, x, *s, variant="nog")),
     "lstm_niaf": (NO_INPUT_ACT, lambda P, x, s: ref_peephole(P, x, *s, variant="niaf")),
     "lstm_noaf": (NO_OUTPUT_ACT, lambda P, x, s: ref_peephole(P, x, *s, variant="noaf")),
@@ -265,6 +281,22 @@ CELLS = {
     "mut1": (MUT1, lambda P, x, s: ref_mut1(P, x, s)),
     "mut2": (MUT2, lambda P, x, s: ref_mut2(P, x, s)),
 }
+
+
+#: The catalogue's Greff cells (variants/greff_*.toml) and the cells above they must be:
+#: the paper references and finite differences here are the catalogue's checks.
+GREFF = {"greff_vanilla": "lstm_peephole", "greff_nig": "lstm_nig", "greff_nfg": "lstm_nfg",
+         "greff_nog": "lstm_nog", "greff_niaf": "lstm_niaf", "greff_noaf": "lstm_noaf",
+         "greff_cifg": "lstm_cifg_peephole", "greff_fgr": "lstm_fgr"}
+
+
+@pytest.mark.parametrize("name", sorted(GREFF))
+def test_catalogue_greff_cells_are_the_tested_equations(name):
+    v = get_variant(name)
+    assert v.is_equations and v.citation.startswith("Greff et al. 2017")
+    assert v.cell_equations == spec(name, CELLS[GREFF[name]][0]).cell_equations
+    # The forget bias starts at 1 where there is a forget gate, as in `lstm` (NP).
+    assert v.initial_values == ({"b_f": 1.0} if "b_f" in v.param_shapes(I, H) else {})
 
 
 def test_fgr_states_are_h_then_the_order_of_assignment():

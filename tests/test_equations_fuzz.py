@@ -3,10 +3,11 @@
 A seeded generator writes cells with intermediates, extra states, products on states
 and on computed values (so several passes), diagonal weights, divisions, parameter-only
 values and the raw input. Oracles: the forward pass against a NumPy interpreter of the
-parsed equations (it shares only the parser with the code under test: no graph, no
-schedule, no generated code), and every gradient against central finite differences of
-the kernels' own forward pass. ``GRUABLATE_FUZZ_CELLS=40`` runs more of them
-(``GRUABLATE_FUZZ_FIRST`` the first seed); 160 seeds passed when this was written.
+parsed equations (``gruablate.cells.reference.interpret``: it shares only the parser
+with the code under test: no graph, no schedule, no generated code), and every
+gradient against central finite differences of the kernels' own forward pass.
+``GRUABLATE_FUZZ_CELLS=40`` runs more of them (``GRUABLATE_FUZZ_FIRST`` the first
+seed); 160 seeds passed when this was written.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 from conftest import central_differences as _fd
 
 from gruablate import RecurrentLayer
-from gruablate.cells.notation import parse_equation
+from gruablate.cells.reference import interpret
 from gruablate.cells.spec import Variant
 
 N_CELLS = int(os.environ.get("GRUABLATE_FUZZ_CELLS", "6"))
@@ -86,48 +87,6 @@ def random_cell(seed: int) -> list[str]:
     hc = " ⊙ tanh(c')" if "c" in states else ""
     eqs.append(f"h' = tanh(U_{fresh()} h + W_{fresh()} x + {expr(2)}){hc} + {tail}")
     return eqs
-
-
-def interpret(equations: list[str], P: dict, x: np.ndarray, s0: dict) -> tuple:
-    """Run the parsed equations with NumPy, step by step (an oracle for the forward)."""
-    parsed = [parse_equation(e) for e in equations]
-    fn = {"sigmoid": lambda v: 1 / (1 + np.exp(-v)), "σ": lambda v: 1 / (1 + np.exp(-v)),
-          "tanh": np.tanh, "identity": lambda v: v}
-    state = dict(s0)
-    ys = []
-    for t in range(x.shape[0]):
-        env: dict[str, np.ndarray] = {}
-
-        def ev(n, xt=x[t], env=env, state=state):
-            k = n[0]
-            if k == "num":
-                return n[1]
-            if k == "var":
-                name, primed = n[1], n[2]
-                if primed:
-                    return env[name + "'"]
-                if name == "x":
-                    return xt
-                if name in P:
-                    return P[name]
-                return env[name] if name in env else state[name]
-            if k == "call":
-                return fn[n[1]](ev(n[2]))
-            if k == "mat":
-                operand = xt if n[2] == ("var", "x", False) else ev(n[2])
-                return operand @ P[n[1]].T
-            if k == "neg":
-                return -ev(n[1])
-            a, b = ev(n[1]), ev(n[2])
-            if k == "div":
-                return a / b
-            return a + b if k == "add" else (a - b if k == "sub" else a * b)
-
-        for eq in parsed:
-            env[eq.target + ("'" if eq.primed else "")] = ev(eq.expr)
-        state = {s: env[s + "'"] for s in state}
-        ys.append(state["h"])
-    return np.stack(ys), state
 
 
 @pytest.mark.parametrize("seed", range(FIRST, FIRST + N_CELLS))

@@ -34,9 +34,8 @@ def random_params(variant, I, H, rng, scale=0.6):
 
 
 def random_state(variant, B, H, rng):
-    if variant.family == "lstm":
-        return rng.standard_normal((B, H)), rng.standard_normal((B, H))
-    return rng.standard_normal((B, H))
+    parts = tuple(rng.standard_normal((B, H)) for _ in variant.state_names)
+    return parts if len(parts) > 1 else parts[0]
 
 
 def as_tuple(state):
@@ -84,8 +83,8 @@ def test_consumed_keys_match_param_shapes_builtin(name):
     y, last = ref.forward(variant, params, rng.standard_normal((T, B, I)))
     assert params.read == set(variant.param_shapes(I, H))
     assert y.shape == (T, B, H)
-    if variant.family == "lstm":
-        assert isinstance(last, tuple) and len(last) == 2
+    if len(variant.state_names) > 1:
+        assert isinstance(last, tuple) and len(last) == len(variant.state_names)
         assert all(s.shape == (B, H) for s in last)
     else:
         assert isinstance(last, np.ndarray) and last.shape == (B, H)
@@ -113,7 +112,7 @@ def test_last_state_and_chaining(name):
     x = rng.standard_normal((T, B, I))
     s0 = random_state(variant, B, H, rng)
     y, last = ref.forward(variant, params, x, s0)
-    h_last = last[0] if variant.family == "lstm" else last
+    h_last = as_tuple(last)[0]
     np.testing.assert_array_equal(y[-1], h_last)
     y1, mid = ref.forward(variant, params, x[:2], s0)
     y2, last2 = ref.forward(variant, params, x[2:], mid)
@@ -130,7 +129,8 @@ def test_state_none_means_zeros(name):
     params = random_params(variant, I, H, rng)
     x = rng.standard_normal((T, B, I))
     zeros = np.zeros((B, H))
-    s0 = (zeros, zeros) if variant.family == "lstm" else zeros
+    n = len(variant.state_names)
+    s0 = (zeros,) * n if n > 1 else zeros
     y_none, _ = ref.forward(variant, params, x)
     y_zero, _ = ref.forward(variant, params, x, s0)
     np.testing.assert_array_equal(y_none, y_zero)

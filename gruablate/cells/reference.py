@@ -4,7 +4,10 @@ This module is the slow, obvious answer the compiled kernels are tested against.
 written straight from the equations of ``VARIANTS.md`` and reads only the variant's
 switches (``family``, ``reset``, ``update``, ``gate_inputs``, ``candidate_inputs``,
 ``candidate_activation``, ``coupled_input_forget``), never the kernels or the packing.
-There is one small step function per family and a plain Python loop over time.
+There is one small step function per family and a plain Python loop over time. A cell
+written as equations is run by :func:`interpret`, which evaluates the parsed equations
+with NumPy as they read: it shares the parser with the kernels, nothing else (no graph,
+no schedule, no derivative, no generated code).
 
 Conventions (see ``VARIANTS.md``):
 
@@ -155,6 +158,18 @@ def forward(
     if x.ndim != 3:
         raise ValueError(f"x must be (T, B, I), got shape {x.shape}")
     T, B, _ = x.shape
+    if variant.family == "equations":
+        names = list(variant.state_names)
+        H = next(_p(params, k).shape[0] for k in params)
+        if state is None:
+            parts = [np.zeros((B, H)) for _ in names]
+        else:
+            parts = list(state) if len(names) > 1 else [state]
+        y, last = interpret(variant.cell_equations, params, x,
+                            dict(zip(names, (np.array(a, dtype=np.float64) for a in parts),
+                                     strict=True)))
+        out = tuple(last[n] for n in names)
+        return y, (out if len(names) > 1 else out[0])
     cand = "g" if variant.family == "lstm" else "c"
     H = _p(params, f"W_{cand}").shape[0]  # every candidate sees the input
 
@@ -181,3 +196,51 @@ def forward(
     if variant.family == "lstm":
         return y, (h, c)
     return y, h
+
+
+_FUNCTIONS = {"sigmoid": sigmoid, "tanh": np.tanh, "relu": lambda v: np.maximum(v, 0.0),
+              "identity": lambda v: v}
+
+
+def interpret(equations: Any, params: Mapping[str, np.ndarray], x: np.ndarray,
+              state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Run a cell's equations over ``x`` (T, B, I) from ``state`` (name -> (B, H)):
+    ``(y, last state)``. Each step evaluates the equations in order, an unprimed state
+    name reading the previous step's value, a primed one this step's."""
+    from .notation import parse_equation
+
+    parsed = [parse_equation(e) for e in equations]
+    P = {k: _p(params, k) for k in params}
+    state = dict(state)
+    ys = []
+    for t in range(x.shape[0]):
+        env: dict[str, np.ndarray] = {}
+
+        def ev(n: tuple, xt: np.ndarray = x[t], env: dict = env, prev: dict = state) -> Any:
+            kind = n[0]
+            if kind == "num":
+                return n[1]
+            if kind == "var":
+                name, primed = n[1], n[2]
+                if primed:
+                    return env[name + "'"]
+                if name == "x":
+                    return xt
+                if name in P:
+                    return P[name]
+                return env[name] if name in env else prev[name]
+            if kind == "call":
+                return _FUNCTIONS["sigmoid" if n[1] == "σ" else n[1]](ev(n[2]))
+            if kind == "mat":  # W_k x or U_k (operand): x_t @ W.T
+                return ev(n[2]) @ P[n[1]].T
+            if kind == "neg":
+                return -ev(n[1])
+            a, b = ev(n[1]), ev(n[2])
+            return {"add": np.add, "sub": np.subtract, "mul": np.multiply,
+                    "div": np.divide}[kind](a, b)
+
+        for eq in parsed:
+            env[eq.target + ("'" if eq.primed else "")] = ev(eq.expr)
+        state = {s: env[s + "'"] for s in state}
+        ys.append(state["h"])
+    return np.stack(ys), state

@@ -38,7 +38,7 @@ def variants() -> None:
 @click.option("--hidden", default=64, show_default=True, type=click.IntRange(min=1),
               help="H for the parameter count.")
 def list_cmd(as_json: bool, input_size: int, hidden: int) -> None:
-    """Table of the built-in variants with their equations."""
+    """Table of the built-in variants: family, parameters, equations and source."""
     rows = []
     for name in list_variants():
         v = get_variant(name)
@@ -60,10 +60,11 @@ def list_cmd(as_json: bool, input_size: int, hidden: int) -> None:
     from rich.table import Table
 
     table = Table(title=f"gruablate variants (params at I={input_size}, H={hidden})")
-    for col in ("name", "params", "equations", "description"):
+    for col in ("name", "family", "params", "equations", "description", "source"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["name"], str(r["params"]), "\n".join(r["equations"]), r["description"])
+        table.add_row(r["name"], r["family"], str(r["params"]), "\n".join(r["equations"]),
+                      r["description"], r["citation"])
     Console().print(table)
 
 
