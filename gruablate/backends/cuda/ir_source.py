@@ -49,6 +49,7 @@ from .source import (
     _Code,
     _header,
     _product,
+    _scan_head,
     _tile_loop,
     _tile_workspace,
     signatures,
@@ -285,10 +286,7 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) 
     if not recurrent:
         # A scan: nothing crosses hidden units, so one thread per (bi, j) walks the
         # sequence, every pass in turn.
-        c("idx = cuda.grid(1)", "if idx < BH:")
-        c.indent()
-        c("bi = idx // H", "j = idx % H", "for t in range(T):")
-        c.indent()
+        _scan_head(c, False)
         _steps(c, False)
         _rows(c, False)
         for p in range(1, n_passes + 1):
@@ -337,10 +335,7 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) 
             c(f"ds0[{k} * BH + srow + j] = {' + '.join(terms)}")
 
     if not recurrent:
-        c("idx = cuda.grid(1)", "if idx < BH:")
-        c.indent()
-        c("bi = idx // H", "j = idx % H", "for t in range(T - 1, -1, -1):")
-        c.indent()
+        _scan_head(c, True)
         _steps(c, True)
         _rows(c, True)
         c(*zero)

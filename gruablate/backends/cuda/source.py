@@ -706,6 +706,16 @@ def _tile_workspace(c: _Code) -> None:
     )
 
 
+def _scan_head(c: _Code, backward: bool) -> None:
+    """The scan kernels' start: one thread per (batch row, hidden unit), walking the
+    sequence (backwards for the backward pass)."""
+    c("idx = cuda.grid(1)", "if idx < BH:")
+    c.indent()
+    steps = "range(T - 1, -1, -1)" if backward else "range(T)"
+    c("bi = idx // H", "j = idx % H", f"for t in {steps}:")
+    c.indent()
+
+
 def _tile_loop(c: _Code) -> None:
     c(
         "for tile in range(cuda.blockIdx.x, ntiles, cuda.gridDim.x):",
@@ -760,10 +770,7 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) 
     if not recurrent:
         # Scan over time: nothing crosses hidden units, so one thread per (bi, j)
         # walks the sequence; h_{t-1} is what the same thread wrote a step before.
-        c("idx = cuda.grid(1)", "if idx < BH:")
-        c.indent()
-        c("bi = idx // H", "j = idx % H", "for t in range(T):")
-        c.indent()
+        _scan_head(c, False)
         _rows(c, False)
         c.block(_cell(code.fwd1, tab))
         c.dedent()
@@ -801,10 +808,7 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) 
     )
     _prelude(c, recurrent)
     if not recurrent:
-        c("idx = cuda.grid(1)", "if idx < BH:")
-        c.indent()
-        c("bi = idx // H", "j = idx % H", "for t in range(T - 1, -1, -1):")
-        c.indent()
+        _scan_head(c, True)
         _rows(c, True)
         c(*zero_db)
         c.block(_cell(code.bwd1, tab))
