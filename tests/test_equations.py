@@ -299,6 +299,15 @@ def test_catalogue_greff_cells_are_the_tested_equations(name):
     assert v.initial_values == ({"b_f": 1.0} if "b_f" in v.param_shapes(I, H) else {})
 
 
+@pytest.mark.parametrize("name, source", [("mut3", "Jozefowicz et al. 2015"),
+                                          ("minlstm", "Feng et al. 2024"),
+                                          ("indrnn", "Li et al. 2018")])
+def test_catalogue_light_cells_are_the_tested_equations(name, source):
+    v = get_variant(name)
+    assert v.is_equations and v.citation.startswith(source) and not v.initial_values
+    assert v.cell_equations == spec(name, CELLS[name][0]).cell_equations
+
+
 def test_fgr_states_are_h_then_the_order_of_assignment():
     v = spec("fgr", FULL_GATE_RECURRENCE)
     assert v.state_names == ("h", "i", "f", "c", "o")
