@@ -134,53 +134,41 @@ def _flax_run(jax, cell, params, x, h0, dy, dhT):
     return ys, hT, gx, gh0, gp
 
 
-def _dense(W: np.ndarray, b: np.ndarray | None = None) -> dict:
-    out = {"kernel": W.T}
-    if b is not None:
-        out["bias"] = b
-    return out
+def _check_flax(jax, cell, ours: str | Variant, seed: int, modules: dict) -> None:
+    """Flax ``cell`` against our cell on the same weights: ``modules`` maps each Flax
+    Dense module to the ``(W, b)`` names it holds (``b`` None for a Dense without bias)."""
+    layer, data, (y, hT, dx, dh0, grads) = _ours(ours, seed=seed)
+    P = layer.params
+    params = {}
+    for mod, (w, b) in modules.items():
+        params[mod] = {"kernel": P[w].T, **({"bias": P[b]} if b else {})}
+    ys, hTf, gx, gh0, gp = _flax_run(jax, cell, params, *data)
+    _same("y", ys, y)
+    _same("last state", hTf, hT)
+    _same("dx", gx, dx)
+    _same("d h0", gh0, dh0)
+    for mod, (w, b) in modules.items():
+        _same(w, np.asarray(gp[mod]["kernel"]).T, grads[w])
+        if b:
+            _same(b, gp[mod]["bias"], grads[b])
 
 
 def test_flax_gru_cell_matches_gru_reset_after(jax):
     import flax.linen as nn
 
-    layer, data, (y, hT, dx, dh0, grads) = _ours("gru_reset_after", seed=1)
-    P = layer.params
-    params = {"ir": _dense(P["W_r"], P["b_r"]), "hr": _dense(P["U_r"]),
-              "iz": _dense(P["W_u"], P["b_u"]), "hz": _dense(P["U_u"]),
-              "in": _dense(P["W_c"], P["b_c"]), "hn": _dense(P["U_c"], P["b_hc"])}
     cell = nn.GRUCell(features=H, param_dtype=np.float64, dtype=np.float64)
-    ys, hTf, gx, gh0, gp = _flax_run(jax, cell, params, *data)
-    _same("y", ys, y)
-    _same("last state", hTf, hT)
-    _same("dx", gx, dx)
-    _same("d h0", gh0, dh0)
-    for mod, (w, b) in {"ir": ("W_r", "b_r"), "iz": ("W_u", "b_u"), "in": ("W_c", "b_c"),
-                        "hr": ("U_r", None), "hz": ("U_u", None), "hn": ("U_c", "b_hc")
-                        }.items():
-        _same(w, np.asarray(gp[mod]["kernel"]).T, grads[w])
-        if b:
-            _same(b, gp[mod]["bias"], grads[b])
+    _check_flax(jax, cell, "gru_reset_after", 1, {
+        "ir": ("W_r", "b_r"), "hr": ("U_r", None), "iz": ("W_u", "b_u"), "hz": ("U_u", None),
+        "in": ("W_c", "b_c"), "hn": ("U_c", "b_hc")})
 
 
 def test_flax_mgu_cell_matches_its_equations(jax):
     import flax.linen as nn
 
-    layer, data, (y, hT, dx, dh0, grads) = _ours(MGU_FLAX, seed=2)
-    P = layer.params
-    params = {"if": _dense(P["W_f"], P["b_f"]), "hf": _dense(P["U_f"]),
-              "in": _dense(P["W_c"], P["b_c"]), "hn": _dense(P["U_c"], P["b_hc"])}
     cell = nn.MGUCell(features=H, param_dtype=np.float64, dtype=np.float64)
-    ys, hTf, gx, gh0, gp = _flax_run(jax, cell, params, *data)
-    _same("y", ys, y)
-    _same("last state", hTf, hT)
-    _same("dx", gx, dx)
-    _same("d h0", gh0, dh0)
-    for mod, (w, b) in {"if": ("W_f", "b_f"), "hf": ("U_f", None), "in": ("W_c", "b_c"),
-                        "hn": ("U_c", "b_hc")}.items():
-        _same(w, np.asarray(gp[mod]["kernel"]).T, grads[w])
-        if b:
-            _same(b, gp[mod]["bias"], grads[b])
+    _check_flax(jax, cell, MGU_FLAX, 2, {
+        "if": ("W_f", "b_f"), "hf": ("U_f", None), "in": ("W_c", "b_c"),
+        "hn": ("U_c", "b_hc")})
 
 
 def test_mgu_flax_starts_with_flax_forget_bias():
