@@ -20,6 +20,10 @@ a task's table may override for that task, and each task has its options::
     delay = 50
     steps = 4000                                    # this task's own training length
 
+A ``[search]`` table (:mod:`gruablate.search`) turns a study into a per-variant
+hyperparameter search: every point of the grid gets ``trials`` cells, trial ``k`` training
+with settings drawn for ``k`` (``hidden`` too, when drawn) in place of the study's own.
+
 Every cell gets a deterministic id from its resolved configuration (task defaults
 filled in, the variant's switches included), so the same study always names the same
 cells and a rerun finds what is already done.
@@ -28,7 +32,6 @@ cells and a rerun finds what is already done.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import re
@@ -47,12 +50,13 @@ from .cells.catalogue import get_variant, list_variants
 from .cells.identity import spec_content, spec_digest
 from .cells.spec import SpecError, Variant
 from .errors import StudyError
+from .search import DEFAULT_SPACE, Search
 from .vocabulary import DTYPES
 
 # Settings every cell of a task shares; a task's table may override them.
 SETTINGS = ("steps", "batch", "lr", "dtype", "init", "clip", "warmup", "decay")
 AXES = ("variants", "tasks", "hidden", "layers", "seeds", "backends")
-_TOP_KEYS = ("name", "description", *AXES, "hidden_by_variant", *SETTINGS)
+_TOP_KEYS = ("name", "description", *AXES, "hidden_by_variant", *SETTINGS, "search")
 _INT_AXES = ("hidden", "layers", "seeds")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Bounds that turn a typo (``--seeds 0-100000000``) into an error instead of a hang.
@@ -177,6 +181,11 @@ class Cell:
     config: dict[str, Any]
     variant: Variant = field(compare=False)
 
+    @property
+    def trial(self) -> int | None:
+        """The cell's trial index in its study's search (None outside a search)."""
+        return self.config.get("trial")
+
     def train_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`gruablate.train` for this cell."""
         c = self.config
@@ -201,6 +210,7 @@ class Study:
     # variant name → its own hidden sizes, replacing ``hidden`` for that variant (to
     # compare variants at equal parameter count rather than equal width)
     hidden_by_variant: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    search: Search | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "", base_dir: Path | None = None
@@ -249,40 +259,73 @@ class Study:
         if not isinstance(description, str):
             raise StudyError(f"description{at} must be a string")
         by_variant = _hidden_by_variant(full.get("hidden_by_variant", {}), variants, at)
-        n_cells = len(tasks) * len(ints["layers"]) * len(ints["seeds"]) * len(backends) * sum(
-            len(by_variant.get(v.name, ints["hidden"])) for v in variants)
+        search = Search.from_table(full["search"], where) if "search" in full else None
+        if search is not None and "hidden" in search.space and by_variant:
+            raise StudyError(f"hidden_by_variant{at} and a search that draws hidden cannot"
+                             " both set the hidden sizes; keep one")
+        sizes = {v.name: (None,) if search is not None and "hidden" in search.space
+                 else by_variant.get(v.name, ints["hidden"]) for v in variants}
+        n_cells = (len(tasks) * len(ints["layers"]) * len(ints["seeds"]) * len(backends)
+                   * sum(len(s) for s in sizes.values()) * (search.trials if search else 1))
         if n_cells > MAX_CELLS:
             raise StudyError(f"the study{at} has {n_cells} cells, more than {MAX_CELLS};"
                              " split it into smaller studies")
-        _check_cells(variants, built, settings, ints, by_variant, backends, at)
-        return cls(
+        study = cls(
             name=name, variants=variants, tasks=tasks, task_settings=settings,
             hidden=ints["hidden"], layers=ints["layers"], seeds=ints["seeds"],
             backends=backends, description=description, hidden_by_variant=by_variant,
+            search=search,
         )
+        _check_cells(study, built, at)
+        return study
 
     # ------------------------------------------------------------------ cells
     def cells(self) -> list[Cell]:
         """Every cell of the grid, in a fixed order (task, variant, hidden, layers,
-        backend, seed)."""
+        backend, trial, seed)."""
         out = []
         for task, options in self.tasks.items():
             for v in self.variants:
-                for hidden in self.hidden_by_variant.get(v.name, self.hidden):
+                for hidden in self._sizes(v):
                     for layers in self.layers:
                         for backend in self.backends:
-                            for seed in self.seeds:
-                                config = {
-                                    "variant": v.name, "task": task, "hidden": hidden,
-                                    "layers": layers, "seed": seed, "backend": backend,
-                                    **self.task_settings[task], "task_options": options,
-                                }
-                                out.append(Cell(cell_id(config, v), config, v))
+                            for trial, drawn in self._trials():
+                                for seed in self.seeds:
+                                    config = {
+                                        "variant": v.name, "task": task, "hidden": hidden,
+                                        "layers": layers, "seed": seed, "backend": backend,
+                                        **self.task_settings[task], "task_options": options,
+                                        **drawn,
+                                    }
+                                    if trial is not None:
+                                        config["trial"] = trial
+                                        config["search"] = self.search.identity()
+                                    out.append(Cell(cell_id(config, v), config, v))
         return out
 
+    def _sizes(self, v: Variant) -> tuple[int | None, ...]:
+        """A variant's hidden sizes (one placeholder when the search draws them)."""
+        if self.search is not None and "hidden" in self.search.space:
+            return (None,)
+        return self.hidden_by_variant.get(v.name, self.hidden)
+
+    def _trials(self) -> list[tuple[int | None, dict[str, Any]]]:
+        """(trial index, drawn settings) per trial; one trial of nothing without a search."""
+        if self.search is None:
+            return [(None, {})]
+        return [(k, _drawn_settings(self.search.draw(k))) for k in range(self.search.trials)]
+
     def cell_settings(self) -> dict[str, dict[str, Any]]:
-        """What every cell of a task shares (settings and options), by task."""
-        return {t: {**self.task_settings[t], "task_options": self.tasks[t]} for t in self.tasks}
+        """What every cell of a task shares (settings and options), by task; in a search,
+        the drawn settings give way to the search's seed and space."""
+        out = {}
+        for t in self.tasks:
+            shared = {**self.task_settings[t], "task_options": self.tasks[t]}
+            if self.search is not None:
+                shared = {k: v for k, v in shared.items() if k not in self.search.space}
+                shared["search"] = self.search.identity()
+            out[t] = shared
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved study as JSON-ready data (the run directory's ``study.json``)."""
@@ -299,6 +342,7 @@ class Study:
             "seeds": list(self.seeds),
             "backends": list(self.backends),
             "cell_settings": self.cell_settings(),
+            **({} if self.search is None else {"search": self.search.to_dict()}),
             "cells": len(self.cells()),
         }
 
@@ -313,8 +357,20 @@ def cell_id(config: dict[str, Any], variant: Variant) -> str:
                       sort_keys=True)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
     c = config
-    return (f"{c['variant']}-{c['task']}-h{c['hidden']}-l{c['layers']}-s{c['seed']}"
+    trial = f"-t{c['trial']}" if "trial" in c else ""
+    return (f"{c['variant']}-{c['task']}{trial}-h{c['hidden']}-l{c['layers']}-s{c['seed']}"
             f"-{c['backend']}-{digest}")
+
+
+def _drawn_settings(drawn: dict[str, Any]) -> dict[str, Any]:
+    """A trial's draws as cell settings, spelled as :func:`_check_settings` spells them
+    (``clip = false`` is None, a learning rate a float)."""
+    out = dict(drawn)
+    if "clip" in out:
+        out["clip"] = None if out["clip"] is False or out["clip"] == 0 else float(out["clip"])
+    if "lr" in out:
+        out["lr"] = float(out["lr"])
+    return out
 
 
 
@@ -400,25 +456,33 @@ def _check_settings(s: dict[str, Any], where: str) -> dict[str, Any]:
             "warmup": s["warmup"], "decay": s["decay"]}
 
 
-def _check_cells(variants: tuple[Variant, ...], built: dict[str, Any],
-                 settings: dict[str, dict[str, Any]], ints: dict[str, tuple[int, ...]],
-                 by_variant: dict[str, tuple[int, ...]], backends: tuple[str, ...],
-                 at: str) -> None:
+def _check_cells(study: Study, built: dict[str, Any], at: str) -> None:
     """Every distinct cell configuration through :func:`gruablate.train.check_config`
     (the seed aside): a cell that could never run (a depth past the cap, arrays that
-    cannot fit) stops the study here, not after hours of others. A CUDA cell on a
-    machine without a GPU is not refused: it is recorded as failed, like any cell that
-    cannot run where the sweep runs."""
+    cannot fit, a drawn warm-up longer than a drawn run) stops the study here, not after
+    hours of others. A CUDA cell on a machine without a GPU is not refused: it is
+    recorded as failed, like any cell that cannot run where the sweep runs."""
     from .train import check_config
 
-    for (task, the_task), v in itertools.product(built.items(), variants):
-        sizes = by_variant.get(v.name, ints["hidden"])
-        for hidden, layers, backend in itertools.product(sizes, ints["layers"], backends):
-            try:
-                check_config(v, the_task, hidden=hidden, layers=layers, backend=backend,
-                             require_device=False, **settings[task])
-            except ValueError as exc:
-                raise StudyError(f"{v.name} on {task}{at}: {exc}") from None
+    seen: set[str] = set()
+    for cell in study.cells():
+        c = cell.config
+        key = json.dumps({**c, "seed": 0, "trial": None}, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        trial = f" (search trial {cell.trial})" if cell.trial is not None else ""
+        where = f"{c['variant']} on {c['task']}{trial}{at}"
+        if cell.trial is not None:  # drawn settings get the checks a study's own get
+            _check_settings({**c, "clip": c["clip"] if c["clip"] is not None else False},
+                            f"task {c['task']!r}{trial}{at}")
+        settings = {k: c[k] for k in SETTINGS}
+        try:
+            check_config(cell.variant, built[c["task"]], hidden=c["hidden"],
+                         layers=c["layers"], backend=c["backend"], require_device=False,
+                         **settings)
+        except ValueError as exc:
+            raise StudyError(f"{where}: {exc}") from None
 
 
 def _build_task(task: str, options: dict[str, Any], at: str) -> Any:
@@ -461,7 +525,9 @@ def load_study(
 ) -> Study:
     """Resolve a study: the TOML ``config`` (or the default quick study), then
     ``overrides`` (study keys, values as lists or comma/range text), then
-    ``task_options`` (``{task: {option: value}}``).
+    ``task_options`` (``{task: {option: value}}``). ``overrides["trials"]`` sets the
+    search's trial count (searching :data:`~gruablate.search.DEFAULT_SPACE` when the
+    study has no ``[search]``); a setting given in ``overrides`` is no longer drawn.
 
     An overridden study gets a name of its own unless ``overrides`` names it —
     ``sweep-<hash>`` for the default study, ``<config name>-<hash>`` for a config
@@ -494,6 +560,7 @@ def load_study(
                 opts.pop(key, None)
     data["tasks"] = tasks
     changed = bool(overrides or task_options)
+    _override_search(data, overrides, where)
     data.update(overrides)
     study = Study.from_dict(data, where=where, base_dir=base_dir)
     if changed and "name" not in overrides:
@@ -507,6 +574,29 @@ def load_study(
         study = Study(**{**study.__dict__, "name": name,
                          "description": f"{what}, with command-line overrides"})
     return study
+
+
+def _override_search(data: dict[str, Any], overrides: dict[str, Any], where: str) -> None:
+    """Apply ``trials`` (popped from ``overrides``) and the command line's settings to
+    the study's ``[search]`` table in ``data``."""
+    trials = overrides.pop("trials", None)
+    table = data.get("search")
+    if table is not None and not isinstance(table, dict):
+        return  # Study.from_dict names the problem
+    if trials is not None:
+        table = {**(DEFAULT_SPACE if table is None else table), "trials": trials}
+    if table is None:
+        return
+    given = {k for k in ("hidden", *SETTINGS) if k in overrides}
+    if given & set(table):
+        at = f" in {where}" if where else ""
+        remaining = {k: v for k, v in table.items() if k not in given}
+        if not set(remaining) - {"trials", "seed"}:
+            raise StudyError(f"the search{at} has nothing left to draw once"
+                             f" {', '.join(sorted(given & set(table)))} is set on the"
+                             " command line")
+        table = remaining
+    data["search"] = table
 
 
 def spec_conflict(old: dict[str, Any], new: Study) -> str | None:

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gruablate"
 LEAVES = ("gruablate.errors", "gruablate.vocabulary", "gruablate.optim", "gruablate.envinfo")
 #: What sits above the backends: none of it may be imported from backends/.
 ABOVE_BACKENDS = ("gruablate.layer", "gruablate.model", "gruablate.init", "gruablate.train",
-                  "gruablate.bench", "gruablate.interop", "gruablate.study",
+                  "gruablate.bench", "gruablate.interop", "gruablate.study", "gruablate.search",
                   "gruablate.execute", "gruablate.store", "gruablate.cli", "gruablate.report",
                   "gruablate.tasks")
 

@@ -151,6 +151,9 @@ class _Display:
 @click.option("--clip", type=float, help="Gradient-norm clip (0: off).")
 @click.option("--warmup", type=int, help="Learning-rate warm-up steps.")
 @click.option("--decay", help="Learning-rate decay: none, cosine, linear.")
+@click.option("--trials", type=int,
+              help="Search trials per variant and task: the study's [search], or"
+                   " lr ~ loguniform(1e-4, 3e-2) when it has none.")
 @click.option("-o", "--task-option", "task_option", multiple=True, metavar="TASK.OPT=VALUE",
               help="A task option, e.g. -o copy.delay=50 (repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory [runs/NAME].")
@@ -172,18 +175,21 @@ def sweep(
     tasks: str | None, hidden: str | None, layers: str | None, seeds: str | None,
     backends: str | None, steps: int | None, batch: int | None, lr: float | None,
     dtype: str | None, init: str | None, clip: float | None, warmup: int | None,
-    decay: str | None, task_option: tuple[str, ...], out: str | None, jobs: int | None,
+    decay: str | None, trials: int | None, task_option: tuple[str, ...], out: str | None,
+    jobs: int | None,
     executor: str, scheduler: str | None, scheduler_file: str | None, rerun_failed: bool,
     force: bool, export: tuple[str, ...], no_report: bool, dry_run: bool,
 ) -> None:
-    """Run a study: variants x tasks x hidden x layers x seeds x backends.
+    """Run a study: variants x tasks x hidden x layers x seeds x backends (x search
+    trials, when the study has a [search] or --trials is given).
 
     With no options, runs the quick default study (a few minutes on 2 cores) and writes
     its report. Rerunning the same command resumes: finished cells are skipped.
     """
     overrides = dict(name=name, variants=variants, tasks=tasks, hidden=hidden, layers=layers,
                      seeds=seeds, backends=backends, steps=steps, batch=batch, lr=lr,
-                     dtype=dtype, init=init, clip=clip, warmup=warmup, decay=decay)
+                     dtype=dtype, init=init, clip=clip, warmup=warmup, decay=decay,
+                     trials=trials)
     try:
         study = load_study(config, overrides=overrides, task_options=_task_options(task_option))
         if dry_run:

@@ -16,15 +16,21 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..store import process_alive
-from . import html, markdown
-from ._io import write_text
+from . import html, markdown, search_figures
+from ._io import write_bytes, write_text
 from .data import ReportData, load
 from .figures import FIGURES, make_figures, write_figures
+from .tables import Statistics, statistics
 
 __all__ = ["ReportData", "load", "write_report"]
 
+# The figures in report order: the grid's, then the searches'.
+ALL_FIGURES = (*FIGURES, *search_figures.FIGURES)
+# The tables written for reuse beside the documents, each as CSV and Parquet.
+TABLES = ("comparison", "importance")
 # Every file a report folder holds: a folder holding anything else is not ours to swap.
-_OWNED = {f"{fn.__name__}.{ext}" for fn in FIGURES for ext in ("png", "svg")} | {
+_OWNED = {f"{fn.__name__}.{ext}" for fn in ALL_FIGURES for ext in ("png", "svg")} | {
+    f"{name}.{ext}" for name in TABLES for ext in ("csv", "parquet")} | {
     "report.md", "report.html"}
 
 
@@ -52,14 +58,32 @@ def write_report(run_dirs: str | Path | Iterable[str | Path], out: str | Path | 
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        figs = make_figures(data)
+        figs = make_figures(data, ALL_FIGURES)
         write_figures(figs, staging)
-        write_text(staging / "report.md", markdown.render(data, figs))
-        write_text(staging / "report.html", html.render(data, figs))
+        stats = statistics(data)
+        _write_tables(stats, staging)
+        write_text(staging / "report.md", markdown.render(data, figs, stats))
+        write_text(staging / "report.html", html.render(data, figs, stats))
         _swap(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target / "report.html"
+
+
+def _write_tables(stats: Statistics, out: Path) -> None:
+    """The comparison and importance tables as CSV and Parquet, when they have rows."""
+    import io
+
+    for name in TABLES:
+        table = getattr(stats, name)
+        if not len(table):
+            continue
+        write_text(out / f"{name}.csv", table.to_csv(index=False))
+        buf = io.BytesIO()
+        # Parquet columns have one type: `hidden` holds sizes and "searched".
+        mixed = {c: str for c in table.columns if table[c].dtype == object}
+        table.astype(mixed).to_parquet(buf, index=False)
+        write_bytes(out / f"{name}.parquet", buf.getvalue())
 
 
 def _check_ours(target: Path) -> None:

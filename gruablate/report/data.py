@@ -98,18 +98,28 @@ class ReportData:
 
     run_dirs: list[Path]
     results: pd.DataFrame
-    train: pd.DataFrame
+    train: pd.DataFrame  # training cells of grids (no search trial)
     bench: pd.DataFrame
     curves: pd.DataFrame
+    # training cells of searches: ``trial`` is their index, ``search`` (JSON) the seed and
+    # space they were drawn from
+    trials: pd.DataFrame = field(default_factory=pd.DataFrame)
     studies: dict[str, dict[str, Any]] = field(default_factory=dict)
     envs: dict[str, dict[str, Any]] = field(default_factory=dict)
     # variant label (as in the ``variant`` column) → the spec its cells ran
     specs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
+    def cells(self) -> pd.DataFrame:
+        """Every training cell, grid and search alike."""
+        if not len(self.trials):
+            return self.train
+        return pd.concat([self.train, self.trials], ignore_index=True)
+
+    @property
     def variants(self) -> list[str]:
         """Every variant in the data, in one fixed order (by name)."""
-        names = set(self.train.get("variant", pd.Series(dtype=object)).dropna())
+        names = set(self.cells.get("variant", pd.Series(dtype=object)).dropna())
         names |= set(self.bench.get("variant", pd.Series(dtype=object)).dropna())
         return sorted(str(n) for n in names)
 
@@ -136,9 +146,15 @@ def load(run_dirs: list[str | Path]) -> ReportData:
     train = train.assign(ms_per_step=1000.0 / sps.where(sps > 0))
     train, curves = _distinguish_tasks(train, load_curves(dirs))
     train, curves, specs = _distinguish_specs(train, curves)
+    in_search = (pd.to_numeric(train["trial"], errors="coerce").notna() if "trial" in train
+                 else pd.Series(False, index=train.index))
+    trials = train[in_search].reset_index(drop=True)
+    train = train[~in_search].reset_index(drop=True)
+    if len(curves) and "id" in curves:  # the learning curves of grid cells only
+        curves = curves[curves["id"].isin(set(train["id"]))].reset_index(drop=True)
     return ReportData(
         run_dirs=dirs, results=results, train=train, bench=bench,
-        curves=curves, specs=specs,
+        curves=curves, specs=specs, trials=trials,
         studies={r.path.name: r.study() for r in runs},
         envs={r.path.name: r.environment() for r in runs},
     )
@@ -157,6 +173,13 @@ def _distinguish_tasks(train: pd.DataFrame, curves: pd.DataFrame
         return train, curves
     opts = train["task_options"].map(lambda t: json.loads(t) if isinstance(t, str) else {})
     setting = pd.DataFrame({c: train[c] for c in _SETTING_COLUMNS if c in train})
+    if "search" in train:  # a search's drawn settings vary by design: not another task
+        setting = setting.astype(object)
+        for i, text in train["search"].items():
+            if isinstance(text, str):
+                for key in json.loads(text).get("space", {}):
+                    if key in setting:
+                        setting.at[i, key] = "searched"
     labels = train["task"].astype(object).copy()
     for task in train["task"].dropna().unique():
         rows = train.index[train["task"] == task]

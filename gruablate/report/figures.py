@@ -848,13 +848,15 @@ FIGURES: tuple[Callable[[ReportData, dict], Drawing | None], ...] = (
 )
 
 
-def make_figures(data: ReportData) -> list[FigureFile]:
-    """Every figure the data supports, in report order, drawn and saved; each file is
-    named after its function in :data:`FIGURES`."""
+def make_figures(data: ReportData,
+                 figures: Iterable[Callable[[ReportData, dict], Drawing | None]] = FIGURES
+                 ) -> list[FigureFile]:
+    """Every figure of ``figures`` the data supports, in their order, drawn and saved;
+    each file is named after its function."""
     pal = palette(data.variants)
     out = []
     with mpl.rc_context(_RC):
-        for fn in FIGURES:
+        for fn in figures:
             drawing = fn(data, pal)
             if drawing is not None:
                 png, svg = _render(drawing.fig)

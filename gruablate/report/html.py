@@ -13,13 +13,19 @@ from html import escape
 from .data import ReportData, status_counts
 from .figures import FigureFile, equation_svg
 from .tables import (
+    Statistics,
     accuracy_rows,
     bench_rows,
+    comparison_note,
+    comparison_rows,
     environment_rows,
     header_rows,
+    importance_note,
+    importance_rows,
     interval_notes,
     peer_rows,
     problem_rows,
+    statistics,
     study_rows,
     summary,
     variants_shown,
@@ -63,15 +69,16 @@ def _figure(f: FigureFile) -> str:
             f"<code>{f.name}.svg</code>.</figcaption></figure>")
 
 
-def render(data: ReportData, figs: list[FigureFile]) -> str:
-    """The whole page as text."""
+def render(data: ReportData, figs: list[FigureFile], stats: Statistics | None = None) -> str:
+    """The whole page as text (``stats`` computed here when not given)."""
+    stats = statistics(data) if stats is None else stats
     parts = ["<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
              "<title>gruablate report</title>", f"<style>{_CSS}</style></head><body>",
              "<h1>gruablate report</h1>"]
     parts.append("<h2>What was run</h2>")
     parts.append(_table(["", ""], [list(r) for r in header_rows(data)]))
     parts.append(_table(["run", "study", "records"], [list(r) for r in study_rows(data)]))
-    counts = status_counts(data.train)
+    counts = status_counts(data.cells)
     if counts:
         text = ", ".join(f"{v} {k}" for k, v in counts.items())
         parts.append(f'<p class="note">Training cells: {escape(text)}.</p>')
@@ -89,11 +96,22 @@ def render(data: ReportData, figs: list[FigureFile]) -> str:
         parts.append('<p class="note">Variants ranked by their estimate per task and size; '
                      "each compared with the baseline variant on the seeds both ran (the "
                      "seeds share the data, so the comparison is paired). A difference "
-                     "that holds on every seed is not yet a significance test.</p>")
+                     "that holds on every seed is not yet a significance test: the tests "
+                     "follow, against the baseline variant.</p>")
         for heading, lines in found:
             parts.append(f"<h3>{escape(heading)}</h3><ol>")
             parts.extend(f"<li>{escape(line.split('. ', 1)[1])}</li>" for line in lines)
             parts.append("</ol>")
+    head, rows = comparison_rows(stats.comparison)
+    if rows:
+        parts.append("<h2>Against the baseline variant</h2>")
+        parts.append(f'<p class="note">{escape(comparison_note())}</p>')
+        parts.append(_table(head, rows))
+    head, rows = importance_rows(stats.importance)
+    if rows:
+        parts.append("<h2>Which settings mattered</h2>")
+        parts.append(f'<p class="note">{escape(importance_note())}</p>')
+        parts.append(_table(head, rows))
     if len(data.train):
         parts.append("<h2>Accuracy</h2>")
         head, rows = accuracy_rows(data)

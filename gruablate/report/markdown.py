@@ -7,12 +7,18 @@ from html import escape as html_escape
 from .data import ReportData, status_counts
 from .figures import FigureFile
 from .tables import (
+    Statistics,
     accuracy_rows,
+    comparison_note,
+    comparison_rows,
     environment_rows,
     header_rows,
+    importance_note,
+    importance_rows,
     interval_notes,
     peer_rows,
     problem_rows,
+    statistics,
     study_rows,
     summary,
     variants_shown,
@@ -39,12 +45,13 @@ def table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def render(data: ReportData, figs: list[FigureFile]) -> str:
-    """The whole Markdown document."""
+def render(data: ReportData, figs: list[FigureFile], stats: Statistics | None = None) -> str:
+    """The whole Markdown document (``stats`` computed here when not given)."""
+    stats = statistics(data) if stats is None else stats
     out = ["# gruablate report", "", "## What was run", ""]
     out += [table(["", ""], [list(r) for r in header_rows(data)]), ""]
     out += [table(["run", "study", "records"], [list(r) for r in study_rows(data)]), ""]
-    counts = status_counts(data.train)
+    counts = status_counts(data.cells)
     if counts:
         out += ["Training cells: " + text(", ".join(f"{v} {k}" for k, v in counts.items()))
                 + ".",
@@ -61,6 +68,14 @@ def render(data: ReportData, figs: list[FigureFile]) -> str:
                 " share the data).", ""]
         for heading, lines in found:
             out += [f"### {text(heading)}", "", *(text(line) for line in lines), ""]
+    head, rows = comparison_rows(stats.comparison)
+    if rows:
+        out += ["## Against the baseline variant", "", text(comparison_note()), "",
+                table(head, rows), ""]
+    head, rows = importance_rows(stats.importance)
+    if rows:
+        out += ["## Which settings mattered", "", text(importance_note()), "",
+                table(head, rows), ""]
     if len(data.train):
         head, rows = accuracy_rows(data)
         out += ["## Accuracy", "", table(head, rows), ""]

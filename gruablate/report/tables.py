@@ -6,13 +6,22 @@ Also the variants' specs (equations) and the environments, which both documents 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from ..cells.catalogue import get_variant
 from ..cells.spec import SpecError, Variant
+from ..search import parse_distribution
 from ..study import SETTINGS
+from .compare import (
+    ALPHA,
+    COMPARISON_COLUMNS,
+    TOP_FRACTION,
+    comparison_table,
+    importance_table,
+)
 from .data import (
     INTERVAL_NOTES,
     ReportData,
@@ -70,7 +79,8 @@ def _seed_values(train: pd.DataFrame) -> dict[tuple, str]:
 def baseline_variant(data: ReportData) -> str | None:
     """The variant the others are compared with: the first variant of the first
     reported study that has training cells here (by name order when no study lists)."""
-    present = list(dict.fromkeys(data.train["variant"].dropna())) if len(data.train) else []
+    cells = data.cells
+    present = list(dict.fromkeys(cells["variant"].dropna())) if len(cells) else []
     if not present:
         return None
     for study in data.studies.values():
@@ -170,10 +180,15 @@ def header_rows(data: ReportData) -> list[tuple[str, str]]:
 
 def _settings_text(settings: dict[str, Any]) -> str:
     opts = settings.get("task_options") or {}
+    search = settings.get("search")
     order = [k for k in SETTINGS if k in settings] + sorted(
-        k for k in settings if k not in SETTINGS and k != "task_options")
+        k for k in settings if k not in SETTINGS and k not in ("task_options", "search"))
     shown = {k: _num(v, 6) if isinstance(v, float) else v for k, v in settings.items()}
     main = ", ".join(f"{k} {shown[k]}" for k in order)
+    if isinstance(search, dict):
+        drawn = ", ".join(f"{k} ~ {parse_distribution(d, k).text()}"
+                          for k, d in (search.get("space") or {}).items())
+        main += f"; searched (seed {search.get('seed')}): {drawn}"
     extra = ", ".join(f"{k}={v}" for k, v in opts.items())
     return main + (f"; task options {extra}" if extra else "")
 
@@ -197,7 +212,7 @@ def machine_text(env: dict[str, Any], sweep: dict[str, Any] | None = None) -> st
 
 def problem_rows(data: ReportData) -> tuple[list[str], list[list[str]]]:
     """Cells that failed or diverged, with their error."""
-    t = problem_cells(data.train)
+    t = problem_cells(data.cells)
     return ["cell", "status", "error"], [[r.id, r.status, r.error] for r in
                                          t.itertuples(index=False)]
 
@@ -281,3 +296,80 @@ def study_rows(data: ReportData) -> list[tuple[str, str, str]]:
         out.append((name, str(study.get("description") or study.get("kind", "")), counts))
     return out
 
+
+
+# ----------------------------------------------------------- significance
+@dataclass(frozen=True)
+class Statistics:
+    """The report's tests and importances, computed once for every document."""
+
+    comparison: pd.DataFrame
+    importance: pd.DataFrame
+
+
+def statistics(data: ReportData) -> Statistics:
+    """Every variant against the baseline variant (:func:`.compare.comparison_table`) and
+    the searches' hyperparameter importance (:func:`.compare.importance_table`)."""
+    base = baseline_variant(data)
+    table = (comparison_table(data.cells, base) if base is not None
+             else pd.DataFrame(columns=COMPARISON_COLUMNS))
+    return Statistics(table, importance_table(data.trials))
+
+
+def comparison_note() -> str:
+    """How the comparison table reads."""
+    return (f"Each variant against the baseline variant, per task and size: the difference"
+            f" of medians over all ok cells (trials × seeds, or seeds) with a 95% bootstrap"
+            f" interval; Welch's t-test on each side's best {TOP_FRACTION:.0%} (at least two"
+            f" cells; Greff et al. 2017) and the Mann–Whitney U test on all cells, both"
+            f" two-sided, each with Holm's correction over the variants. The verdict is"
+            f" Welch's after correction at α = {ALPHA}.")
+
+
+def comparison_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and display rows of the comparison table."""
+    head = ["task", "H", "layers", "backend", "variant", "cells", "median (baseline)",
+            "Δ median [95% CI]", f"top {TOP_FRACTION:.0%} mean (baseline)", "Welch p (Holm)",
+            "Mann–Whitney p (Holm)", "verdict"]
+    rows = []
+    for r in table.itertuples(index=False):
+        ci = ("" if math.isnan(r.difference_low)
+              else f" [{_num(r.difference_low, 3)}, {_num(r.difference_high, 3)}]")
+        rows.append([
+            str(r.task), str(r.hidden) if r.hidden == "searched" else _num(r.hidden, 0),
+            _num(r.layers, 0), str(r.backend), str(r.variant), f"{r.n} / {r.baseline_n}",
+            f"{_num(r.median)} ({_num(r.baseline_median)})",
+            f"{_num(r.median_difference, 3)}{ci}",
+            f"{_num(r.top_mean)} ({_num(r.baseline_top_mean)})",
+            f"{_p(r.welch_p)} ({_p(r.welch_p_holm)})",
+            f"{_p(r.mannwhitney_p)} ({_p(r.mannwhitney_p_holm)})", str(r.verdict),
+        ])
+    return head, rows
+
+
+def _p(p: float) -> str:
+    if p is None or math.isnan(p):
+        return "–"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def importance_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """One row per task × variant, one column per drawn setting."""
+    if not len(table):
+        return [], []
+    settings = sorted(table["setting"].unique())
+    head = ["task", "variant", "trials", *settings]
+    rows = []
+    for (task, variant), g in table.groupby(["task", "variant"], sort=True):
+        share = dict(zip(g["setting"], g["importance"], strict=True))
+        rows.append([str(task), str(variant), str(int(g["trials"].iloc[0])),
+                     *(f"{share[k]:.2f}" if k in share else "–" for k in settings)])
+    return head, rows
+
+
+def importance_note() -> str:
+    """How the importance table reads."""
+    return ("Share of the metric's variance over a variant's trials that each drawn"
+            " setting explains on its own (functional ANOVA on a random forest, Optuna's"
+            " fANOVA evaluator; the shares sum to 1). A setting that matters a lot is one"
+            " a comparison at a single value of it would get wrong.")
