@@ -262,6 +262,59 @@ def ref_mut2(P, x, h):
     return np.stack(ys), h
 
 
+# van der Westhuizen & Lasenby 2018, JANET (section 3): s_t = U_f h_{t-1} + W_f x_t + b_f,
+# c̃_t = tanh(U_c h_{t-1} + W_c x_t + b_c), c_t = σ(s_t) ⊙ c_{t-1} + (1 − σ(s_t − β)) ⊙ c̃_t,
+# h_t = c_t, with β = 1.
+JANET = [
+    "s = W_f x + U_f h + b_f",
+    "g = tanh(W_c x + U_c h + b_c)",
+    "h' = σ(s) ⊙ h + (1 − σ(s − 1)) ⊙ g",
+]
+
+
+def ref_janet(P, x, h, beta=1.0):
+    ys = []
+    for t in range(x.shape[0]):
+        s = h @ P["U_f"].T + x[t] @ P["W_f"].T + P["b_f"]
+        cand = np.tanh(h @ P["U_c"].T + x[t] @ P["W_c"].T + P["b_c"])
+        h = sig(s) * h + (1 - sig(s - beta)) * cand
+        ys.append(h)
+    return np.stack(ys), h
+
+
+# Flax's MGUCell (flax/linen/recurrent.py, __call__): f = sigmoid(dense_i(x) + dense_h(h)),
+# n = tanh(dense_i(x) + f * dense_h(h)) (the candidate's input kernel with bias b_c, its
+# recurrent kernel with bias b_hc), new_h = (1 − f) * n + f * h.
+MGU_FLAX = [
+    "f = σ(W_f x + U_f h + b_f)",
+    "ĥ = tanh(W_c x + b_c + f ⊙ (U_c h + b_hc))",
+    "h' = f ⊙ h + (1 − f) ⊙ ĥ",
+]
+
+
+def ref_mgu_flax(P, x, h):
+    ys = []
+    for t in range(x.shape[0]):
+        f = sig(x[t] @ P["W_f"].T + h @ P["U_f"].T + P["b_f"])
+        n = np.tanh(x[t] @ P["W_c"].T + P["b_c"] + f * (h @ P["U_c"].T + P["b_hc"]))
+        h = (1 - f) * n + f * h
+        ys.append(h)
+    return np.stack(ys), h
+
+
+# Collins et al. 2017, UGRNN (their eqs. for c_t, g_t, h_t):
+# c_t = tanh(W_ch h_{t-1} + W_cx x_t + b_c), g_t = σ(W_gh h_{t-1} + W_gx x_t + b_g),
+# h_t = g_t ⊙ h_{t-1} + (1 − g_t) ⊙ c_t — the GRU without its reset gate, `no_reset`.
+def ref_ugrnn(P, x, h):
+    ys = []
+    for t in range(x.shape[0]):
+        c = np.tanh(h @ P["U_c"].T + x[t] @ P["W_c"].T + P["b_c"])
+        g = sig(h @ P["U_u"].T + x[t] @ P["W_u"].T + P["b_u"])
+        h = g * h + (1 - g) * c
+        ys.append(h)
+    return np.stack(ys), h
+
+
 #: Cells whose input is read element-wise: the input size is the hidden size.
 SQUARE = {"mut1", "mut2"}
 
@@ -280,6 +333,8 @@ CELLS = {
     "indrnn": (INDRNN, lambda P, x, s: ref_indrnn(P, x, s)),
     "mut1": (MUT1, lambda P, x, s: ref_mut1(P, x, s)),
     "mut2": (MUT2, lambda P, x, s: ref_mut2(P, x, s)),
+    "janet": (JANET, lambda P, x, s: ref_janet(P, x, s)),
+    "mgu_flax": (MGU_FLAX, lambda P, x, s: ref_mgu_flax(P, x, s)),
 }
 
 
@@ -299,13 +354,25 @@ def test_catalogue_greff_cells_are_the_tested_equations(name):
     assert v.initial_values == ({"b_f": 1.0} if "b_f" in v.param_shapes(I, H) else {})
 
 
-@pytest.mark.parametrize("name, source", [("mut3", "Jozefowicz et al. 2015"),
-                                          ("minlstm", "Feng et al. 2024"),
-                                          ("indrnn", "Li et al. 2018")])
-def test_catalogue_light_cells_are_the_tested_equations(name, source):
+@pytest.mark.parametrize("name, source, init", [
+    ("mut3", "Jozefowicz et al. 2015", {}), ("minlstm", "Feng et al. 2024", {}),
+    ("indrnn", "Li et al. 2018", {}), ("janet", "van der Westhuizen & Lasenby 2018", {}),
+    ("mgu_flax", "Flax linen MGUCell", {"b_f": 1.0})])
+def test_catalogue_light_cells_are_the_tested_equations(name, source, init):
     v = get_variant(name)
-    assert v.is_equations and v.citation.startswith(source) and not v.initial_values
+    assert v.is_equations and v.citation.startswith(source) and v.initial_values == init
     assert v.cell_equations == spec(name, CELLS[name][0]).cell_equations
+
+
+def test_ugrnn_of_its_paper_is_the_catalogue_no_reset():
+    """Collins et al.'s UGRNN is the GRU without a reset gate: the catalogue's `no_reset`
+    (so it is listed there, not added twice under a second name)."""
+    layer = RecurrentLayer("no_reset", I, H, seed=4, dtype="float64")
+    x, s0, _, _ = inputs(1, seed=3)
+    y, sT = layer.forward(x, s0, keep=False)
+    ry, rs = ref_ugrnn({k: p.copy() for k, p in layer.params.items()}, x, s0)
+    np.testing.assert_allclose(y, ry, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(sT, rs, rtol=1e-12, atol=1e-13)
 
 
 def test_fgr_states_are_h_then_the_order_of_assignment():
@@ -317,7 +384,7 @@ def test_fgr_states_are_h_then_the_order_of_assignment():
 @pytest.mark.parametrize("name", list(CELLS))
 def test_new_cell_matches_its_paper(name, shape):
     equations, reference = CELLS[name]
-    v = spec(name, equations)
+    v = spec(f"{name}_paper", equations)  # not the built-in: no [init] here
     I_ = H if name in SQUARE else I
     layer = RecurrentLayer(v, I_, H, seed=5, dtype="float64")
     S = len(v.state_names)
@@ -352,7 +419,7 @@ def _loss(layer, x, s0, dy, dsT):
 @pytest.mark.parametrize("name", list(CELLS))
 def test_new_cell_gradients_match_finite_differences(name, shape):
     equations, _ = CELLS[name]
-    v = spec(name, equations)
+    v = spec(f"{name}_paper", equations)  # not the built-in: no [init] here
     I_ = H if name in SQUARE else I
     layer = RecurrentLayer(v, I_, H, seed=7, dtype="float64")
     if name == "indrnn":  # keep the ReLU away from its kink at this step size
@@ -379,7 +446,7 @@ def test_new_cell_float32_and_any_thread_count(name, monkeypatch):
     import numba
 
     equations, _ = CELLS[name]
-    v = spec(name, equations)
+    v = spec(f"{name}_paper", equations)  # not the built-in: no [init] here
     T_, B_, H_ = 20, 64, 48  # enough rows for more than one row block
     rng = np.random.default_rng(4)
     x = rng.standard_normal((T_, B_, I)).astype(np.float32)

@@ -13,7 +13,7 @@ the outputs, the last state and every gradient (input, initial state, each weigh
   torch's own kernel and agrees to 1e-12), so Keras is held to 1e-6: a wrong gate, index
   or missing term gives errors of the order of the values.
 - Flax ``GRUCell`` is ``gru_reset_after`` (``b_hn`` is our ``b_hc``); Flax ``MGUCell``
-  is :data:`MGU_FLAX`, its equations as a spec (the gate scales ``U_c h + b_hc`` after
+  is the catalogue's ``mgu_flax`` (the gate scales ``U_c h + b_hc`` after
   the product and keeps the old state: not Zhou et al.'s ``mgu``); both scanned over
   time by ``jax.lax.scan``, differentiated by ``jax.vjp``.
 """
@@ -31,13 +31,7 @@ T, B, I, H = 5, 3, 4, 6
 TOL = dict(rtol=1e-9, atol=1e-11)  # float64 on both sides: summation order only
 
 #: flax.linen.MGUCell (reset_gate=True) as a spec; Flax starts the forget bias at one.
-MGU_FLAX = Variant.from_dict({
-    "name": "mgu_flax",
-    "equations": ["f = σ(W_f x + U_f h + b_f)",
-                  "ĥ = tanh(W_c x + b_c + f ⊙ (U_c h + b_hc))",
-                  "h' = f ⊙ h + (1 − f) ⊙ ĥ"],
-    "init": {"b_f": 1.0},
-})
+MGU_FLAX = "mgu_flax"  # the catalogue's spec (variants/mgu_flax.toml)
 
 
 def _ours(name: str | Variant, seed: int = 0):
