@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 
 from .compare import TOP_FRACTION, top
 from .data import ReportData
@@ -91,8 +92,6 @@ def search_distribution(data: ReportData, pal: dict) -> Drawing | None:
                                     bool(_first(sub, "lower_is_better", True))))
         ax.set_title(f"{task}  ({_trial_count(sub)})", fontsize=10)
         _log_if_wide(ax, pts["metric"])
-    from matplotlib.lines import Line2D
-
     _legend_outside(fig, {
         f"best {TOP_FRACTION:.0%} of trials": Line2D([], [], marker="o", linestyle="",
                                                    color=_TOP_COLOR),
@@ -131,8 +130,6 @@ def learning_rate(data: ReportData, pal: dict) -> Drawing | None:
     tasks = sorted(points["task"].unique())
     fig, axes = _panels(len(tasks))
     legend: dict[str, Any] = {}
-    from matplotlib.lines import Line2D
-
     for ax, task in zip(axes, tasks, strict=True):
         pts = points[points["task"] == task]
         for v in [v for v in data.variants if v in set(pts["variant"])]:
