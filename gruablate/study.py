@@ -303,9 +303,12 @@ class Study:
                                     out.append(Cell(cell_id(config, v), config, v))
         return out
 
+    def _sizes_drawn(self) -> bool:
+        return self.search is not None and "hidden" in self.search.space
+
     def _sizes(self, v: Variant) -> tuple[int | None, ...]:
         """A variant's hidden sizes (one placeholder when the search draws them)."""
-        if self.search is not None and "hidden" in self.search.space:
+        if self._sizes_drawn():
             return (None,)
         return self.hidden_by_variant.get(v.name, self.hidden)
 
@@ -336,7 +339,8 @@ class Study:
             "variants": [v.name for v in self.variants],
             "variant_specs": {v.name: v.to_dict() for v in self.variants},
             "tasks": {t: dict(o) for t, o in self.tasks.items()},
-            "hidden": list(self.hidden),
+            # none when the search draws them (the search's space says how)
+            "hidden": [] if self._sizes_drawn() else list(self.hidden),
             "hidden_by_variant": {v: list(h) for v, h in self.hidden_by_variant.items()},
             "layers": list(self.layers),
             "seeds": list(self.seeds),

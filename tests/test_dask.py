@@ -1,5 +1,8 @@
 """A study on a real dask.distributed cluster equals the same study run locally.
 
+The study is a search (two trials of the learning rate per grid point): trial cells are
+cells like any other, sent to the workers and resumed the same way.
+
 Starts ``dask scheduler`` and ``dask worker`` as separate processes on 127.0.0.1, runs
 a small sweep through the command line against them, and compares every record with a
 local run's (timings and host aside). Bounded in time; the processes are always stopped.
@@ -23,7 +26,7 @@ pytest.importorskip("distributed")
 CLI = [sys.executable, "-c", "from gruablate.cli import main; main()"]
 STUDY = ["--variants", "gru,lstm", "--tasks", "adding,copy", "-o", "adding.seq_len=8",
          "-o", "copy.delay=3", "-o", "copy.symbols=2", "--hidden", "8", "--steps", "20",
-         "--batch", "8", "--seeds", "0", "--no-report"]
+         "--batch", "8", "--seeds", "0", "--trials", "2", "--no-report"]
 _NOT_COMPARED = {"train_seconds", "steps_per_second", "cell_seconds", "host"}
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 300  # generous: a cold Numba cache on a busy 2-core machine is slow
@@ -104,7 +107,7 @@ def test_dask_cluster_run_equals_local_run(cluster, tmp_path):
         [*CLI, "run", "sweep", *STUDY, "--out", str(dask_out), "--executor", "dask",
          "--scheduler", address], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
     assert res.returncode == 0, res.stderr + res.stdout
-    assert "4 ok, 0 diverged, 0 failed" in res.stdout
+    assert "8 ok, 0 diverged, 0 failed" in res.stdout
     env = json.loads((dask_out / "env.json").read_text())
     assert env["executor"] == {"kind": "dask", "scheduler": address}
     assert len(env["workers"]) == 1  # the workers' own environments are recorded
@@ -117,7 +120,8 @@ def test_dask_cluster_run_equals_local_run(cluster, tmp_path):
                          timeout=TIMEOUT)
     assert res.returncode == 0, res.stderr
     a, b = _records(dask_out), _records(local_out)
-    assert a.keys() == b.keys() and len(a) == 4
+    assert a.keys() == b.keys() and len(a) == 8
+    assert sorted(r["trial"] for r in a.values()) == [0] * 4 + [1] * 4
     assert a == b  # metrics, curves, params: bitwise equal on the CPU
 
     # Resuming through the scheduler file finds everything done.
@@ -125,7 +129,7 @@ def test_dask_cluster_run_equals_local_run(cluster, tmp_path):
         [*CLI, "run", "sweep", *STUDY, "--out", str(dask_out), "--executor", "dask",
          "--scheduler-file", str(cluster)], cwd=tmp_path, capture_output=True, text=True,
         timeout=120)
-    assert res.returncode == 0 and "4 already done" in res.stdout
+    assert res.returncode == 0 and "8 already done" in res.stdout
 
 
 def test_unreachable_scheduler_is_a_clear_error(tmp_path):

@@ -120,6 +120,7 @@ def test_a_search_makes_trials_times_grid_cells_with_drawn_settings(tmp_path):
                   for v in ("gru", "lstm")}
     assert by_variant["gru"] == by_variant["lstm"]
     assert study.to_dict()["search"]["trials"] == 5
+    assert study.to_dict()["hidden"] == []  # drawn, not the default axis
 
 
 def test_more_trials_keep_the_first_cells_and_a_new_space_makes_new_ones(tmp_path):
