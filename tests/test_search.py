@@ -275,6 +275,18 @@ def test_comparison_finds_shifts_and_not_noise():
     assert t.loc["worse", "verdict"] == "better" and t.loc["better", "verdict"] == "worse"
 
 
+def test_seeds_of_a_grid_point_are_compared_whole():
+    """Greff's best 10% is for a search's trials; a grid point's seeds are all alike."""
+    rng = np.random.default_rng(2)
+    cells = _cells({"base": rng.normal(0, 1, 5), "v": rng.normal(0, 1, 5)}).drop(
+        columns="trial")
+    t = compare.comparison_table(cells, "base")
+    assert t["n_top"].tolist() == [5]
+    assert t["welch_p"].iloc[0] == pytest.approx(stats.ttest_ind(
+        cells[cells.variant == "v"]["metric"], cells[cells.variant == "base"]["metric"],
+        equal_var=False).pvalue)
+
+
 def test_comparison_of_two_cells_a_side_and_of_too_few():
     t = compare.comparison_table(_cells({"base": [1.0, 1.0], "v": [1.0, 1.0]}), "base")
     assert t["verdict"].tolist() == ["no significant difference"]

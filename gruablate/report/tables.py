@@ -320,8 +320,9 @@ def comparison_note() -> str:
     """How the comparison table reads."""
     return (f"Each variant against the baseline variant, per task and size: the difference"
             f" of medians over all ok cells (trials × seeds, or seeds) with a 95% bootstrap"
-            f" interval; Welch's t-test on each side's best {TOP_FRACTION:.0%} (at least two"
-            f" cells; Greff et al. 2017) and the Mann–Whitney U test on all cells, both"
+            f" interval; Welch's t-test on each side's best {TOP_FRACTION:.0%} of a search's"
+            f" trials (at least two cells; Greff et al. 2017) or on all seeds of a grid"
+            f" point, and the Mann–Whitney U test on all cells, both"
             f" two-sided, each with Holm's correction over the variants. The verdict is"
             f" Welch's after correction at α = {ALPHA}.")
 
@@ -329,7 +330,7 @@ def comparison_note() -> str:
 def comparison_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header and display rows of the comparison table."""
     head = ["task", "H", "layers", "backend", "variant", "cells", "median (baseline)",
-            "Δ median [95% CI]", f"top {TOP_FRACTION:.0%} mean (baseline)", "Welch p (Holm)",
+            "Δ median [95% CI]", "mean of Welch's sample (baseline)", "Welch p (Holm)",
             "Mann–Whitney p (Holm)", "verdict"]
     rows = []
     for r in table.itertuples(index=False):
