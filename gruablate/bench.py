@@ -113,6 +113,14 @@ class BenchConfig:
         _check_sizes("input-size", [v for v in self.input_size if v is not None])
         if not self.input_size:
             raise BenchError("--input-size: give at least one size (or 'same')")
+        for name in self.variants:  # a cell reading x element-wise needs I = H
+            v = get_variant(name)
+            for size, hidden in ((i, h) for i in self.input_size if i is not None
+                                 for h in self.hidden):
+                try:
+                    v.check_sizes(size, hidden)
+                except ValueError as exc:
+                    raise BenchError(f"--input-size: {exc}") from None
         for opt, values, allowed in (("backends", self.backends, backend_names()),
                                      ("dtypes", self.dtypes, DTYPES),
                                      ("modes", self.modes, MODES),

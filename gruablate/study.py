@@ -211,6 +211,8 @@ class Study:
     # compare variants at equal parameter count rather than equal width)
     hidden_by_variant: dict[str, tuple[int, ...]] = field(default_factory=dict)
     search: Search | None = None
+    # what resolving the study left out, for the user to read (``variants = "all"``)
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "", base_dir: Path | None = None
@@ -232,7 +234,7 @@ class Study:
                 f"study name {name!r}{at} must be letters, digits, '.', '_' or '-'"
                 " (it names the run directory)"
             )
-        variants = _resolve_variants(full["variants"], at, base_dir)
+        variants, everything = _resolve_variants(full["variants"], at, base_dir)
         tasks_raw = _task_table(full["tasks"], at)
         ints = {a: tuple(parse_ints(full[a], f"{a}{at}")) for a in _INT_AXES}
         for axis, lo in (("hidden", 1), ("layers", 1), ("seeds", 0)):
@@ -265,6 +267,10 @@ class Study:
                              " both set the hidden sizes; keep one")
         sizes = {v.name: (None,) if search is not None and "hidden" in search.space
                  else by_variant.get(v.name, ints["hidden"]) for v in variants}
+        notes: list[str] = []
+        if everything:  # "all" means every built-in that can run on these tasks
+            variants, notes = _runnable(variants, built, sizes)
+            sizes = {v.name: sizes[v.name] for v in variants}
         n_cells = (len(tasks) * len(ints["layers"]) * len(ints["seeds"]) * len(backends)
                    * sum(len(s) for s in sizes.values()) * (search.trials if search else 1))
         if n_cells > MAX_CELLS:
@@ -274,7 +280,7 @@ class Study:
             name=name, variants=variants, tasks=tasks, task_settings=settings,
             hidden=ints["hidden"], layers=ints["layers"], seeds=ints["seeds"],
             backends=backends, description=description, hidden_by_variant=by_variant,
-            search=search,
+            search=search, notes=tuple(notes),
         )
         _check_cells(study, built, at)
         return study
@@ -396,9 +402,12 @@ def _hidden_by_variant(value: Any, variants: tuple[Variant, ...], at: str
     return out
 
 
-def _resolve_variants(value: Any, at: str, base_dir: Path | None) -> tuple[Variant, ...]:
+def _resolve_variants(value: Any, at: str, base_dir: Path | None
+                      ) -> tuple[tuple[Variant, ...], bool]:
+    """The variants, and whether they are the whole catalogue (``"all"``)."""
     names = parse_names(value, f"variants{at}")
-    if names == ["all"]:
+    everything = names == ["all"]
+    if everything:
         names = list_variants()
     out: list[Variant] = []
     for name in names:
@@ -413,7 +422,30 @@ def _resolve_variants(value: Any, at: str, base_dir: Path | None) -> tuple[Varia
         if any(o.name == v.name for o in out):
             raise StudyError(f"two variants named {v.name!r}{at}; names must be unique")
         out.append(v)
-    return tuple(out)
+    return tuple(out), everything
+
+
+def _runnable(variants: tuple[Variant, ...], built: dict[str, Any],
+              sizes: dict[str, tuple[int | None, ...]]) -> tuple[tuple[Variant, ...], list[str]]:
+    """The catalogue's variants that can run on every task at every size, and a note for
+    each left out: a cell reading its input element-wise needs input size = hidden size,
+    which a task's data fixes."""
+    keep, notes = [], []
+    for v in variants:
+        if not v.input_must_equal_hidden:
+            keep.append(v)
+            continue
+        clash = next(((t, task.input_size, h) for t, task in built.items()
+                      for h in sizes[v.name] if h != task.input_size), None)
+        if clash is None:
+            keep.append(v)
+        else:
+            t, size, h = clash
+            drawn = "a drawn hidden size" if h is None else f"hidden size {h}"
+            notes.append(f"variants 'all': {v.name} left out — it reads its input"
+                         f" element-wise, so its input size must equal its hidden size, and"
+                         f" {t} gives input size {size} with {drawn}")
+    return tuple(keep), notes
 
 
 def _task_table(value: Any, at: str) -> dict[str, dict[str, Any]]:

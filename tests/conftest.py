@@ -10,6 +10,13 @@ import gruablate
 BUILTINS = gruablate.list_variants()
 
 
+def input_size(variant, I: int, H: int) -> int:
+    """The input size a test uses for ``variant``: its own ``I``, or ``H`` for a cell
+    that reads its input element-wise (MUT1, MUT2), which needs I = H."""
+    v = gruablate.get_variant(variant)  # a name, a file or a Variant
+    return H if v.input_must_equal_hidden else I
+
+
 def random_state(layer: gruablate.RecurrentLayer, B: int, rng: np.random.Generator, scale=1.0):
     """A random initial state of the layer's form: h, or (h, c) for the LSTM family."""
     H = layer.hidden_size

@@ -144,6 +144,8 @@ def test_cli_writes_run_directory_and_prints_table(tmp_path):
         (["--modes", "train,sprint"], "--modes: unknown value 'sprint'"),
         (["--variants", "gru,missing.toml"], "variant spec file not found"),
         (["--threads", "999"], "exceeds Numba's pool"),
+        (["--variants", "mut1", "--input-size", "4", "--hidden", "8"],
+         "--input-size: variant 'mut1' reads x element-wise"),
     ],
 )
 def test_cli_rejects_bad_options_in_one_line(tmp_path, args, message):

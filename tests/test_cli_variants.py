@@ -73,3 +73,15 @@ def test_show_kernel_prints_the_generated_source(tmp_path):
     assert "@cuda.jit" in cuda.output and "'mine'" in cuda.output
     bad = runner.invoke(main, ["variants", "show", "gru", "--kernel", "tpu"])
     assert bad.exit_code == 2 and "'--kernel'" in bad.output
+
+
+def test_a_cell_reading_x_element_wise_is_shown_at_input_size_hidden():
+    runner = CliRunner()
+    shown = runner.invoke(main, ["variants", "show", "mut1", "--hidden", "16"])
+    assert shown.exit_code == 0 and "parameters at I=16, H=16:" in shown.output
+    bad = runner.invoke(main, ["variants", "show", "mut1", "--input-size", "3"])
+    assert bad.exit_code == 2 and "must equal --hidden (64)" in bad.output
+    assert "Traceback" not in bad.output
+    rows = json.loads(runner.invoke(main, ["variants", "list", "--json"]).output)
+    mut1 = next(r for r in rows if r["name"] == "mut1")
+    assert mut1["params"] == 4 * 64 * 64 + 3 * 64  # W_z, W_r, U_r, U_h at I = H, 3 biases

@@ -20,7 +20,7 @@ import re
 import numba
 import numpy as np
 import pytest
-from conftest import BUILTINS, as_tuple, random_state
+from conftest import BUILTINS, as_tuple, input_size, random_state
 from numba import cfunc
 
 from gruablate import RecurrentLayer
@@ -47,6 +47,7 @@ def _needs_threads(n: int) -> None:
 
 def _setup(name, size, dtype, seed=1, scale=None):
     T, B, I, H = size
+    I = input_size(name, I, H)
     rng = np.random.default_rng(seed)
     layer = RecurrentLayer(name, I, H, seed=3, dtype=dtype)
     # Default: weights of spectral radius about 1, so errors neither die nor explode

@@ -357,7 +357,8 @@ def test_catalogue_greff_cells_are_the_tested_equations(name):
 @pytest.mark.parametrize("name, source, init", [
     ("mut3", "Jozefowicz et al. 2015", {}), ("minlstm", "Feng et al. 2024", {}),
     ("indrnn", "Li et al. 2018", {}), ("janet", "van der Westhuizen & Lasenby 2018", {}),
-    ("mgu_flax", "Flax linen MGUCell", {"b_f": 1.0})])
+    ("mgu_flax", "Flax linen MGUCell", {"b_f": 1.0}), ("mut1", "Jozefowicz et al. 2015", {}),
+    ("mut2", "Jozefowicz et al. 2015", {})])
 def test_catalogue_light_cells_are_the_tested_equations(name, source, init):
     v = get_variant(name)
     assert v.is_equations and v.citation.startswith(source) and v.initial_values == init

@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import BUILTINS, as_tuple, random_state
+from conftest import BUILTINS, as_tuple, input_size, random_state
 
 from gruablate import RecurrentLayer, Variant
 from gruablate.cells import reference
@@ -40,6 +40,7 @@ def _float32_sensitivity(variant, params64, x64, state64, y_ref) -> float:
 
 def _check(variant, size, dtype):
     T, B, I, H = size
+    I = input_size(variant, I, H)
     rng = np.random.default_rng(zlib.crc32(f"{variant}{size}{dtype}".encode()))
     layer = RecurrentLayer(variant, I, H, seed=2, dtype=dtype)
     layer.flat_params[:] = rng.normal(0.0, 0.8, layer.flat_params.size)

@@ -79,6 +79,7 @@ def test_consumed_keys_match_param_shapes_builtin(name):
     variant = gruablate.get_variant(name)
     rng = np.random.default_rng(0)
     I, H, B, T = 3, 4, 2, 3
+    I = H if variant.input_must_equal_hidden else I
     params = RecordingParams(random_params(variant, I, H, rng))
     y, last = ref.forward(variant, params, rng.standard_normal((T, B, I)))
     assert params.read == set(variant.param_shapes(I, H))
@@ -108,6 +109,7 @@ def test_last_state_and_chaining(name):
     variant = gruablate.get_variant(name)
     rng = np.random.default_rng(2)
     T, B, I, H = 6, 2, 3, 4
+    I = H if variant.input_must_equal_hidden else I
     params = random_params(variant, I, H, rng)
     x = rng.standard_normal((T, B, I))
     s0 = random_state(variant, B, H, rng)
@@ -126,6 +128,7 @@ def test_state_none_means_zeros(name):
     variant = gruablate.get_variant(name)
     rng = np.random.default_rng(3)
     T, B, I, H = 3, 2, 3, 4
+    I = H if variant.input_must_equal_hidden else I
     params = random_params(variant, I, H, rng)
     x = rng.standard_normal((T, B, I))
     zeros = np.zeros((B, H))

@@ -177,10 +177,28 @@ def test_settings_conflict_allows_growth_but_not_other_settings():
     assert "steps" in settings_conflict(base.to_dict(), other)
 
 
+SQUARE = [n for n in gruablate.list_variants()
+          if gruablate.get_variant(n).input_must_equal_hidden]
+
+
 def test_every_catalogue_variant_with_all():
     s = load_study(overrides={"variants": "all"})
-    assert [v.name for v in s.variants] == gruablate.list_variants()
+    assert SQUARE == ["mut1", "mut2"]
+    # the cells that read x element-wise cannot take adding's 2 inputs at H = 32: left
+    # out, each with a note saying why; every other built-in is there
+    assert [v.name for v in s.variants] == [n for n in gruablate.list_variants()
+                                            if n not in SQUARE]
+    assert [n.split(" left out")[0] for n in s.notes] == [f"variants 'all': {n}"
+                                                          for n in SQUARE]
+    assert all("input size 2 with hidden size 32" in n for n in s.notes)
     assert isinstance(s, Study)
+    # where the task's input size is the hidden size they run
+    square = load_study(overrides={"variants": "all", "tasks": "adding", "hidden": "2"})
+    assert [v.name for v in square.variants] == gruablate.list_variants()
+    assert not square.notes
+    # named, such a cell on such a task is refused, in one line, before any work
+    with pytest.raises(StudyError, match="mut1 on adding: variant 'mut1' reads x"):
+        load_study(overrides={"variants": "mut1", "tasks": "adding"})
 
 
 def test_example_studies_load():
@@ -193,4 +211,4 @@ def test_example_studies_load():
         s = load_study(f)
         assert s.cells() and s.name == f.stem  # the run directory is named after the file
     gates = load_study(root / "gate_ablation.toml")
-    assert {v.name for v in gates.variants} == set(gruablate.list_variants())
+    assert {v.name for v in gates.variants} == set(gruablate.list_variants()) - set(SQUARE)

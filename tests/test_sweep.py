@@ -192,6 +192,15 @@ def test_dry_run_lists_cells_and_default_study(tmp_path, monkeypatch):
     assert res.output.count("todo") == cells == 60 and "runs/quick" in res.output
 
 
+def test_all_variants_say_which_cells_they_leave_out():
+    res = CliRunner().invoke(main, ["run", "sweep", "--variants", "all", "--tasks", "adding",
+                                    "--dry-run"])
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.output.splitlines() if line.startswith("note:")]
+    assert len(notes) == 2 and "mut1 left out" in notes[0] and "mut2 left out" in notes[1]
+    assert "mut1-adding" not in res.output
+
+
 @pytest.mark.parametrize("args, words", [
     (["--variants", "gru,nope"], "unknown variant 'nope'"),
     (["--tasks", "nope"], "unknown task 'nope'"),

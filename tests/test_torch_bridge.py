@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import BUILTINS  # noqa: E402
+from conftest import BUILTINS, input_size  # noqa: E402
 
 from gruablate.torch import Recurrent  # noqa: E402
 
@@ -51,8 +51,9 @@ def _variant(name):
 @pytest.mark.parametrize("name", BUILTINS + list(EQUATIONS))
 def test_gradcheck_every_variant_two_layers(name):
     torch.manual_seed(0)
-    module = Recurrent(_variant(name), 3, 4, num_layers=2, dtype=torch.float64)
-    x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
+    I = input_size(_variant(name), 3, 4)
+    module = Recurrent(_variant(name), I, 4, num_layers=2, dtype=torch.float64)
+    x = torch.randn(3, 2, I, dtype=torch.float64, requires_grad=True)
     state = _state(module, 2)
     params = list(module.parameters())
 

@@ -86,6 +86,9 @@ def markdown_table(input_size: int = 32, hidden_size: int = 64) -> str:
     for name in list_variants():
         v = get_variant(name)
         eqs = "<br>".join(f"`{e}`" for e in v.equations("text"))
-        count = v.param_count(input_size, hidden_size)
+        if v.input_must_equal_hidden:  # such a cell exists only at I = H
+            count = f"{v.param_count(hidden_size, hidden_size)} (I = H)"
+        else:
+            count = str(v.param_count(input_size, hidden_size))
         lines.append(f"| `{name}` | {eqs} | {count} | {v.citation} |")
     return "\n".join(lines)

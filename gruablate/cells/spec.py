@@ -305,10 +305,16 @@ class Variant:
 
         return build(list(self.cell_equations) if self.is_equations else self.equations())
 
+    @property
+    def input_must_equal_hidden(self) -> bool:
+        """Whether the cell reads ``x`` element-wise (``tanh(x)``, ``σ(x + ...)``), so
+        that its input size must be its hidden size."""
+        return self.is_equations and self.cell.reads_x
+
     def check_sizes(self, input_size: int, hidden_size: int) -> None:
         """A ``ValueError`` when the cell cannot take these sizes: an equations cell
         that reads ``x`` element-wise (``tanh(x)``, ``σ(x + ...)``) needs I = H."""
-        if self.is_equations and self.cell.reads_x and input_size != hidden_size:
+        if self.input_must_equal_hidden and input_size != hidden_size:
             raise ValueError(
                 f"variant {self.name!r} reads x element-wise, so its input size must equal"
                 f" its hidden size; got input size {input_size}, hidden size {hidden_size}")

@@ -192,6 +192,8 @@ def sweep(
                      trials=trials)
     try:
         study = load_study(config, overrides=overrides, task_options=_task_options(task_option))
+        for note in study.notes:
+            click.echo(f"note: {note}", err=True)
         if dry_run:
             states = cell_states(study, out)
             for cell, state in states:

@@ -47,7 +47,9 @@ def list_cmd(as_json: bool, input_size: int, hidden: int) -> None:
                 "name": name,
                 "family": v.family,
                 "switches": _switches(v),
-                "params": v.param_count(input_size, hidden),
+                # a cell that reads x element-wise exists only at I = H
+                "params": v.param_count(hidden if v.input_must_equal_hidden else input_size,
+                                        hidden),
                 "equations": v.equations("text"),
                 "description": v.description,
                 "citation": v.citation,
@@ -63,15 +65,17 @@ def list_cmd(as_json: bool, input_size: int, hidden: int) -> None:
     for col in ("name", "family", "params", "equations", "description", "source"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["name"], r["family"], str(r["params"]), "\n".join(r["equations"]),
+        square = get_variant(r["name"]).input_must_equal_hidden
+        table.add_row(r["name"], r["family"], f"{r['params']}{' (I = H)' if square else ''}",
+                      "\n".join(r["equations"]),
                       r["description"], r["citation"])
     Console().print(table)
 
 
 @variants.command("show")
 @click.argument("name_or_file")
-@click.option("--input-size", default=32, show_default=True, type=click.IntRange(min=1),
-              help="I for the parameter count.")
+@click.option("--input-size", type=click.IntRange(min=1),
+              help="I for the parameter count [32; H for a cell reading x element-wise].")
 @click.option("--hidden", default=64, show_default=True, type=click.IntRange(min=1),
               help="H for the parameter count.")
 @click.option("--latex", is_flag=True, help="Print the equations as LaTeX.")
@@ -81,7 +85,7 @@ def list_cmd(as_json: bool, input_size: int, hidden: int) -> None:
               help="dtype of the kernel source (with --kernel).")
 @click.option("--backward", is_flag=True,
               help="Also print the derived gradient equations and the schedule.")
-def show_cmd(name_or_file: str, input_size: int, hidden: int, latex: bool,
+def show_cmd(name_or_file: str, input_size: int | None, hidden: int, latex: bool,
              kernel: str | None, dtype: str, backward: bool) -> None:
     """Equations, switches and parameter count of one variant (name or .toml file).
 
@@ -108,6 +112,12 @@ def show_cmd(name_or_file: str, input_size: int, hidden: int, latex: bool,
         click.echo("\nswitches:")
         for key, value in _switches(v).items():
             click.echo(f"  {key} = {value}")
+    if input_size is None:
+        input_size = hidden if v.input_must_equal_hidden else 32
+    if v.input_must_equal_hidden and input_size != hidden:
+        raise click.UsageError(f"--input-size {input_size}: {v.name} reads its input"
+                               f" element-wise, so its input size must equal --hidden"
+                               f" ({hidden})")
     click.echo(f"\nparameters at I={input_size}, H={hidden}:")
     roles = {"W": "input weights", "U": "recurrent weights", "b": "bias", "p": "diagonal"}
     kinds = v.cell.params
