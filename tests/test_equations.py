@@ -315,8 +315,34 @@ def ref_ugrnn(P, x, h):
     return np.stack(ys), h
 
 
+# Lei et al. 2017, SRU ("Training RNNs as Fast as CNNs", eqs. 3–7): x̃_t = W x_t,
+# f_t = σ(W_f x_t + b_f), r_t = σ(W_r x_t + b_r), c_t = f_t ⊙ c_{t-1} + (1 − f_t) ⊙ x̃_t,
+# h_t = r_t ⊙ g(c_t) + (1 − r_t) ⊙ x_t, g = tanh. The recurrence is in c alone; h is
+# only the output (never read at the next step), and the highway term needs I = H.
+SRU = [
+    "f = σ(W_f x + b_f)",
+    "r = σ(W_r x + b_r)",
+    "g = W_c x",
+    "c' = f ⊙ c + (1 − f) ⊙ g",
+    "h' = r ⊙ tanh(c') + (1 − r) ⊙ x",
+]
+
+
+def ref_sru(P, x, h, c):
+    ys = []
+    for t in range(x.shape[0]):
+        xt = x[t]
+        xtil = xt @ P["W_c"].T
+        f = sig(xt @ P["W_f"].T + P["b_f"])
+        r = sig(xt @ P["W_r"].T + P["b_r"])
+        c = f * c + (1 - f) * xtil
+        h = r * np.tanh(c) + (1 - r) * xt
+        ys.append(h)
+    return np.stack(ys), (h, c)
+
+
 #: Cells whose input is read element-wise: the input size is the hidden size.
-SQUARE = {"mut1", "mut2"}
+SQUARE = {"mut1", "mut2", "sru"}
 
 CELLS = {
     "lstm_peephole": (PEEPHOLE, lambda P, x, s: ref_peephole(P, x, *s)),
@@ -335,6 +361,7 @@ CELLS = {
     "mut2": (MUT2, lambda P, x, s: ref_mut2(P, x, s)),
     "janet": (JANET, lambda P, x, s: ref_janet(P, x, s)),
     "mgu_flax": (MGU_FLAX, lambda P, x, s: ref_mgu_flax(P, x, s)),
+    "sru": (SRU, lambda P, x, s: ref_sru(P, x, *s)),
 }
 
 
@@ -358,7 +385,7 @@ def test_catalogue_greff_cells_are_the_tested_equations(name):
     ("mut3", "Jozefowicz et al. 2015", {}), ("minlstm", "Feng et al. 2024", {}),
     ("indrnn", "Li et al. 2018", {}), ("janet", "van der Westhuizen & Lasenby 2018", {}),
     ("mgu_flax", "Flax linen MGUCell", {"b_f": 1.0}), ("mut1", "Jozefowicz et al. 2015", {}),
-    ("mut2", "Jozefowicz et al. 2015", {})])
+    ("mut2", "Jozefowicz et al. 2015", {}), ("sru", "Lei et al. 2017", {})])
 def test_catalogue_light_cells_are_the_tested_equations(name, source, init):
     v = get_variant(name)
     assert v.is_equations and v.citation.startswith(source) and v.initial_values == init

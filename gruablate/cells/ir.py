@@ -261,6 +261,8 @@ class _Builder:
         for s in ir.states:
             if s not in self.read_states:
                 self.eq = next(e for e in self.eqs if e.primed and e.target == s)
+                if s == "h" and self.read_states:
+                    continue  # h' only the output: the recurrence is in another state (SRU)
                 if s == "h":
                     raise self.fail("the cell has no recurrence: no equation reads the"
                                     " previous state h (or any other state)")
