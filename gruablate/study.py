@@ -262,11 +262,12 @@ class Study:
             raise StudyError(f"description{at} must be a string")
         by_variant = _hidden_by_variant(full.get("hidden_by_variant", {}), variants, at)
         search = Search.from_table(full["search"], where) if "search" in full else None
-        if search is not None and "hidden" in search.space and by_variant:
+        hidden_drawn = search is not None and "hidden" in search.space
+        if hidden_drawn and by_variant:
             raise StudyError(f"hidden_by_variant{at} and a search that draws hidden cannot"
                              " both set the hidden sizes; keep one")
-        sizes = {v.name: (None,) if search is not None and "hidden" in search.space
-                 else by_variant.get(v.name, ints["hidden"]) for v in variants}
+        sizes = {v.name: (None,) if hidden_drawn else by_variant.get(v.name, ints["hidden"])
+                 for v in variants}
         notes: list[str] = []
         if everything:  # "all" means every built-in that can run on these tasks
             variants, notes = _runnable(variants, built, sizes)
@@ -477,7 +478,7 @@ def _check_settings(s: dict[str, Any], where: str) -> dict[str, Any]:
         raise StudyError(f"lr for {where} must be a positive finite number, got {lr!r}")
     # TOML has no null: `clip = false` (or 0) turns clipping off.
     clip = s["clip"]
-    if clip is False or clip == 0:
+    if clip is None or clip is False or clip == 0:  # None: already resolved to "off"
         clip = None
     elif clip is True or not isinstance(clip, int | float) or not 0 < clip < math.inf:
         raise StudyError(f"clip for {where} must be a positive finite number or false,"
@@ -510,8 +511,7 @@ def _check_cells(study: Study, built: dict[str, Any], at: str) -> None:
         trial = f" (search trial {cell.trial})" if cell.trial is not None else ""
         where = f"{c['variant']} on {c['task']}{trial}{at}"
         if cell.trial is not None:  # drawn settings get the checks a study's own get
-            _check_settings({**c, "clip": c["clip"] if c["clip"] is not None else False},
-                            f"task {c['task']!r}{trial}{at}")
+            _check_settings(c, f"task {c['task']!r}{trial}{at}")
         settings = {k: c[k] for k in SETTINGS}
         try:
             check_config(cell.variant, built[c["task"]], hidden=c["hidden"],

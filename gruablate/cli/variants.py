@@ -39,9 +39,11 @@ def variants() -> None:
               help="H for the parameter count.")
 def list_cmd(as_json: bool, input_size: int, hidden: int) -> None:
     """Table of the built-in variants: family, parameters, equations and source."""
-    rows = []
+    rows, square = [], set()
     for name in list_variants():
         v = get_variant(name)
+        if v.input_must_equal_hidden:
+            square.add(name)
         rows.append(
             {
                 "name": name,
@@ -65,8 +67,8 @@ def list_cmd(as_json: bool, input_size: int, hidden: int) -> None:
     for col in ("name", "family", "params", "equations", "description", "source"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        square = get_variant(r["name"]).input_must_equal_hidden
-        table.add_row(r["name"], r["family"], f"{r['params']}{' (I = H)' if square else ''}",
+        table.add_row(r["name"], r["family"],
+                      f"{r['params']}{' (I = H)' if r['name'] in square else ''}",
                       "\n".join(r["equations"]),
                       r["description"], r["citation"])
     Console().print(table)

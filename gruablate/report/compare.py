@@ -21,7 +21,6 @@ trials that each drawn setting explains, by functional ANOVA on a random forest
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..search import choice_text
+from .data import search_space
 
 ALPHA = 0.05
 TOP_FRACTION = 0.10
@@ -115,12 +115,6 @@ def mannwhitney_p(a: Any, b: Any) -> float:
 
 
 # ------------------------------------------------------------------ tables
-def _searched(row_search: Any) -> dict[str, Any]:
-    if isinstance(row_search, str):
-        return json.loads(row_search).get("space", {})
-    return {}
-
-
 def comparison_samples(cells: pd.DataFrame) -> pd.DataFrame:
     """The ok cells with the columns of :data:`GROUP_KEYS` filled: ``hidden`` is
     ``"searched"`` for a search that drew it."""
@@ -128,7 +122,7 @@ def comparison_samples(cells: pd.DataFrame) -> pd.DataFrame:
         return cells.assign(**{k: pd.Series(dtype=object) for k in GROUP_KEYS})
     ok = cells[(cells["status"] == "ok") & cells["metric"].notna()].copy()
     if "search" in ok:
-        drawn = ok["search"].map(lambda s: "hidden" in _searched(s))
+        drawn = ok["search"].map(lambda s: "hidden" in search_space(s))
         ok["hidden"] = ok["hidden"].astype(object).where(~drawn, "searched")
     return ok
 
@@ -200,7 +194,7 @@ def importance_table(trials: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         return pd.DataFrame(columns=IMPORTANCE_COLUMNS)
     for (task, metric, variant, space_text), g in ok.groupby(
             ["task", "metric_name", "variant", "search"], sort=True):
-        space = _searched(space_text)
+        space = search_space(space_text)
         if len(space) < 2 or len(g) < MIN_IMPORTANCE_TRIALS:
             continue
         lib = g["lower_is_better"].dropna()

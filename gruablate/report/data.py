@@ -165,6 +165,14 @@ def load(run_dirs: list[str | Path]) -> ReportData:
 _SETTING_COLUMNS = ("steps", "batch", "lr", "init", "clip", "warmup", "decay", "dtype")
 
 
+def search_space(record_search: Any) -> dict[str, Any]:
+    """The settings a search cell's record says were drawn (its ``search`` column, JSON
+    text), each with its distribution; empty for a grid cell."""
+    if isinstance(record_search, str):
+        return json.loads(record_search).get("space", {})
+    return {}
+
+
 def _distinguish_tasks(train: pd.DataFrame, curves: pd.DataFrame
                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Relabel a task run under different options or settings, e.g. ``copy (delay=100)``
@@ -176,10 +184,9 @@ def _distinguish_tasks(train: pd.DataFrame, curves: pd.DataFrame
     if "search" in train:  # a search's drawn settings vary by design: not another task
         setting = setting.astype(object)
         for i, text in train["search"].items():
-            if isinstance(text, str):
-                for key in json.loads(text).get("space", {}):
-                    if key in setting:
-                        setting.at[i, key] = "searched"
+            for key in search_space(text):
+                if key in setting:
+                    setting.at[i, key] = "searched"
     labels = train["task"].astype(object).copy()
     for task in train["task"].dropna().unique():
         rows = train.index[train["task"] == task]

@@ -7,7 +7,6 @@ They draw :attr:`ReportData.trials` (the cells of a ``[search]``) with the helpe
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from .compare import TOP_FRACTION, top
-from .data import ReportData
+from .data import ReportData, search_space
 from .figures import (
     _BASELINE,
     Drawing,
@@ -116,8 +115,7 @@ def lr_points(data: ReportData) -> pd.DataFrame:
     cols = ["task", "metric_name", "variant", "lr", "metric"]
     if not len(ok) or "search" not in ok:
         return pd.DataFrame(columns=cols)
-    drew = ok["search"].map(lambda s: isinstance(s, str) and "lr" in json.loads(s)
-                            .get("space", {}))
+    drew = ok["search"].map(lambda s: "lr" in search_space(s))
     return ok[drew].reindex(columns=cols).sort_values(cols).reset_index(drop=True)
 
 
