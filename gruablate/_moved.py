@@ -23,7 +23,6 @@ MOVED: dict[str, str | None] = {
     "gruablate.cuda_optim": "gruablate.backends.cuda.optim",
     "gruablate.kernels": None,
     "gruablate.kernels.plan": "gruablate.cells.plan",
-    "gruablate.kernels.cellgen": "gruablate.cells.cellgen",
     "gruablate.kernels.reference": "gruablate.cells.reference",
     "gruablate.kernels.source": "gruablate.backends.source",
     "gruablate.kernels.cpu": "gruablate.backends.cpu.kernels",

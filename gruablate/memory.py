@@ -33,7 +33,7 @@ def layer_bytes(plan: KernelPlan, *, seq_len: int, batch: int, input_size: int, 
     params = plan.param_count(I, H)
     per_step = B * (I + H + plan.nx * H)  # input, output, hoisted input products
     if train:
-        per_step += B * H * (plan.na + plan.nx + 2 + int(plan.uses_aux))
+        per_step += B * H * (plan.na + plan.nx + 2)
     return np.dtype(dtype).itemsize * (params * (4 if train else 1) + T * per_step)
 
 

@@ -33,7 +33,7 @@ class ReferenceLayer:
         self.named = plan.named(W, U, b, hidden)  # views: always the current values
 
     def _run(self, x, s0):
-        state = (s0[0], s0[1]) if self.plan.has_cell_state else s0[0]
+        state = (s0[0], s0[1]) if self.plan.n_states == 2 else s0[0]
         y, last = reference.forward(self.plan.variant, self.named, x, state)
         return y, np.stack(last if isinstance(last, tuple) else (last,))
 

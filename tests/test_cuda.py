@@ -64,17 +64,15 @@ USER_SPECS = {
     },
 }
 
-# Cells written as equations (kernels printed from the graph, backends/cuda/ir_source.py):
-# every built-in's own equations as a spec, the cells of the papers in
-# tests/test_equations.py (peepholes, gates carried as states, x read element-wise,
-# division, diagonal recurrence), and random cells (several passes, products on
-# computed values and on extra states, parameters-only values).
+# Cells written as equations beyond the catalogue (every kernel is printed from a cell's
+# graph, backends/cuda/cell_source.py; a switch built-in's is that of its rendered
+# equations, so writing those out as a spec would print the same kernels again): the
+# cells of the papers in tests/test_equations.py (peepholes, gates carried as states, x
+# read element-wise, division, diagonal recurrence), and random cells (several passes,
+# products on computed values and on extra states, parameters-only values).
 SWITCH_BUILTINS = [n for n in BUILTINS if not gruablate.get_variant(n).is_equations]
 _CATALOGUED = {gruablate.get_variant(n).cell_equations for n in BUILTINS} - {None, ()}
 EQUATION_SPECS = {
-    **{f"{n}_eq": {"name": f"{n}_eq", "equations": list(gruablate.get_variant(n).equations()),
-                   "init": dict(gruablate.get_variant(n).initial_values)}
-       for n in SWITCH_BUILTINS},
     # (the cells the catalogue has as built-ins run with the built-ins)
     **{n: {"name": n, "equations": list(cell[0])} for n, cell in EQUATION_CELLS.items()
        if gruablate.Variant.from_dict({"name": n, "equations": list(cell[0])}).cell_equations
@@ -215,12 +213,12 @@ def test_common_kernels_compile_to_ptx(real_cuda, dtype):
 
 @pytest.mark.parametrize("name", SWITCH_BUILTINS)
 def test_variant_kernels_compile_to_ptx(real_cuda, name):
+    from gruablate.backends.cuda.cell_source import CELL_KERNELS
     from gruablate.backends.cuda.kernels import compile_ptx
-    from gruablate.backends.cuda.source import CELL_KERNELS
     from gruablate.backends.cuda.source import DEFAULT_GEOMETRY as geo
 
     variant = gruablate.get_variant(name)
-    recurrent = bool(variant.h_blocks)
+    recurrent = bool(variant.cell.groups)
     # Both dtypes at the default tiles, the one-row tiles of batch 1 (the other row
     # counts differ from these only in constants), and the other column count per lane.
     other = replace(geo, bm=8, jc=1) if geo.jc > 1 else replace(geo, bm=4, jc=2)
@@ -235,13 +233,13 @@ def test_variant_kernels_compile_to_ptx(real_cuda, name):
 
 
 @pytest.mark.parametrize("name", sorted(set(BUILTINS) - set(SWITCH_BUILTINS))
-                         + sorted(EQUATION_SPECS.keys() - {f"{n}_eq" for n in BUILTINS}))
+                         + sorted(EQUATION_SPECS))
 def test_equations_kernels_compile_to_ptx(real_cuda, name):
     """The kernels printed from each cell written as equations (the catalogue's, the
     papers' cells of tests/test_equations.py, random ones) compile for a real GPU, keep
     their accumulators in registers and carry their launch bounds."""
+    from gruablate.backends.cuda.cell_source import CELL_KERNELS
     from gruablate.backends.cuda.kernels import compile_ptx
-    from gruablate.backends.cuda.source import CELL_KERNELS
     from gruablate.backends.cuda.source import DEFAULT_GEOMETRY as geo
 
     variant = _variant(name)

@@ -1,10 +1,13 @@
 """Cells written as equations: parsed, differentiated and compiled to CPU kernels.
 
-Oracles: the hand-shaped switch kernels (every built-in's rendered equations, as a
-spec, must give its outputs and gradients), float64 NumPy references written here from
-the papers' own equations (never from the graph or the generated code), and central
-finite differences of the kernels' own forward pass for every parameter, the input and
-every initial state.
+Oracles: float64 NumPy references written here from the papers' own equations (never
+from the graph or the generated code), and central finite differences of the kernels'
+own forward pass for every parameter, the input and every initial state. Every
+built-in, switch specs included, compiles through the same graph; their oracles are
+``cells/reference.py``'s family code (tests/test_kernels_vs_reference.py), finite
+differences (tests/test_gradients.py) and the peers (tests/test_peers.py,
+tests/test_reference.py). Here a switch built-in's rendered equations, written as a
+spec, must be the same cell: the same kernels, the same numbers.
 """
 
 from __future__ import annotations
@@ -52,22 +55,27 @@ def inputs(n_states: int, seed: int = 0, shape: tuple[int, int] = (T, B), I: int
 SWITCH_BUILTINS = [n for n in list_variants() if not get_variant(n).is_equations]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=["in-place", "packed"])
 @pytest.mark.parametrize("name", SWITCH_BUILTINS)
-def test_builtin_equations_as_a_spec_match_the_builtin(name, shape):
+def test_builtin_equations_as_a_spec_are_the_builtin(name):
+    from gruablate.backends.cpu.kernels import kernel_source
+    from gruablate.backends.cuda.cell_source import cell_source
+
     v = get_variant(name)
     twin = spec(f"{name}-eq", v.equations(), init=v.initial_values)
-    assert twin.param_shapes(I, H) .keys() == v.param_shapes(I, H).keys()
+    assert twin.param_shapes(I, H).keys() == v.param_shapes(I, H).keys()
+    assert twin.initial_values == v.initial_values
+    for dtype in ("float32", "float64"):
+        assert kernel_source(twin, dtype) == kernel_source(v, dtype), dtype
+        assert cell_source(twin, dtype) == cell_source(v, dtype), dtype
     a = RecurrentLayer(v, I, H, seed=3, dtype="float64")
     e = RecurrentLayer(twin, I, H, seed=3, dtype="float64")
-    for k in a.params:
-        e.params[k][:] = a.params[k]
-    args = inputs(len(v.state_names), shape=shape)
-    ra, re_ = run(a, *args), run(e, *args)
-    for got, want in zip(re_[:4], ra[:4], strict=True):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-13)
-    for k in ra[4]:
-        np.testing.assert_allclose(re_[4][k], ra[4][k], rtol=1e-11, atol=1e-12, err_msg=k)
+    assert a.flat_params.size == e.flat_params.size
+    e.flat_params[:] = a.flat_params
+    for k in a.params:  # every named block at the same place of the flat buffer
+        np.testing.assert_array_equal(e.params[k], a.params[k], err_msg=k)
+    args = inputs(len(v.state_names))
+    for got, want in zip(run(e, *args)[:4], run(a, *args)[:4], strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_equations_spec_identity_is_its_content():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -63,21 +62,3 @@ def load_module(prefix: str, source: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def substitute(lines: list[str], table: dict[str, str], indent: str) -> str:
-    """Replace the cell-code placeholders (see ``cellgen``) and indent the lines.
-
-    ``table`` maps a placeholder to its replacement; placeholders that take a block
-    index, like ``XP(3)``, are written ``"XP(k)"`` with ``{k}`` in the replacement.
-    """
-    out = []
-    for line in lines:
-        for key, repl in table.items():
-            if key.endswith("(k)"):
-                head = r"\b" + re.escape(key[:-3])
-                line = re.sub(head + r"\((\d+)\)", lambda m, r=repl: r.format(k=m.group(1)), line)
-            else:
-                line = re.sub(r"\b" + re.escape(key) + r"\b", repl, line)
-        out.append(indent + line)
-    return "\n".join(out)

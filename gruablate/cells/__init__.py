@@ -4,8 +4,10 @@
   (blocks, parameter shapes, FLOPs, the equations);
 - :mod:`.catalogue`: the built-in variants (``variants/*.toml``) and user spec files;
 - :mod:`.identity`: a variant's identity, the digest of its content;
-- :mod:`.plan`: where each block lives in the packed arrays, for every backend;
-- :mod:`.cellgen`: the element-wise cell code, forward and backward, that the
-  backends paste into their loop templates;
+- :mod:`.notation`, :mod:`.ir`: the equation grammar, and a cell as a graph (its
+  schedule and derived backward pass); a switch spec's graph is that of the equations
+  it renders;
+- :mod:`.plan`: where each parameter and kept value lives, for every backend;
+- :mod:`.irprint`: a graph's element-wise statements, printed for any backend;
 - :mod:`.reference`: the float64 NumPy oracle written from ``docs/VARIANTS.md``.
 """

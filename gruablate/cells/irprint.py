@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .irplan import IRPlan
+from .plan import KernelPlan
 
 _OPS = {"add": "{} + {}", "sub": "{} - {}", "mul": "{} * {}", "div": "{} / {}"}
 
@@ -58,7 +58,7 @@ class Loop(Protocol):
 class CellPrinter:
     """The passes of one cell, printed through a backend's :meth:`at`."""
 
-    def __init__(self, plan: IRPlan) -> None:
+    def __init__(self, plan: KernelPlan) -> None:
         self.plan, self.ir = plan, plan.ir
         ir = self.ir
         self.group_of = {u: (g.index, q) for g in ir.groups for q, u in enumerate(g.blocks)}

@@ -1,24 +1,23 @@
-"""The kernel plan: where each block of a variant lives in the packed arrays.
+"""The kernel plan: where each parameter and kept value of a cell lives.
 
-Every backend (the compiled CPU kernels, the CUDA kernels, the layer that owns the
-parameters) reads these offsets; none of them re-derives them from the spec.
+Every variant, a switch spec or an equations spec, becomes a :class:`~.ir.CellIR` (a
+switch spec through the equations it renders) and every backend prints its kernels
+from that graph; the plan is the graph's memory layout, which the backends, the layer
+that owns the parameters and the memory estimate read instead of re-deriving it.
 
-Packed layout for hidden size ``H`` (block offsets are in units of ``H``):
+Packed layout for hidden size ``H`` (offsets in units of ``H`` rows or elements):
 
-- ``W``  (NX·H, I): input weights of ``variant.x_blocks``, in block order;
-- ``U``  (NH·H, H): recurrent weights of ``variant.h_blocks``; the first ``NHM`` blocks
-  form the *main* recurrent product done on ``h`` each step; with the reset placed
-  *before* the product the candidate's block is last and multiplies ``r ⊙ h`` instead;
-- ``b``  (NB·H,): the biases of ``variant.b_names``;
-- ``acts`` (T, B, NA·H): the value of every block (gate or candidate) at every step;
-- ``aux``  (T, B, H): ``r ⊙ h`` (reset before), ``U_c h + b_hc`` (reset after) or the
-  LSTM cell state ``c_t``; unused otherwise.
+- ``W`` (NX·H, I): the ``W_k`` in order of first use;
+- ``U`` (NU·H, H): the ``U_k`` by group (:attr:`CellIR.groups`), so each group's
+  product is one contiguous matrix;
+- ``b`` (NV·H,): every vector parameter, biases ``b_k`` and diagonals ``p_k`` alike, in
+  order of first use;
+- ``acts`` (T, B, NA·H): the cell's slots, one per value the backward pass reads.
 
-The plan is the one home of this layout: the layer splits its flat parameter buffer
-with :meth:`KernelPlan.split` and names its blocks with :meth:`KernelPlan.named`, every
-backend sizes its buffers from it, and the flags below (``has_cell_state``,
-``reset_before``, ``carries_gate_part``, ...) are what a backend asks instead of
-testing a variant's switches itself.
+For every switch built-in this is the layout its stored runs were trained in (each
+named block at the same offset), and :meth:`KernelPlan.named` lists a switch spec's
+blocks as they lie in memory (``W``, then ``U``, then the biases), the order its
+initialisers have always drawn them in.
 """
 
 from __future__ import annotations
@@ -28,53 +27,61 @@ from functools import cache
 
 import numpy as np
 
+from .ir import CellIR
 from .layout import split_flat
 from .spec import Variant
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class KernelPlan:
     variant: Variant
-    x_off: dict[str, int]  # block -> row block in W / column block in the input product
-    h_off: dict[str, int]  # block -> row block in U (main product first)
-    b_off: dict[str, int]  # bias name ("b_r", "b_hc", ...) -> segment of b
-    a_off: dict[str, int]  # block -> column block in acts
-    nx: int
-    nh: int
-    nhm: int
-    nb: int
-    na: int
-    uses_aux: bool
+    ir: CellIR
+
+    # ---------------------------------------------------------------- sizes
+    @property
+    def nx(self) -> int:
+        """``W`` blocks (rows of ``W`` in units of ``H``)."""
+        return len(self.ir.w_names)
 
     @property
-    def reset_before(self) -> bool:
-        return self.variant.reset_placement == "before"
+    def nu(self) -> int:
+        """``U`` blocks (rows of ``U`` in units of ``H``)."""
+        return len(self.ir.u_names)
+
+    @property
+    def nv(self) -> int:
+        """Vector parameters (segments of ``b``)."""
+        return len(self.ir.vec_names)
+
+    @property
+    def na(self) -> int:
+        """Slots kept per step for the backward pass."""
+        return len(self.ir.slots)
 
     @property
     def n_states(self) -> int:
-        """State arrays a layer carries: 1 (``h``) or 2 (``h`` and the cell state ``c``)."""
-        return len(self.variant.state_names)
+        """States the cell carries (``h`` first)."""
+        return len(self.ir.states)
 
-    @property
-    def has_cell_state(self) -> bool:
-        """The LSTM family: a cell state ``c`` beside ``h`` (kept in ``aux``)."""
-        return self.n_states == 2
+    # ---------------------------------------------------------------- offsets
+    def w_index(self, name: str) -> int:
+        return self.ir.w_names.index(name)
 
-    @property
-    def carries_gate_part(self) -> bool:
-        """The backward pass carries one gate's partial gradient between its two phases
-        (the MGU's tied gate, which both writes and resets: ``GPART`` in the cell code)."""
-        return self.variant.reset == "tied"
+    def u_index(self, name: str) -> int:
+        return self.ir.u_names.index(name)
 
-    @property
-    def candidate_sees_h(self) -> bool:
-        """The candidate has a recurrent weight block ``U_c`` (or ``U_g``)."""
-        return self.variant.candidate.sees_h
+    def v_index(self, name: str) -> int:
+        return self.ir.vec_names.index(name)
 
-    # ------------------------------------------------------------------ layout
+    def group_offset(self, g: int) -> int:
+        """First U block of group ``g``."""
+        return sum(len(x.blocks) for x in self.ir.groups[:g])
+
+    # ---------------------------------------------------------------- layout
     def param_sizes(self, input_size: int, hidden: int) -> tuple[int, int, int]:
         """Elements of ``W``, ``U`` and ``b``, in that order in the flat buffer."""
-        return self.nx * hidden * input_size, self.nh * hidden * hidden, self.nb * hidden
+        H = hidden
+        return self.nx * H * input_size, self.nu * H * H, self.nv * H
 
     def param_count(self, input_size: int, hidden: int) -> int:
         """Scalars of one layer: the length of its flat parameter buffer."""
@@ -82,70 +89,38 @@ class KernelPlan:
 
     def split(self, flat: np.ndarray, input_size: int, hidden: int
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The packed ``W`` (NX·H, I), ``U`` (NH·H, H) and ``b`` (NB·H) as views of a
+        """The packed ``W`` (NX·H, I), ``U`` (NU·H, H) and ``b`` (NV·H) as views of a
         flat buffer of :meth:`param_count` elements (parameters or gradients)."""
-        return split_flat(flat, self.nx, self.nh, input_size, hidden)
+        return split_flat(flat, self.nx, self.nu, input_size, hidden)
 
     def named(self, W: np.ndarray, U: np.ndarray, b: np.ndarray, hidden: int
               ) -> dict[str, np.ndarray]:
-        """The named blocks (``W_r``, ``U_c``, ``b_hc``, ...) as views of the packed arrays."""
+        """Every parameter by its name, as a view of the packed arrays: an equations
+        spec's in order of first use, a switch spec's in memory order (W, U, b)."""
         H = hidden
-        named: dict[str, np.ndarray] = {}
-        for blk, k in self.x_off.items():
-            named[f"W_{blk}"] = W[k * H : (k + 1) * H]
-        for blk, k in self.h_off.items():
-            named[f"U_{blk}"] = U[k * H : (k + 1) * H]
-        for name, k in self.b_off.items():
-            named[name] = b[k * H : (k + 1) * H]
-        return named
+        where = {"W": (W, self.w_index), "U": (U, self.u_index), "v": (b, self.v_index)}
+        names = list(self.ir.params)
+        if not self.variant.is_equations:
+            rank = {"W": 0, "U": 1}
+            names.sort(key=lambda n: (rank.get(self.ir.params[n], 2), self._index(n)))
+        out: dict[str, np.ndarray] = {}
+        for name in names:
+            array, index = where.get(self.ir.params[name], where["v"])
+            k = index(name)
+            out[name] = array[k * H : (k + 1) * H]
+        return out
 
-    def saved_shapes(self, seq_len: int, batch: int, hidden: int
-                     ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-        """Shapes of ``acts`` and ``aux``, what a training forward keeps for the backward
-        pass (``aux`` is a (T, 1, 1) placeholder when the variant uses none)."""
-        T, B, H = seq_len, batch, hidden
-        return (T, B, self.na * H), ((T, B, H) if self.uses_aux else (T, 1, 1))
+    def _index(self, name: str) -> int:
+        role = self.ir.params[name]
+        return (self.w_index if role == "W" else self.u_index if role == "U"
+                else self.v_index)(name)
 
-
-def make_plan(variant: Variant) -> KernelPlan:
-    """The layout of ``variant``'s parameters and kept values: a :class:`KernelPlan`
-    for a switch spec, an :class:`~.irplan.IRPlan` (same interface) for equations."""
-    if variant.is_equations:
-        return _ir_plan(variant)
-    return _switch_plan(variant)
+    def saved_shapes(self, seq_len: int, batch: int, hidden: int) -> tuple[int, int, int]:
+        """Shape of ``acts``, what a training forward keeps for the backward pass."""
+        return seq_len, batch, max(1, self.na) * hidden
 
 
 @cache
-def _ir_plan(variant: Variant):
-    from .irplan import IRPlan
-
-    return IRPlan(variant, variant.cell)
-
-
-def _switch_plan(variant: Variant) -> KernelPlan:
-    blocks = variant.blocks
-    x_blocks = [b.name for b in variant.x_blocks]
-    h_blocks = [b.name for b in variant.h_blocks]
-    before = variant.reset_placement == "before"
-    cand = variant.candidate.name
-    if before and cand in h_blocks:
-        # The candidate's recurrent product runs on r ⊙ h, after the gates: keep it last.
-        assert h_blocks[-1] == cand
-        nhm = len(h_blocks) - 1
-    else:
-        nhm = len(h_blocks)
-    b_names = list(variant.b_names)
-    uses_aux = variant.family == "lstm" or variant.reset_placement in ("before", "after")
-    return KernelPlan(
-        variant=variant,
-        x_off={n: i for i, n in enumerate(x_blocks)},
-        h_off={n: i for i, n in enumerate(h_blocks)},
-        b_off={n: i for i, n in enumerate(b_names)},
-        a_off={b.name: i for i, b in enumerate(blocks)},
-        nx=len(x_blocks),
-        nh=len(h_blocks),
-        nhm=nhm,
-        nb=len(b_names),
-        na=len(blocks),
-        uses_aux=uses_aux,
-    )
+def make_plan(variant: Variant) -> KernelPlan:
+    """The layout of ``variant``'s parameters and kept values (one per variant)."""
+    return KernelPlan(variant, variant.cell)

@@ -1,4 +1,4 @@
-"""The CPU backend: Numba kernels generated per variant (:mod:`.kernels`) on a small
+"""The CPU backend: Numba kernels printed per cell (:mod:`.kernels`) on a small
 shared runtime of SIMD products and a deterministic thread launcher (:mod:`.runtime`).
 
 The layer's kernels read the parameters in place from the host buffers, so the model's
@@ -35,17 +35,15 @@ class CpuLayer:
         if not keep:
             self.k.forward_infer(x, s0, self.W, self.U, self.b, y, sT)
             return y, sT, ()
-        acts_shape, aux_shape = self.plan.saved_shapes(T, B, self.hidden)
-        acts = np.empty(acts_shape, dtype=self.dtype)
-        aux = np.empty(aux_shape, dtype=self.dtype)
-        self.k.forward_train(x, s0, self.W, self.U, self.b, y, sT, acts, aux)
-        return y, sT, (acts, aux)
+        acts = np.empty(self.plan.saved_shapes(T, B, self.hidden), dtype=self.dtype)
+        self.k.forward_train(x, s0, self.W, self.U, self.b, y, sT, acts)
+        return y, sT, (acts,)
 
     def backward(self, saved: tuple, dy: np.ndarray, dsT: np.ndarray):
-        x, s0, y, acts, aux = saved
+        x, s0, y, acts = saved
         dx = np.empty_like(x)
         ds0 = np.empty_like(s0)
-        self.k.backward(x, s0, self.W, self.U, self.b, y, acts, aux, dy, dsT, dx, ds0,
+        self.k.backward(x, s0, self.W, self.U, self.b, y, acts, dy, dsT, dx, ds0,
                         self.dW, self.dU, self.db)
         return dx, ds0
 

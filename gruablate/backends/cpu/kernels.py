@@ -1,93 +1,87 @@
-"""Numba CPU kernels, forward over a whole sequence and backward through time.
+"""Numba CPU kernels, forward over a whole sequence and backward through time, printed
+from a cell's graph (:mod:`gruablate.cells.ir`; a switch spec's graph is that of the
+equations it renders).
 
-For every variant the element-wise cell code from :mod:`cellgen` is pasted into one
-loop template, giving a module of straight-line Numba code specialised to that variant
-and dtype (no branching on the spec at run time). The template follows the fast RNN
-libraries (haste, cuDNN) and was shaped by profiling (``benchmarks/RESULTS.md``):
+The loop structure follows the fast RNN libraries (haste, cuDNN) and was shaped by
+profiling (``benchmarks/RESULTS.md``):
 
-- the input product of all ``T`` steps is one matrix product before the time loop, and
-  the weight and input gradients are one product each after it;
-- the recurrent weights are packed once per call into SIMD panels and each step's
-  product runs the explicit-SIMD micro-kernel of :mod:`cpu_runtime` on them (a BLAS
-  call per step repacks the weights every step and ran at a third of the speed); for
-  a handful of rows (batch-1 streaming) packing would cost as much as the product, so
-  those calls read the weights in place;
-- the batch is split into blocks of rows, one per thread (more where a block's
-  per-step data would outgrow L2, see ``BLOCK_BYTES``), and a thread runs the whole
-  time loop for a block's rows: rows are independent, so the recurrence needs no
-  synchronisation between threads at all;
-- gate loops run over contiguous 1-D slices, one per block, so LLVM vectorises them;
-  float32 uses a vectorisable rational ``tanh`` (and ``sigmoid(v) = (1 + tanh(v/2))/2``)
-  accurate to 3e-7: libm's ``exp``/``tanh`` took 80% of the time at ``H = 32``. float64
-  keeps libm's, so float64 gradients stay exact to rounding (the finite-difference
-  tests rely on it);
-- bias gradients are summed after the loop in one fixed order (steps backwards, rows
-  in order) from the pre-activation gradients already stored for the weight products
-  (a bias with no such copy keeps its terms in a buffer of its own): no race on
-  ``db``, and the same result for any thread count;
-- workspaces are allocated once per call (per thread for the per-step ones), never
-  inside the time loop;
-- a gate computed from its bias alone (``gru3``) is the same at every step and row: it
-  is computed once per call, and neither stored per step nor read back
-  (:func:`_constant_gates`).
+- the input products of all ``T`` steps are one matrix product before the time loop,
+  and the input and weight gradients one product per matrix after it;
+- each step runs one product per group of ``U`` blocks (:attr:`CellIR.groups`) on
+  weights packed once per call into SIMD panels, with the explicit-SIMD micro-kernel of
+  :mod:`.runtime` (a BLAS call per step repacks the weights every step and ran at a
+  third of the speed); for a handful of rows (batch-1 streaming) packing would cost as
+  much as the product, so those calls read the weights in place;
+- the batch is split into blocks of rows, one per thread (more where a block's per-step
+  data would outgrow L2, see ``BLOCK_BYTES``), and a thread runs the whole time loop for
+  a block's rows: rows are independent, so the recurrence needs no synchronisation;
+- the element-wise passes between a step's products are ``H``-long loops over 1-D
+  slices, so LLVM vectorises them; float32 uses a vectorisable rational ``tanh`` and a
+  bit-built ``exp`` (:mod:`.common`), float64 keeps libm's, so float64 gradients stay
+  exact to rounding (the finite-difference tests rely on it);
+- every statement is printed from a node of the graph, and every array a loop reads or
+  writes is bound because a node asked for it, never found by reading printed text back;
+  values computed from parameters alone (``gru3``'s bias-only gates) are computed once
+  per call;
+- vector-parameter gradients are summed after the loop in one fixed order (steps
+  backwards, rows in order) from the pre-activation gradients already stored for the
+  weight products (a vector with no such copy keeps its terms in ``dbp``): no race, and
+  the same bits for any thread count.
 
-Each module holds two per-variant ``cfunc``s (the forward rows, train and inference
-alike, and the backward rows) and three thin entry points; the products, the packing
-and the thread launcher live in :mod:`cpu_runtime`, compiled once, and are called by
-symbol (see there for why: cold compile time).
+Per row block and step, forward: the products of round 0 (on the previous states),
+pass 1, the products of round 1 (on values pass 1 computed), pass 2, ... The states
+other than ``h`` live in two buffers that swap every step (the previous and the new
+values); ``h`` is ``y``, each step reading the previous step's rows (``h0`` at step 0).
+Backward, last pass first: each pass's derived statements, then the transposed products
+of the round before it. The gradient on a previous state is carried to the next
+(earlier) step in two buffers that swap too.
 
-Signatures (identical for every variant; the layer allocates the outputs):
+Each module holds two ``cfunc``s (the forward rows, train and inference alike, and the
+backward rows) and thin entry points; the products, the packing and the thread launcher
+live in :mod:`.runtime`, compiled once, and are called by symbol (cold compile time).
 
-``forward_train(x, s0, W, U, b, y, sT, acts, aux)``
-    ``x`` (T,B,I), ``s0`` (S,B,H) initial state (S = 2 for the LSTM: h, c), packed
-    weights (see :mod:`plan`), output ``y`` (T,B,H), last state ``sT`` (S,B,H) and the
-    activations kept for the backward pass, ``acts`` (T,B,NA·H) and ``aux`` (T,B,H).
+Signatures (identical for every cell; the layer allocates the outputs):
+
+``forward_train(x, s0, W, U, b, y, sT, acts)``
+    ``x`` (T,B,I), ``s0`` (S,B,H) the initial states (``h`` first), the packed
+    parameters of :class:`~gruablate.cells.plan.KernelPlan` (``b`` every vector
+    parameter), output ``y`` (T,B,H), last states ``sT`` (S,B,H) and the slots kept for
+    the backward pass, ``acts`` (T,B,NA·H).
 ``forward_infer(x, s0, W, U, b, y, sT)``
-    the same, keeping no activations.
-``backward(x, s0, W, U, b, y, acts, aux, dy, dsT, dx, ds0, dW, dU, db)``
+    the same, keeping nothing.
+``backward(x, s0, W, U, b, y, acts, dy, dsT, dx, ds0, dW, dU, db)``
     gradients of a loss given ``dy`` (T,B,H) on the outputs and ``dsT`` on the last
-    state; writes ``dx``, ``ds0`` and the packed weight gradients.
+    states; writes ``dx``, ``ds0`` and the packed parameter gradients.
 
 All arrays must be C-contiguous (the layer guarantees it). The thread count is Numba's
-(``numba.set_num_threads``); results do not depend on it, bit for bit: work is split
-by batch rows, and every sum runs in the same order whatever the split (tested).
+(``numba.set_num_threads``); results do not depend on it, bit for bit: work is split by
+batch rows, and every sum runs in the same order whatever the split (tested).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-from collections import Counter
 from functools import cache
 from types import ModuleType
 
-from ...cells.cellgen import generate
+from ...cells.irprint import CellPrinter
 from ...cells.plan import KernelPlan, make_plan
 from ...cells.spec import Variant
 from ...vocabulary import DTYPES
-from ..source import is_compiled, load_module, substitute
+from ..source import is_compiled, load_module
 from . import runtime as cpu_runtime
-from .common import (
-    ACT_EXACT,
-    ACT_FAST,
-    BLOCK_BYTES,
-    ENTRY,
-    OPTS,
-    PACK_MIN_ROWS,
-    ArgTable,
-    indent,
-)
+from .common import ACT_EXACT, ACT_FAST, BLOCK_BYTES, ENTRY, OPTS, PACK_MIN_ROWS, ArgTable
 
 _HEADER = '''\
-# Generated by gruablate.backends.cpu.kernels for variant {name!r} ({dtype}). Do not edit:
-# the file name is the hash of this text, and numba caches its machine code beside it.
-# Runtime {tag}: a change to cpu_runtime renames the symbols and so this module.
+# Generated by gruablate.backends.cpu.kernels from the equations of a cell ({dtype}).
+# Do not edit: the file name is the hash of this text, and numba caches its machine code
+# beside it. Runtime {tag}.
 import numpy as np
 from numba import carray, cfunc, njit, types
 
 from gruablate.backends.cpu.runtime import (
-    FASTMATH, PARALLEL_MIN_WORK, NoAliasCompiler, address, as_pointer, ccall, gemv, keep_alive,
-    num_threads, pow2, provide, symbol,
+    FASTMATH, PARALLEL_MIN_WORK, NoAliasCompiler, address, as_pointer, ccall, gemv,
+    keep_alive, num_threads, pow2, provide, symbol,
 )
 
 DT = np.{dtype}
@@ -95,562 +89,492 @@ ONE = DT(1.0)
 ZERO = DT(0.0)
 HALF = DT(0.5)
 I64Z = np.int64(0)
-NX = {nx}  # blocks seeing x (rows of W, in units of H)
-NHM = {nhm}  # blocks of the main recurrent product (rows of U)
-NH = {nh}  # all recurrent blocks
-NA = {na}  # blocks kept in acts
-NB = {nb}  # bias segments
-NE = {ne}  # bias segments whose gradient terms are kept apart (see _bias_sources)
-S = {s}  # state arrays (h, or h and c)
+NX = {nx}  # W blocks (rows of W, in units of H)
+NU = {nu}  # U blocks (rows of U), by group
+NV = {nv}  # vector parameters (segments of b)
+NA = {na}  # slots kept per step (blocks of acts)
+NE = {ne}  # vector parameters whose gradient terms are kept apart (in dbp)
+NQ = {nq}  # values one backward pass hands an earlier one
+S = {s}  # states
 NR = {nr}  # packed panel width
-CAND_APART = {apart}  # reset before: U_c multiplies r * h, after the gates
-GW = {gw}  # blocks per row of the recurrent pre-activation gradients (see DGH_ALIAS)
-DGH_ALIAS = {alias}  # those gradients are the first NHM blocks of the input ones
-PACK_MIN_ROWS = {pack_min}
-BLOCK_BYTES = {block_bytes}  # a row block's per-step data: inputs, products, gates
+BLOCK_BYTES = {block_bytes}
+PACK_MIN_ROWS = {pack_min}  # fewer rows (T·B): the products read U in place, unpacked
 ITEMSIZE = np.dtype(DT).itemsize
 '''
 
-#: What ``_forward`` hands ``_forward_rows`` (``aux`` is read only where the variant
-#: keeps something in it: the layer hands a (T, 1, 1) placeholder otherwise).
-FORWARD_ARGS = ArgTable((
-    ("s0", "S * B * H"), ("b", "NB * H"), ("y", "T * B * H"), ("acts", "TA * B * NA * H"),
-    ("aux", "TA * B * H"), ("xp", "T * B * NX * H"), ("um", "npm * H * NR * packed"),
-    ("uc", "npc * H * NR * packed * CAND_APART"), ("U", "NH * H * H"), ("T", None),
-    ("B", None), ("H", None), ("keep", None), ("packed", None), ("sT", "S * B * H"),
-))
-#: What ``backward`` hands ``_backward_rows``.
-BACKWARD_ARGS = ArgTable((
-    ("s0", "S * B * H"), ("y", "T * B * H"), ("acts", "T * B * NA * H"),
-    ("aux", "T * B * H"), ("dy", "T * B * H"), ("dsT", "S * B * H"), ("ds0", "S * B * H"),
-    ("dgx", "T * B * NX * H"), ("dgh", "T * B * GW * H"),
-    ("dgc", "T * B * H * CAND_APART"), ("ut", "nph * NHM * H * NR * packed"),
-    ("uct", "nph * H * NR * packed * CAND_APART"), ("dbp", "T * B * NE * H"),
-    ("U", "NH * H * H"), ("T", None), ("B", None), ("H", None), ("packed", None),
-    ("b", "NB * H"),
-))
 
-_FORWARD = '''
+class _Pass:
+    """Printing one element-wise loop: statements, and the slices they bind."""
 
-def _forward_rows(chunk_, nch, a):
-    """Rows block chunk_ of nch of the batch over the whole sequence (a cfunc: see provide below).
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lines: list[str] = []
+        self.binds: dict[str, str] = {}  # argument -> slice expression at the call
 
-    Rows are independent, so each thread runs the recurrence of its rows alone.
-    """
-    args = carray(as_pointer(a, I64Z), {n_args})
-    T = {T}
-    B = {B}
-    H = {H}
-    keep = {keep}  # 1: keep every step's activations (training); 0: inference
-    packed = {packed}
-    MMP = symbol("{sym_mmp}")  # the per-step product on packed weights (cpu_runtime)
-    TA = T if keep else 1
-    r0_ = (chunk_ * B) // nch
-    r1_ = ((chunk_ + 1) * B) // nch
-    R_ = r1_ - r0_
-    npm = (NHM * H + NR - 1) // NR
-    npc = (H + NR - 1) // NR
-    s0f = {s0}
-    s0 = s0f.reshape((S, B, H))
-    b = {b}
-    yf = {y}
-    y = yf.reshape((T, B, H))
-    acts = {acts}.reshape((TA, B, NA * H))
-{aux_lines}
-    xp = {xp}.reshape((T, B, NX * H))
-    um = {um}
-    uc = {uc}
-    Uf = {U}
-    sT = {sT}.reshape((S, B, H))
-{prologue}
-    hp = np.empty((R_, npm * NR), dtype=DT)
-    hpf = hp.reshape(hp.size)
-    cp = np.empty((R_, npc * NR), dtype=DT)
-    cpf = cp.reshape(cp.size)
-{alloc}
-    for t in range(T):
-        ta = t * keep
-        hprev_ = s0[0] if t == 0 else y[t - 1]
-{step}
-{chunk_final}
+    def use(self, arg: str, expr: str) -> str:
+        self.binds.setdefault(arg, expr)
+        return f"{arg}[j]"
 
+    def definition(self) -> str:
+        args = ", ".join(self.binds)
+        body = "\n".join("        " + line for line in self.lines)
+        return (f"\n\n@njit(pipeline_class=NoAliasCompiler, {OPTS})\n"
+                f"def {self.name}(H, {args}):\n    for j in range(H):\n{body}\n")
 
-def _backward_rows(chunk_, nch, a):
-    """Rows block chunk_ of nch of the batch, backwards through the whole sequence (a cfunc)."""
-    args = carray(as_pointer(a, I64Z), {b_n_args})
-    T = {b_T}
-    B = {b_B}
-    H = {b_H}
-    packed = {b_packed}
-    MMP = symbol("{sym_mmp}")
-    r0_ = (chunk_ * B) // nch
-    r1_ = ((chunk_ + 1) * B) // nch
-    R_ = r1_ - r0_
-    nph = (H + NR - 1) // NR
-    s0 = {b_s0}.reshape((S, B, H))
-    yf = {b_y}
-    y = yf.reshape((T, B, H))
-    acts = {b_acts}.reshape((T, B, NA * H))
-{b_aux_lines}
-    dy = {b_dy}.reshape((T, B, H))
-    dsT = {b_dsT}.reshape((S, B, H))
-    ds0 = {b_ds0}.reshape((S, B, H))
-    dgx = {b_dgx}.reshape((T, B, NX * H))
-    dghf = {b_dgh}
-    dgh = dghf.reshape((T, B, GW * H))
-    dgcf = {b_dgc}
-    dgc = dgcf.reshape((T, B, H if CAND_APART else 0))
-    ut = {b_ut}
-    uct = {b_uct}
-    dbp = {b_dbp}.reshape((T, B, NE * H))
-    Uf = {b_U}
-    b = {b_b}
-    dhd_ = dsT[0, r0_:r1_].copy()  # gradient on h_t that bypasses the products
-    dhr_ = np.zeros((R_, nph * NR), dtype=DT)  # gradient on h_t through them
-    dhrf = dhr_.reshape(dhr_.size)
-    drh_ = np.empty((R_, nph * NR), dtype=DT)
-    drhf = drh_.reshape(drh_.size)
-{b_alloc}
-    for t in range(T - 1, -1, -1):
-        hprev_ = s0[0] if t == 0 else y[t - 1]
-{b_step}
-    for bi_ in range(R_):
-        for j in range(H):
-            ds0[0, r0_ + bi_, j] = dhd_[bi_, j] + dhr_[bi_, j]
-{b_chunk_final}
-
-
-_ROWS_SIG = types.void(types.int64, types.int64, types.int64)
-provide("{sym_fwd}", lambda: cfunc(_ROWS_SIG, {opts})(_forward_rows))
-provide("{sym_bwd}", lambda: cfunc(_ROWS_SIG, {opts})(_backward_rows))
-# Every exported symbol this module calls, each after those its own code calls (the
-# row cfuncs call mm_packed): kernels() registers them in this order before any of
-# this module's functions is loaded.
-SYMBOLS = ("{sym_gemm}", "{sym_pack}", "{sym_mmp}", "{sym_run}", "{sym_fwd}", "{sym_bwd}")
-
-
-@njit({entry})
-def _chunks(T, B, H):
-    """Row blocks for the recurrence: one for a small problem, else a multiple of the
-    thread count, each block's per-step rows within BLOCK_BYTES where the batch allows."""
-    if T * B * H * (NH * H + 16 * NA) < PARALLEL_MIN_WORK:
-        return 1
-    nt = num_threads()
-    rows = max(4, BLOCK_BYTES // ((NX + NHM + NA) * H * ITEMSIZE))
-    per_round = nt * rows
-    return max(1, min(nt * ((B + per_round - 1) // per_round), B))
-
-
-@njit({entry})
-def _forward(x, s0, W, U, b, y, sT, acts, aux, keep):
-    T = x.shape[0]
-    B = x.shape[1]
-    I = x.shape[2]
-    H = y.shape[2]
-    # The input product of every step at once: one (T*B, I) x (I, NX*H) product.
-    xp = np.empty((T, B, NX * H), dtype=DT)
-    ccall(symbol("{sym_gemm}"), address(x), 0, I, 1, T * B, I, address(W), 0, 1, I, NX * H,
-          address(xp), 0, NX * H, 0)
-    # Recurrent weights packed once for all steps, B[k, n] = U[n, k]; the candidate's
-    # block apart when it multiplies r * h (reset before).
-    packed = 1 if T * B >= PACK_MIN_ROWS else 0
-    npm = (NHM * H + NR - 1) // NR
-    npc = (H + NR - 1) // NR if CAND_APART else 0
-    um = np.empty(npm * H * NR * packed, dtype=DT)
-    uc = np.empty(npc * H * NR * packed, dtype=DT)
-    if packed:
-        ccall(symbol("{sym_pack}"), address(U), 0, 1, H, H, NHM * H, address(um))
-        if CAND_APART:
-            ccall(symbol("{sym_pack}"), address(U), NHM * H * H, 1, H, H, H, address(uc))
-{pack_args}
-    nch = _chunks(T, B, H)
-    ccall(symbol("{sym_run}"), symbol("{sym_fwd}"), nch, address(args))
-    keep_alive(xp, um, uc, args)
-    sT[0] = y[T - 1]
-
-
-@njit({entry})
-def forward_train(x, s0, W, U, b, y, sT, acts, aux):
-    _forward(x, s0, W, U, b, y, sT, acts, aux, 1)
-
-
-@njit({entry})
-def forward_infer(x, s0, W, U, b, y, sT):
-    # One step's activations per row, reused every step.
-    acts = np.empty((1, x.shape[1], NA * y.shape[2]), dtype=DT)
-    aux = np.empty((1, x.shape[1], y.shape[2]), dtype=DT)
-    _forward(x, s0, W, U, b, y, sT, acts, aux, 0)
-
-
-@njit({entry})
-def backward(x, s0, W, U, b, y, acts, aux, dy, dsT, dx, ds0, dW, dU, db):
-    T = x.shape[0]
-    B = x.shape[1]
-    I = x.shape[2]
-    H = y.shape[2]
-    # Pre-activation gradients of every step, consumed by the products after the loop.
-    dgx = np.empty((T, B, NX * H), dtype=DT)
-    # Where every recurrent block's pre-activation gradient equals its input block's
-    # (the LSTM, and the gates of most GRUs) they are stored once, in dgx.
-    dgh = dgx if DGH_ALIAS else np.empty((T, B, NHM * H), dtype=DT)
-    dgc = np.empty((T, B, H if CAND_APART else 0), dtype=DT)
-    packed = 1 if T * B >= PACK_MIN_ROWS else 0
-    nph = (H + NR - 1) // NR
-    # U itself packed for dh_(t-1) = dgh_t U: B[k, n] = U[k, n], K = NHM*H.
-    ut = np.empty(nph * NHM * H * NR * packed, dtype=DT)
-    uct = np.empty((nph * H * NR if CAND_APART else 0) * packed, dtype=DT)
-    if packed:
-        ccall(symbol("{sym_pack}"), address(U), 0, H, 1, NHM * H, H, address(ut))
-        if CAND_APART:
-            ccall(symbol("{sym_pack}"), address(U), NHM * H * H, H, 1, H, H, address(uct))
-    nch = _chunks(T, B, H)
-    # Bias-gradient terms not already stored in dgx or dgh (see _bias_sources), kept
-    # per step and row for the sum below.
-    dbp = np.zeros((T, B, NE * H), dtype=DT)
-{b_pack_args}
-    ccall(symbol("{sym_run}"), symbol("{sym_bwd}"), nch, address(args))
-    # Bias gradients: every step's and row's terms summed in one fixed order (steps
-    # backwards, rows in order): no race, and the same bits for any number of threads.
-    for k in range(NB * H):
-        db[k] = ZERO
-    for t in range(T - 1, -1, -1):
-        for i in range(B):
-{db_sum}
-    # Input and weight gradients: one product each over all steps.
-    gemm = symbol("{sym_gemm}")
-    ccall(gemm, address(dgx), 0, NX * H, 1, T * B, NX * H, address(W), 0, I, 1, I,
-          address(dx), 0, I, 0)
-    ccall(gemm, address(dgx), 0, 1, NX * H, NX * H, T * B, address(x), 0, I, 1, I,
-          address(dW), 0, I, 0)
-    if NHM:
-        # dU = sum_t dgh_t^T h_(t-1): h_(-1) = s0[0], then h_(t-1) = y[t-1].
-        ccall(gemm, address(dgh), 0, 1, GW * H, NHM * H, B, address(s0), 0, H, 1, H,
-              address(dU), 0, H, 0)
-        ccall(gemm, address(dgh), B * GW * H, 1, GW * H, NHM * H, (T - 1) * B, address(y),
-              0, H, 1, H, address(dU), 0, H, 1)
-    if CAND_APART:
-        # dU_c = sum_t dgc_t^T (r * h)_t, the candidate's block apart.
-        ccall(gemm, address(dgc), 0, 1, H, H, T * B, address(aux), 0, H, 1, H, address(dU),
-              NHM * H * H, H, 0)
-    keep_alive(dgx, dgh, dgc, ut, uct, dbp, args)
-'''
-
-
-def _slices(prefix: str, n: int, src: str) -> list[str]:
-    """``prefix{k}_ = src[k*H:(k+1)*H]`` for every block ``k``: one 1-D slice each.
-
-    Gate loops index only such slices with ``[j]``: every access is then a unit-stride
-    stream that LLVM's loop vectoriser handles (``x[k * H + j]`` on whole rows was left
-    scalar in our measurements).
-    """
-    return [f"{prefix}{k}_ = {src}{k} * H:{k + 1} * H]" for k in range(n)]
-
-
-class _Loops:
-    """The gate loops of a module, each an ``H``-long loop in its own function.
-
-    A loop's function takes the step's rows (1-D slices, one per block) as arguments and
-    is compiled with :class:`cpu_runtime.NoAliasCompiler`, so LLVM knows the rows do not
-    overlap and vectorises without run-time overlap checks. Only the rows the body uses
-    are passed: each binding costs compile time.
-    """
-
-    def __init__(self) -> None:
-        self.defs: list[str] = []
-
-    def call(self, name: str, binds: list[str], body: str) -> str:
-        used = [b for b in binds if re.search(r"\b" + b.split(" = ")[0] + r"\b", body)]
-        args = [b.split(" = ")[0] for b in used]
-        self.defs.append(
-            f"\n\n@njit(pipeline_class=NoAliasCompiler, {OPTS})\n"
-            f"def {name}(H, {', '.join(args)}):\n    for j in range(H):\n{body}\n"
-        )
-        exprs = [b.split(" = ", 1)[1] for b in used]
+    def call(self) -> str:
         lines = ["        for bi_ in range(R_):", "            row_ = r0_ + bi_"]
-        cur = f"            {name}(H"
-        for e in exprs:  # one argument per slice, wrapped at ~90 characters
+        cur = f"            {self.name}(H"
+        for e in self.binds.values():
             if len(cur) + len(e) > 90:
                 lines.append(cur + ",")
-                cur = " " * (13 + len(name)) + e
+                cur = " " * (13 + len(self.name)) + e
             else:
                 cur += ", " + e
         lines.append(cur + ")")
         return "\n".join(lines)
 
 
-def _product(packed: str, unpacked: str) -> str:
-    """A per-step product: packed micro-kernel, or in place for a few rows."""
-    return (
-        "        if packed:\n"
-        f"            {packed}\n"
-        "        else:\n"
-        f"            {unpacked}"
-    )
+def _indented(text: str) -> str:
+    return "\n".join("    " + line for line in text.split("\n"))
 
 
-def _dgh_alias(bwd: list[str], nhm: int) -> bool:
-    """True when ``DHB(k)`` is stored with the same value as ``DX(k)`` for every main
-    recurrent block ``k`` (so the recurrent gradients can be read from the input ones).
-    """
-    dx = dict(re.findall(r"^DX\((\d+)\) = (.+)$", "\n".join(bwd), re.M))
-    dh = dict(re.findall(r"^DHB\((\d+)\) = (.+)$", "\n".join(bwd), re.M))
-    return nhm > 0 and set(dh) == {str(k) for k in range(nhm)} and all(
-        dx.get(k) == v for k, v in dh.items())
+def _binding(loc: tuple) -> tuple[str, str]:
+    """The loop argument and the row slice bound to it at the call, for a location of
+    :mod:`~gruablate.cells.irprint` (the loop indexes the slice with ``j``)."""
+    kind = loc[0]
+    if kind == "vec":
+        k = loc[1]
+        return f"b{k}_", f"b[{k} * H:{k + 1} * H]"
+    if kind == "state":
+        k, backward = loc[1], loc[2]
+        if k == 0:  # the previous h is the previous output (or h0)
+            return "hpv_", "hprev_[row_]"
+        return f"sp{k}_", f"spv_[{k}, bi_]" if backward else f"scur[{k}, bi_]"
+    if kind == "xin":
+        return "xr_", "xs[t, row_]"
+    if kind == "wx":
+        k = loc[1]
+        return f"x{k}_", f"xp[t, row_, {k} * H:{k + 1} * H]"
+    if kind == "ux":
+        g, q = loc[1], loc[2]
+        return f"p{g}_{q}_", f"pg{g}[bi_, {q} * H:{q + 1} * H]"
+    if kind == "inv":
+        return f"kv{loc[1]}_", f"kv[{loc[1]}]"
+    if kind == "slot":
+        k, step = loc[1], "t" if loc[2] else "ta"
+        return f"a{k}_", f"acts[{step}, row_, {k} * H:{k + 1} * H]"
+    if kind == "dy":
+        return "dyr_", "dy[t, row_]"
+    if kind == "carry":
+        return f"dc{loc[1]}_", f"dcur[{loc[1]}, bi_]"
+    if kind == "dq":
+        return f"dq{loc[1]}_", f"dq{loc[1]}[bi_, 0:H]"
+    if kind == "xadj":
+        return f"xa{loc[1]}_", f"xab[{loc[1]}, bi_]"
+    if kind == "new":
+        return f"sn{loc[1]}_", f"snext[{loc[1]}, bi_]"
+    if kind == "y":
+        return "yo_", "y[t, row_]"
+    if kind == "dgx":
+        k = loc[1]
+        return f"dgx{k}_", f"dgx[t, row_, {k} * H:{k + 1} * H]"
+    if kind == "dP":
+        g, q = loc[1], loc[2]
+        return f"dp{g}_{q}_", f"dP{g}[t, row_, {q} * H:{q + 1} * H]"
+    if kind == "dbp":
+        e = loc[1]
+        return f"db{e}_", f"dbp[t, row_, {e} * H:{e + 1} * H]"
+    if kind == "dxe":
+        return "dxe_", "dxe[t, row_]"
+    assert kind == "dnext", loc
+    return f"dn{loc[1]}_", f"dnext[{loc[1]}, bi_]"
 
 
-def _drop_backward_lines(code, prefixes: tuple[str, ...]):
-    """``code`` without the backward lines that start with any of ``prefixes``."""
-    def keep(lines: list[str]) -> list[str]:
-        return [line for line in lines if not line.startswith(prefixes)]
+class _Printer(CellPrinter):
+    """The generated module of one cell in one dtype."""
 
-    return type(code)(code.fwd1, code.fwd2, keep(code.bwd1), keep(code.bwd2))
+    def __init__(self, plan: KernelPlan, dtype: str) -> None:
+        super().__init__(plan)
+        self.dtype = dtype
+        # A block no pass writes (its gradient is zero) must read as zeros, not garbage.
+        zeros = lambda *a: "np.zeros" if self.zero_filled(*a) else "np.empty"  # noqa: E731
+        self.dgx_alloc = zeros("dgx")
+        self.dp_alloc = {g.index: zeros("dP", g.index) for g in self.ir.groups}
+        self.dbp_alloc = zeros("dbp")
 
+    def at(self, lp: _Pass, loc: tuple) -> str:  # type: ignore[override]
+        return lp.use(*_binding(loc))
 
-def _bias_sources(code) -> dict[int, tuple[str, int]]:
-    """Biases whose gradient terms are already stored elsewhere: bias ``k`` -> (array,
-    block), ``("dgx", j)`` when the pass that adds ``DB(k) += v`` also stores
-    ``DX(j) = v`` (``"dgh"`` for ``DHB(j)``), so the sum after the loop reads them there.
+    def dp_buffer(self, g: int) -> tuple[str, str, str]:
+        """``(array, column offset, row stride)`` of group ``g``'s product gradient."""
+        if g in self.alias:
+            return "dgx", f"{self.alias[g]} * H", "NX * H"
+        return f"dP{g}", "0", f"{len(self.ir.groups[g].blocks)} * H"
 
-    Keeping such a term apart as well cost the LSTM a (T, B, 4H) buffer written, read
-    and zeroed once more per call (52 MB at T=100, B=64, H=512). A bias added to more
-    than once per step stays apart.
-    """
-    out: dict[int, tuple[str, int]] = {}
-    for lines in (code.bwd1, code.bwd2):
-        text = "\n".join(lines)
-        adds = re.findall(r"^DB\((\d+)\) \+= (.+)$", text, re.M)
-        times = Counter(k for k, _ in adds)
-        dx = {v: int(k) for k, v in re.findall(r"^DX\((\d+)\) = (.+)$", text, re.M)}
-        dh = {v: int(k) for k, v in re.findall(r"^DHB\((\d+)\) = (.+)$", text, re.M)}
-        for k, v in adds:
-            if times[k] > 1 or not re.fullmatch(r"\w+", v):
+    def vec_terms(self, v: str) -> tuple[str, int]:
+        """The (T, B, n·H) array holding vector ``v``'s gradient terms, and the block."""
+        src = self.vec_source[v]
+        if src[0] == "dP":
+            g, q = src[1], src[2]
+            return ("dgx", self.alias[g] + q) if g in self.alias else (f"dP{g}", q)
+        return src[0], src[1]
+
+    @staticmethod
+    def loop(name: str, fill, *args) -> _Pass:
+        """A loop named ``name``, its statements printed by ``fill(loop, *args)``."""
+        lp = _Pass(name)
+        fill(lp, *args)
+        return lp
+
+    def invariant_pass(self) -> _Pass | None:
+        """The loop computing the parameters-only values once per call (into ``kv``)."""
+        ir = self.ir
+        if not ir.invariants:
+            return None
+        lp = _Pass("_invariants")
+
+        def ref(c: int) -> str:
+            if c in ir.invariants:
+                return f"v{c}"
+            out = self.leaf(lp, c, backward=False)
+            assert out is not None
+            return out
+
+        for i in ir.invariants:
+            self.statement(lp, i, ref)
+            lp.lines.append(f"{self.at(lp, ('inv', ir.invariants.index(i)))} = v{i}")
+        return lp
+
+    # ---------------------------------------------------------- the module
+    def source(self) -> str:
+        ir, plan = self.ir, self.plan
+        groups = ir.groups
+        fwd_slots = [("s0", "S * B * H"), ("b", "NV * H"), ("y", "T * B * H"),
+                     ("acts", "TA * B * NA * H"), ("xp", "T * B * NX * H")]
+        fwd_slots += [(f"pk{g.index}", f"np{g.index} * H * NR * packed") for g in groups]
+        fwd_slots += [("U", "NU * H * H"), ("T", None), ("B", None), ("H", None),
+                      ("keep", None), ("packed", None), ("sT", "S * B * H")]
+        if ir.reads_x:
+            fwd_slots.append(("x", "T * B * H"))
+        FWD = ArgTable(tuple(fwd_slots))
+        bwd_slots = [("s0", "S * B * H"), ("y", "T * B * H"), ("acts", "T * B * NA * H"),
+                     ("dy", "T * B * H"), ("dsT", "S * B * H"), ("ds0", "S * B * H"),
+                     ("dgx", "T * B * NX * H"), ("dbp", "T * B * NE * H"), ("b", "NV * H")]
+        bwd_slots += [(f"dP{g.index}", f"T * B * {len(g.blocks)} * H") for g in groups
+                      if g.index not in self.alias]
+        bwd_slots += [(f"ut{g.index}", f"nph * {len(g.blocks)} * H * NR * packed")
+                      for g in groups]
+        bwd_slots += [("U", "NU * H * H"), ("T", None), ("B", None), ("H", None),
+                      ("packed", None)]
+        if ir.reads_x:
+            bwd_slots += [("x", "T * B * H"), ("dxe", "T * B * H")]
+        BWD = ArgTable(tuple(bwd_slots))
+        out = [_HEADER.format(
+            dtype=self.dtype, tag=cpu_runtime.TAG, nx=plan.nx, nu=plan.nu, nv=plan.nv,
+            na=max(1, plan.na), ne=len(self.apart), nq=len(self.xadj), s=plan.n_states,
+            nr=cpu_runtime.panel_width(self.dtype), block_bytes=BLOCK_BYTES,
+            pack_min=PACK_MIN_ROWS)]
+        out.append((ACT_FAST if self.dtype == "float32" else ACT_EXACT).format(opts=OPTS))
+        fwd_passes = [self.loop(f"_fwd{p.index}", self.forward_pass, p.index)
+                      for p in ir.passes]
+        # Inference keeps only what the step itself reads again: its own loops, where
+        # they differ, skip the stores of the values kept for the backward pass.
+        inf_passes = [self.loop(f"_inf{p.index}", self.forward_pass, p.index, False)
+                      for p in ir.passes]
+        inf_passes = [i if i.lines != f.lines else None
+                      for i, f in zip(inf_passes, fwd_passes, strict=True)]
+        bwd_passes = [self.loop(f"_bwd{p.index}", self.backward_pass, p.index)
+                      for p in ir.passes]
+        self.inv = self.invariant_pass()
+        extra = [lp for lp in inf_passes if lp] + ([self.inv] if self.inv else [])
+        for lp in fwd_passes + bwd_passes + extra:
+            out.append(lp.definition())
+        out.append(self._forward_rows(FWD, fwd_passes, inf_passes))
+        out.append(self._backward_rows(BWD, bwd_passes))
+        out.append(self._entries(FWD, BWD))
+        text = "".join(out)
+        key = hashlib.sha256(text.encode()).hexdigest()[:20]
+        return (text.replace("@FWD@", f"gruablate_e{key}_fwd")
+                .replace("@BWD@", f"gruablate_e{key}_bwd"))
+
+    def _group_sizes(self, indent: str) -> list[str]:
+        return [f"{indent}np{g.index} = ({len(g.blocks)} * H + NR - 1) // NR"
+                for g in self.ir.groups]
+
+    def _rows_head(self, name: str, what: str, table: ArgTable) -> list[str]:
+        """The start both row cfuncs share: arguments, sizes, this block's rows."""
+        return ["", "", f"def {name}(chunk_, nch, a):",
+                f'    """Rows block chunk_ of nch, {what} (a cfunc)."""',
+                f"    args = carray(as_pointer(a, I64Z), {len(table.slots)})",
+                f"    T = {table.scalar('T')}", f"    B = {table.scalar('B')}",
+                f"    H = {table.scalar('H')}", f"    packed = {table.scalar('packed')}",
+                '    MMP = symbol("' + cpu_runtime.runtime_symbol("mm_packed", self.dtype)
+                + '")',
+                "    r0_ = (chunk_ * B) // nch", "    r1_ = ((chunk_ + 1) * B) // nch",
+                "    R_ = r1_ - r0_"]
+
+    def _forward_rows(self, FWD: ArgTable, passes: list[_Pass],
+                      inference: list[_Pass | None]) -> str:
+        ir = self.ir
+        L = self._rows_head("_forward_rows", "over the whole sequence", FWD)
+        L += [f"    keep = {FWD.scalar('keep')}", "    TA = T if keep else 1"]
+        L += self._group_sizes("    ")
+        L += [f"    s0 = {FWD.view('s0')}.reshape((S, B, H))", f"    b = {FWD.view('b')}",
+              f"    y = {FWD.view('y')}.reshape((T, B, H))",
+              f"    actsf = {FWD.view('acts')}", "    acts = actsf.reshape((TA, B, NA * H))",
+              f"    xp = {FWD.view('xp')}.reshape((T, B, NX * H))",
+              f"    sT = {FWD.view('sT')}.reshape((S, B, H))", f"    Uf = {FWD.view('U')}"]
+        if ir.reads_x:
+            L.append(f"    xs = {FWD.view('x')}.reshape((T, B, H))")
+        for g in ir.groups:
+            k = g.index
+            L += [f"    pk{k} = {FWD.view(f'pk{k}')}",
+                  f"    pg{k} = np.empty((R_, np{k} * NR), dtype=DT)",
+                  f"    pg{k}f = pg{k}.reshape(pg{k}.size)"]
+        L += ["    # The states other than h (h is y): previous and new, swapped each step.",
+              "    sb = np.empty((2, S, R_, H), dtype=DT)",
+              "    sbf = sb.reshape(sb.size)",
+              "    s0f = s0.reshape(s0.size)",
+              "    yf = y.reshape(y.size)",
+              "    for k in range(1, S):", "        sb[0, k] = s0[k, r0_:r1_]",
+              *self._invariants_call(),
+              "    for t in range(T):", "        ta = t * keep",
+              "        scur = sb[t % 2]", "        snext = sb[(t + 1) % 2]",
+              "        hprev_ = s0[0] if t == 0 else y[t - 1]"]
+        for index, (lp, inf) in enumerate(zip(passes, inference, strict=True), start=1):
+            L += self._products_before(index)
+            if inf is None:
+                L.append(lp.call())
+            else:
+                L += ["        if keep:", _indented(lp.call()), "        else:",
+                      _indented(inf.call())]
+        L += ["    sT[0, r0_:r1_] = y[T - 1, r0_:r1_]", "    for k in range(1, S):",
+              "        sT[k, r0_:r1_] = sb[T % 2, k]"]
+        return "\n".join(L) + "\n"
+
+    def _invariants_call(self) -> list[str]:
+        if self.inv is None:
+            return []
+        args = ", ".join(self.inv.binds.values())
+        return [f"    kv = np.empty(({len(self.ir.invariants)}, H), dtype=DT)",
+                f"    _invariants(H, {args})"]
+
+    def _products_before(self, lp_index: int) -> list[str]:
+        """The products of round ``lp_index − 1``: each group on its operand's rows."""
+        ir = self.ir
+        L = []
+        for g in ir.groups:
+            if g.round != lp_index - 1:
                 continue
-            if v in dx:
-                out[int(k)] = ("dgx", dx[v])
-            elif v in dh:
-                out[int(k)] = ("dgh", dh[v])
-    return out
+            k = g.index
+            s = ir.group_state(g)
+            if s == ir.states[0]:  # h: the previous output's rows (h0's at step 0)
+                L += ["        if t == 0:", "            hsrc_, hoff_ = s0f, r0_ * H",
+                      "        else:", "            hsrc_, hoff_ = yf, ((t - 1) * B + r0_) * H"]
+                src, off, lda = "hsrc_", "hoff_", "H"
+            elif s is not None:
+                src, off, lda = "sbf", f"((t % 2) * S + {self.state_index[s]}) * R_ * H", "H"
+            else:
+                slot = ir.slot(g.operand)
+                src, off, lda = "actsf", f"(ta * B + r0_) * NA * H + {slot} * H", "NA * H"
+            n, bo = len(g.blocks), f"{self.plan.group_offset(k)} * H * H"
+            L += ["        if packed:",
+                  f"            ccall(MMP, address({src}), {off}, {lda}, R_, address(pk{k}), H,"
+                  f" {n} * H, address(pg{k}f), 0, np{k} * NR, 0)",
+                  "        else:  # a handful of rows: U read in place",
+                  f"            gemv({src}, {off}, {lda}, 1, R_, H, Uf, {bo}, 1, H, {n} * H,"
+                  f" pg{k}f, 0, np{k} * NR, 0)"]
+        return L
 
+    def _backward_rows(self, BWD: ArgTable, passes: list[_Pass]) -> str:
+        ir = self.ir
+        L = self._rows_head("_backward_rows", "backwards through the sequence", BWD)
+        L += ["    nph = (H + NR - 1) // NR",
+             f"    s0 = {BWD.view('s0')}.reshape((S, B, H))",
+             f"    y = {BWD.view('y')}.reshape((T, B, H))",
+             f"    acts = {BWD.view('acts')}.reshape((T, B, NA * H))",
+             f"    dy = {BWD.view('dy')}.reshape((T, B, H))",
+             f"    dsT = {BWD.view('dsT')}.reshape((S, B, H))",
+             f"    ds0 = {BWD.view('ds0')}.reshape((S, B, H))",
+             f"    dgxf = {BWD.view('dgx')}", "    dgx = dgxf.reshape((T, B, NX * H))",
+             f"    dbp = {BWD.view('dbp')}.reshape((T, B, NE * H))",
+             f"    b = {BWD.view('b')}", f"    Uf = {BWD.view('U')}"]
+        if ir.reads_x:
+            L += [f"    xs = {BWD.view('x')}.reshape((T, B, H))",
+                  f"    dxe = {BWD.view('dxe')}.reshape((T, B, H))"]
+        for g in ir.groups:
+            k, n = g.index, len(g.blocks)
+            if k not in self.alias:
+                L += [f"    dP{k}f = {BWD.view(f'dP{k}')}",
+                      f"    dP{k} = dP{k}f.reshape((T, B, {n} * H))"]
+            L += [f"    ut{k} = {BWD.view(f'ut{k}')}",
+                  f"    dq{k} = np.zeros((R_, nph * NR), dtype=DT)  # the operand's gradient",
+                  f"    dq{k}f = dq{k}.reshape(dq{k}.size)"]
+        L += ["    dcar = np.zeros((2, S, R_, H), dtype=DT)  # gradient on the states, carried",
+              "    for k in range(S):", "        dcar[(T - 1) % 2, k] = dsT[k, r0_:r1_]",
+              "    xab = np.empty((max(1, NQ), R_, H), dtype=DT)",
+              *self._invariants_call(),
+              "    spv_ = np.empty((S, R_, H), dtype=DT)  # previous states of the step",
+              "    for t in range(T - 1, -1, -1):",
+              "        hprev_ = s0[0] if t == 0 else y[t - 1]",
+              "        dcur = dcar[t % 2]", "        dnext = dcar[(t + 1) % 2]"]
+        for k in self.uncarried:  # a state no pass writes a gradient to starts at 0
+            L.append(f"        dnext[{k}] = ZERO")
+        for s in ir.states[1:]:
+            k = self.state_index[s]
+            slot = ir.state_slot(s)
+            L += ["        if t == 0:", f"            spv_[{k}] = s0[{k}, r0_:r1_]",
+                  "        else:",
+                  f"            spv_[{k}] = acts[t - 1, r0_:r1_, {slot} * H:{slot + 1} * H]"]
+        for index in range(len(passes), 0, -1):
+            L.append(passes[index - 1].call())
+            L += self._transposed_after(index)
+        L += ["    for k in range(S):", "        ds0[k, r0_:r1_] = dnext[k]"]
+        for g in ir.groups:
+            s = ir.group_state(g)
+            if s is not None:
+                k = self.state_index[s]
+                L += ["    for bi_ in range(R_):", "        for j in range(H):",
+                      f"            ds0[{k}, r0_ + bi_, j] += dq{g.index}[bi_, j]"]
+        return "\n".join(L) + "\n"
 
-def _constant_gates(code, plan: KernelPlan) -> dict[int, int]:
-    """Gates computed from their bias alone (``gru3``): acts block -> bias segment.
+    def _transposed_after(self, index: int) -> list[str]:
+        """After backward pass ``index``: the operand gradients of round ``index − 1``."""
+        L = []
+        for g in self.ir.groups:
+            if g.round != index - 1:
+                continue
+            k, n = g.index, len(g.blocks)
+            buf, off, ld = self.dp_buffer(k)
+            row = f"(t * B + r0_) * {ld} + {off}"
+            bo = f"{self.plan.group_offset(k)} * H * H"
+            L += ["        if packed:",
+                  f"            ccall(MMP, address({buf}f), {row}, {ld}, R_, address(ut{k}),"
+                  f" {n} * H, H, address(dq{k}f), 0, nph * NR, 0)",
+                  "        else:",
+                  f"            gemv({buf}f, {row}, {ld}, 1, R_, {n} * H, Uf, {bo}, H, 1, H,"
+                  f" dq{k}f, 0, nph * NR, 0)"]
+        return L
 
-    Such a gate has the same value at every step and in every row, so the kernels
-    compute it once per call into a vector of ``H`` (``KG(k)``) instead of an
-    exponential per element and step, and neither store it in ``acts`` nor read it
-    back: of ``gru3``'s forward pass at ``H = 32`` the gate pass was a third.
-    """
-    out = {}
-    for line in code.fwd1:
-        m = re.fullmatch(r"g_(\w+) = SIGMOID\(B\((\d+)\)\)", line)
-        if m:
-            out[plan.a_off[m.group(1)]] = int(m.group(2))
-    return out
-
-
-def _use_constant_gates(code, const: dict[int, int]):
-    """``code`` with each constant gate read from ``KG(k)``, never stored in ``G(k)``."""
-    def edit(lines: list[str]) -> list[str]:
-        out = []
-        for line in lines:
-            for a, kb in const.items():
-                if line.startswith(f"G({a}) = "):
-                    line = ""
-                    break
-                line = re.sub(rf"\bG\({a}\)", f"KG({a})", line)
-                line = line.replace(f"SIGMOID(B({kb}))", f"KG({a})")
-            if line:
-                out.append(line)
-        return out
-
-    return type(code)(edit(code.fwd1), edit(code.fwd2), edit(code.bwd1), edit(code.bwd2))
-
-
-_BODY_INDENT = " " * 8
+    def _entries(self, FWD: ArgTable, BWD: ArgTable) -> str:
+        ir, plan = self.ir, self.plan
+        sym = {f: cpu_runtime.runtime_symbol(f, self.dtype) for f in ("gemm", "pack",
+                                                                       "mm_packed")}
+        run = cpu_runtime.runtime_symbol("run_chunks")
+        L = ["", "", "_ROWS_SIG = types.void(types.int64, types.int64, types.int64)",
+             f'provide("@FWD@", lambda: cfunc(_ROWS_SIG, {OPTS})(_forward_rows))',
+             f'provide("@BWD@", lambda: cfunc(_ROWS_SIG, {OPTS})(_backward_rows))',
+             f'SYMBOLS = ("{sym["gemm"]}", "{sym["pack"]}", "{sym["mm_packed"]}", "{run}",'
+             ' "@FWD@", "@BWD@")',
+             "", "", f"@njit({ENTRY})", "def _chunks(T, B, H):",
+             "    if T * B * H * (NU * H + 16 * NA) < PARALLEL_MIN_WORK:", "        return 1",
+             "    nt = num_threads()",
+             "    rows = max(4, BLOCK_BYTES // ((NX + NU + NA) * H * ITEMSIZE))",
+             "    per_round = nt * rows",
+             "    return max(1, min(nt * ((B + per_round - 1) // per_round), B))",
+             "", "", f"@njit({ENTRY})", "def _forward(x, s0, W, U, b, y, sT, acts, keep):",
+             "    T = x.shape[0]", "    B = x.shape[1]", "    I = x.shape[2]",
+             "    H = y.shape[2]", "    xp = np.empty((T, B, NX * H), dtype=DT)",
+             f'    ccall(symbol("{sym["gemm"]}"), address(x), 0, I, 1, T * B, I, address(W), 0,'
+             " 1, I, NX * H,", "          address(xp), 0, NX * H, 0)",
+             "    packed = 1 if T * B >= PACK_MIN_ROWS else 0"]
+        L += self._group_sizes("    ")
+        for g in ir.groups:
+            k, off = g.index, plan.group_offset(g.index)
+            L += [f"    pk{k} = np.empty(np{k} * H * NR * packed, dtype=DT)",
+                  "    if packed:",
+                  f'        ccall(symbol("{sym["pack"]}"), address(U), {off} * H * H, 1, H, H,'
+                  f" {len(g.blocks)} * H, address(pk{k}))"]
+        L.append(FWD.pack())
+        L += ["    nch = _chunks(T, B, H)",
+              f'    ccall(symbol("{run}"), symbol("@FWD@"), nch, address(args))',
+              "    keep_alive(xp, args" + "".join(f", pk{g.index}" for g in ir.groups) + ")",
+              "", "", f"@njit({ENTRY})",
+              "def forward_train(x, s0, W, U, b, y, sT, acts):",
+              "    _forward(x, s0, W, U, b, y, sT, acts, 1)",
+              "", "", f"@njit({ENTRY})", "def forward_infer(x, s0, W, U, b, y, sT):",
+              "    acts = np.empty((1, x.shape[1], NA * y.shape[2]), dtype=DT)",
+              "    _forward(x, s0, W, U, b, y, sT, acts, 0)",
+              "", "", f"@njit({ENTRY})",
+              "def backward(x, s0, W, U, b, y, acts, dy, dsT, dx, ds0, dW, dU, db):",
+              "    T = x.shape[0]", "    B = x.shape[1]", "    I = x.shape[2]",
+              "    H = y.shape[2]", "    nph = (H + NR - 1) // NR",
+              "    packed = 1 if T * B >= PACK_MIN_ROWS else 0",
+              f"    dgx = {self.dgx_alloc}((T, B, NX * H), dtype=DT)",
+              *(["    dxe = np.zeros((T, B, H), dtype=DT)  # dx's element-wise part"]
+                if ir.reads_x else []),
+              f"    dbp = {self.dbp_alloc}((T, B, NE * H), dtype=DT)"]
+        for g in ir.groups:
+            k, n, off = g.index, len(g.blocks), plan.group_offset(g.index)
+            if k not in self.alias:
+                L.append(f"    dP{k} = {self.dp_alloc[k]}((T, B, {n} * H), dtype=DT)")
+            L += [f"    ut{k} = np.empty(nph * {n} * H * NR * packed, dtype=DT)",
+                  "    if packed:",
+                  f'        ccall(symbol("{sym["pack"]}"), address(U), {off} * H * H, H, 1,'
+                  f" {n} * H, H, address(ut{k}))"]
+        L.append(BWD.pack())
+        L += ["    nch = _chunks(T, B, H)",
+              f'    ccall(symbol("{run}"), symbol("@BWD@"), nch, address(args))']
+        if ir.vec_names:
+            L += ["    # Vector-parameter gradients: every step's and row's terms in one",
+                  "    # fixed order (steps backwards, rows in order): the same bits for any",
+                  "    # thread count.",
+                  "    for k in range(NV * H):", "        db[k] = ZERO",
+                  "    for t in range(T - 1, -1, -1):", "        for i in range(B):"]
+        for v in ir.vec_names:
+            src, blk = self.vec_terms(v)
+            k = plan.v_index(v)
+            L += ["            for j in range(H):",
+                  f"                db[{k} * H + j] += {src}[t, i, {blk} * H + j]"]
+        L += [f'    gemm = symbol("{sym["gemm"]}")',
+              "    ccall(gemm, address(dgx), 0, NX * H, 1, T * B, NX * H, address(W), 0, I,"
+              " 1, I,", "          address(dx), 0, I, 0)",
+              *(["    dx += dxe"] if ir.reads_x else []),
+              "    ccall(gemm, address(dgx), 0, 1, NX * H, NX * H, T * B, address(x), 0, I,"
+              " 1, I,", "          address(dW), 0, I, 0)"]
+        for g in ir.groups:
+            k, n, off = g.index, len(g.blocks), plan.group_offset(g.index)
+            s = ir.group_state(g)
+            dU = f"address(dU), {off} * H * H, H"
+            buf, col, ld = self.dp_buffer(k)
+            if s is None:  # sum_t dP_t^T operand_t, the operand kept in a slot
+                slot = ir.slot(g.operand)
+                L.append(f"    ccall(gemm, address({buf}), {col}, 1, {ld}, {n} * H, T * B,"
+                         f" address(acts), {slot} * H, NA * H, 1, H, {dU}, 0)")
+                continue
+            si = self.state_index[s]
+            L.append(f"    ccall(gemm, address({buf}), {col}, 1, {ld}, {n} * H, B,"
+                     f" address(s0), {si} * B * H, H, 1, H, {dU}, 0)")
+            if si == 0:
+                prev = "address(y), 0, H"
+            else:
+                prev = f"address(acts), {ir.state_slot(s)} * H, NA * H"
+            L.append(f"    ccall(gemm, address({buf}), B * {ld} + {col}, 1, {ld}, {n} * H,"
+                     f" (T - 1) * B, {prev}, 1, H, {dU}, 1)")
+        keep = ", ".join(["dgx", "dbp", "args"] + [f"ut{g.index}" for g in ir.groups]
+                         + [f"dP{g.index}" for g in ir.groups if g.index not in self.alias])
+        L.append(f"    keep_alive({keep})")
+        return "\n".join(L) + "\n"
 
 
 @cache
 def kernel_source(variant: Variant, dtype: str) -> str:
-    """The generated module text for ``variant`` in ``dtype``."""
+    """The generated module text of ``variant``'s equations in ``dtype``."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if variant.is_equations:
-        from .ir_kernels import kernel_source as from_equations
-
-        return from_equations(variant, dtype)
-    plan = make_plan(variant)
-    code = generate(plan)
-    const = _constant_gates(code, plan)
-    code = _use_constant_gates(code, const)
-    alias = _dgh_alias(code.bwd1 + code.bwd2, plan.nhm)
-    if alias:
-        code = _drop_backward_lines(code, ("DHB(",))
-    # Biases whose terms are read back from dgx/dgh need no store of their own.
-    sources = _bias_sources(code)
-    code = _drop_backward_lines(code, tuple(f"DB({k}) +=" for k in sources))
-    apart = [k for k in range(plan.nb) if k not in sources]
-    db_sum = []
-    for k in range(plan.nb):
-        src, blk = sources[k] if k in sources else ("dbp", apart.index(k))
-        db_sum += ["            for j in range(H):",
-                   f"                db[{k} * H + j] += {src}[t, i, {blk} * H + j]"]
-    lstm = plan.has_cell_state
-    before = plan.reset_before
-    tied = plan.carries_gate_part
-    ind = _BODY_INDENT
-    loops = _Loops()
-    common = {
-        "XP(k)": "x{k}_[j]",
-        "HP(k)": "h{k}_[j]",
-        "CP": "cpr_[j]",
-        "B(k)": "b{k}_[j]",
-        "HPREV": "hpv_[j]",
-        "G(k)": "g{k}_[j]",
-        "KG(k)": "kg{k}_[j]",
-        "AUX": "au_[j]",
-        "SIGMOID": "sigmoid",
-        "TANH": "tanh",
-    }
-
-    # ------------------------------------------------------------------ forward
-    fwd = dict(common, HOUT="yo_[j]", CPREV="cwr_[j]", COUT="cwr_[j]")
-    const_alloc = []  # constant gates, once per call and block (see _constant_gates)
-    for a, kb in const.items():
-        const_alloc += [f"kg{a}_ = np.empty(H, dtype=DT)", "for j in range(H):",
-                        f"    kg{a}_[j] = sigmoid(b[{kb} * H + j])"]
-    alloc = list(const_alloc)
-    if lstm:
-        alloc.append("cw_ = s0[1, r0_:r1_].copy()  # the cell state, updated in place")
-    binds = [f"x{k}_ = xp[t, row_, {k} * H:{k + 1} * H]" for k in range(plan.nx)]
-    binds += [f"h{k}_ = hp[bi_, {k} * H:{k + 1} * H]" for k in range(plan.nhm)]
-    binds += [f"g{k}_ = acts[ta, row_, {k} * H:{k + 1} * H]" for k in range(plan.na)]
-    binds += ["au_ = aux[ta, row_]", "hpv_ = hprev_[row_]", "yo_ = y[t, row_]"]
-    binds += _slices("b", plan.nb, "b[")
-    binds += [f"kg{a}_ = kg{a}_" for a in const]
-    if lstm:
-        binds.append("cwr_ = cw_[bi_]")
-    step = []
-    if plan.nhm:
-        # h_(t-1) rows: s0[0] at t = 0, else y[t-1]; flat offsets into either array.
-        step.append("        hsrc = s0f if t == 0 else yf")
-        step.append("        hoff = (r0_ if t == 0 else (t - 1) * B + r0_) * H")
-        step.append(_product(
-            "ccall(MMP, address(hsrc), hoff, H, R_, address(um), H, NHM * H, address(hpf), 0,"
-            " npm * NR, 0)",
-            "gemv(hsrc, hoff, H, 1, R_, H, Uf, 0, 1, H, NHM * H, hpf, 0, npm * NR, 0)",
-        ))
-    step.append(loops.call("_fwd1", binds, substitute(code.fwd1, fwd, ind)))
-    if code.fwd2:
-        # U_c (r * h): r * h was just stored in aux.
-        step.append("        aoff = (ta * B + r0_) * H")
-        step.append(_product(
-            "ccall(MMP, address(auxf), aoff, H, R_, address(uc), H, H, address(cpf), 0,"
-            " npc * NR, 0)",
-            "gemv(auxf, aoff, H, 1, R_, H, Uf, NHM * H * H, 1, H, H, cpf, 0, npc * NR, 0)",
-        ))
-        step.append(loops.call("_fwd2", binds + ["cpr_ = cp[bi_, 0:H]"],
-                               substitute(code.fwd2, fwd, ind)))
-    chunk_final = ["sT[1, r0_:r1_] = cw_"] if lstm else []
-
-    # ----------------------------------------------------------------- backward
-    bwd = dict(
-        common,
-        DH="(dyr_[j] + dhdr_[j] + dhrr_[j])",
-        DC="dcr_[j]",
-        DCPREV="dcr_[j]",
-        CPREV="cpv_[j]",
-        DRH="drhr_[j]",
-        **{"DX(k)": "dgx{k}_[j]", "DHB(k)": "dgh{k}_[j]", "DB(k)": "db{k}_[j]"},
-        DCAND="dgcr_[j]",
-        DHDIRECT="dhdr_[j]",
-        GPART="gpr_[j]",
-    )
-    b_alloc = list(const_alloc)
-    if tied:
-        b_alloc.append("gp_ = np.empty((R_, H), dtype=DT)")
-    if lstm:
-        b_alloc.append("dc_ = dsT[1, r0_:r1_].copy()")
-    bb = [f"g{k}_ = acts[t, row_, {k} * H:{k + 1} * H]" for k in range(plan.na)]
-    bb += ["au_ = aux[t, row_]", "hpv_ = hprev_[row_]", "dhdr_ = dhd_[bi_]"]
-    bb += [f"dgx{k}_ = dgx[t, row_, {k} * H:{k + 1} * H]" for k in range(plan.nx)]
-    bb += [f"dgh{k}_ = dgh[t, row_, {k} * H:{k + 1} * H]" for k in range(plan.nhm)]
-    bb += ["gpr_ = gp_[bi_]"] if tied else []
-    bb += [f"kg{a}_ = kg{a}_" for a in const]
-    bb += [f"db{k}_ = dbp[t, row_, {e} * H:{e + 1} * H]" for e, k in enumerate(apart)]
-    binds1 = bb + ["dyr_ = dy[t, row_]", "dhrr_ = dhr_[bi_, 0:H]", "dgcr_ = dgc[t, row_]"]
-    if lstm:
-        binds1 += ["dcr_ = dc_[bi_]", "cpv_ = cprev_[row_]"]
-    b_step = []
-    if lstm:
-        b_step.append("        cprev_ = s0[1] if t == 0 else aux[t - 1]")
-    b_step.append(loops.call("_bwd1", binds1, substitute(code.bwd1, bwd, ind)))
-    if code.bwd2:
-        # d(r * h) = dc_pre U_c, then the reset gate's gradient.
-        b_step.append("        coff = (t * B + r0_) * H")
-        b_step.append(_product(
-            "ccall(MMP, address(dgcf), coff, H, R_, address(uct), H, H, address(drhf), 0,"
-            " nph * NR, 0)",
-            "gemv(dgcf, coff, H, 1, R_, H, Uf, NHM * H * H, H, 1, H, drhf, 0, nph * NR, 0)",
-        ))
-        b_step.append(loops.call("_bwd2", bb + ["drhr_ = drh_[bi_, 0:H]"],
-                                 substitute(code.bwd2, bwd, ind)))
-    if plan.nhm:
-        b_step.append("        goff = (t * B + r0_) * GW * H")
-        b_step.append(_product(
-            "ccall(MMP, address(dghf), goff, GW * H, R_, address(ut), NHM * H, H, address(dhrf),"
-            " 0, nph * NR, 0)",
-            "gemv(dghf, goff, GW * H, 1, R_, NHM * H, Uf, 0, H, 1, H, dhrf, 0, nph * NR, 0)",
-        ))
-    b_chunk_final = ["ds0[1, r0_:r1_] = dc_"] if lstm else []
-
-    # ------------------------------------------------------------------ assemble
-    fwd_args, bwd_args = FORWARD_ARGS.fields(), BACKWARD_ARGS.fields("b_")
-    fields = dict(
-        **fwd_args, **bwd_args,
-        opts=OPTS, entry=ENTRY,
-        aux_lines=indent(
-            [f"auxf = {fwd_args['aux']}", "aux = auxf.reshape((TA, B, H))"]
-            if plan.uses_aux else [], 4),
-        prologue="",
-        alloc=indent(alloc, 4), step="\n".join(step), chunk_final=indent(chunk_final, 4),
-        b_aux_lines=indent(
-            [f"aux = {bwd_args['b_aux']}.reshape((T, B, H))"] if plan.uses_aux else [], 4),
-        b_alloc=indent(b_alloc, 4), b_step="\n".join(b_step),
-        b_chunk_final=indent(b_chunk_final, 4),
-        sym_gemm=cpu_runtime.runtime_symbol("gemm", dtype),
-        sym_pack=cpu_runtime.runtime_symbol("pack", dtype),
-        sym_mmp=cpu_runtime.runtime_symbol("mm_packed", dtype),
-        sym_run=cpu_runtime.runtime_symbol("run_chunks"),
-        sym_fwd="@FWD@", sym_bwd="@BWD@",
-        db_sum="\n".join(db_sum),
-    )
-    header = _HEADER.format(
-        name=variant.name, dtype=dtype, tag=cpu_runtime.TAG, nx=plan.nx, nhm=plan.nhm,
-        nh=plan.nh, na=plan.na, nb=plan.nb, ne=len(apart), s=plan.n_states,
-        nr=cpu_runtime.panel_width(dtype),
-        apart=int(before), pack_min=PACK_MIN_ROWS, alias=int(alias),
-        block_bytes=BLOCK_BYTES,
-        gw=plan.nx if alias else plan.nhm,
-    )
-    acts_src = (ACT_FAST if dtype == "float32" else ACT_EXACT).format(opts=OPTS)
-    text = header + acts_src + "".join(loops.defs) + _FORWARD.format(**fields)
-    # The per-variant symbols are named after the text itself, so two modules never
-    # share a name and a changed module never binds to an old symbol.
-    key = hashlib.sha256(text.encode()).hexdigest()[:20]
-    return text.replace("@FWD@", f"gruablate_k{key}_fwd").replace("@BWD@", f"gruablate_k{key}_bwd")
+    return _Printer(make_plan(variant), dtype).source()
 
 
 @cache
 def kernels(variant: Variant, dtype: str) -> ModuleType:
     """The compiled kernel module (``forward_train``, ``forward_infer``, ``backward``).
 
-    The runtime and per-variant symbols its entry points call are registered here,
-    before any entry point is compiled or loaded. Each entry point also asks for them on
-    load (``reload_init``), but Numba passes that list on only from callees compiled in
-    the same process: an entry point compiled beside a callee loaded from the cache
-    (``forward_infer`` beside ``_forward``, as two test workers filling one cache can
-    leave it) was cached with an empty list, and a later process that called it first
-    jumped through a null pointer.
+    The runtime and per-cell symbols its entry points call are registered here, before
+    any entry point is compiled or loaded. Each entry point also asks for them on load
+    (``reload_init``), but Numba passes that list on only from callees compiled in the
+    same process: an entry point compiled beside a callee loaded from the cache (as two
+    test workers filling one cache can leave it) was cached with an empty list, and a
+    later process that called it first jumped through a null pointer.
     """
     module = load_module(f"cpu_{dtype}", kernel_source(variant, dtype))
     for name in module.SYMBOLS:
@@ -661,4 +585,3 @@ def kernels(variant: Variant, dtype: str) -> ModuleType:
 def kernels_compiled(variant: Variant, dtype: str) -> bool:
     """Whether :func:`kernels` will load machine code rather than compile (10–30 s)."""
     return is_compiled(f"cpu_{dtype}", kernel_source(variant, dtype))
-

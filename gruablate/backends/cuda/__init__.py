@@ -1,8 +1,9 @@
 """The CUDA backend: ``numba.cuda`` kernels generated per variant, and a training step
 that stays on the device.
 
-- :mod:`.source`, :mod:`.train_source`: the kernel text (pure text, no GPU needed);
-  :mod:`.ir_source` prints an equations cell's from its graph, :mod:`.ir_layer` runs it;
+- :mod:`.cell_source` (each cell's kernels, printed from its graph), :mod:`.source`
+  (what they share, and the products), :mod:`.train_source`: the kernel text (pure
+  text, no GPU needed);
 - :mod:`.kernels`, :mod:`.train_kernels`: loading it as disk-cached modules, PTX, the
   shared products;
 - :mod:`.layer`: one layer (:class:`~.layer.CudaLayer`); :mod:`.model` and
@@ -48,12 +49,6 @@ class CudaBackend(Backend):
 
     def layer(self, plan: KernelPlan, dtype: str, input_size: int, hidden: int,
               params: np.ndarray, grads: np.ndarray) -> CudaLayer:
-        from ...cells.irplan import IRPlan
-
-        if isinstance(plan, IRPlan):  # an equations cell: kernels printed from its graph
-            from .ir_layer import CudaIRLayer
-
-            return CudaIRLayer(plan, dtype, input_size, hidden, params, grads)
         from .layer import CudaLayer
 
         return CudaLayer(plan, dtype, input_size, hidden, params, grads)
@@ -95,11 +90,7 @@ class CudaBackend(Backend):
         return fn, cuda.synchronize
 
     def kernel_source(self, variant: Variant, dtype: str) -> str:
-        from .kernels import is_printed_from_equations
-        from .source import DEFAULT_GEOMETRY, cell_source
+        from .cell_source import cell_source
+        from .source import DEFAULT_GEOMETRY
 
-        if is_printed_from_equations(variant):
-            from .ir_source import cell_source as ir_cell_source
-
-            return ir_cell_source(variant, dtype, DEFAULT_GEOMETRY)
         return cell_source(variant, dtype, DEFAULT_GEOMETRY)

@@ -1,18 +1,19 @@
 """The CUDA backend: ``numba.cuda`` kernels for every variant, forward and backward.
 
-The kernel text comes from :mod:`gruablate.backends.cuda.source` (the element-wise cell
-code of :mod:`cellgen` pasted into CUDA loop templates, like the CPU backend) and is
-loaded as a disk-cached module. The shape of the computation is that of the fast RNN
-libraries (cuDNN, haste):
+The kernel text comes from :mod:`.cell_source` (each cell's kernels, printed from its
+graph like the CPU backend's) and :mod:`.source` (the products and other kernels all
+cells share) and is loaded as a disk-cached module. The shape of the computation is
+that of the fast RNN libraries (cuDNN, haste):
 
 - forward: one tiled product ``x W^T`` for the input projections of all steps, then
-  one *persistent* cooperative kernel that loops over time; per step every block
-  computes tiles of the recurrent product and runs the fused gate code on them, and a
-  grid-wide sync separates the steps (no launch per step);
+  one *persistent* cooperative kernel that loops over time; per step and pass every
+  block computes its tiles of that pass's recurrent products and runs the pass's
+  element-wise statements on them, and a grid-wide sync separates the passes (no
+  launch per step);
 - backward: one persistent kernel walks time backwards, storing the pre-activation
-  gradients of every step; after it, one product each for ``dx``, ``dW`` and ``dU``
-  and a column sum for ``db`` (no float atomics anywhere);
-- a variant without recurrent weights (minGRU: linear in ``h``) runs as a scan over
+  gradients of every step; after it, one product each for ``dx``, ``dW`` and every
+  ``dU`` group, and a column sum per vector parameter (no float atomics anywhere);
+- a cell without recurrent weights (minGRU: linear in ``h``) runs as a scan over
   time, one thread per (batch row, hidden unit), with no synchronisation at all.
 
 This module loads the generated modules and launches the shared products;
@@ -30,51 +31,26 @@ from typing import Any
 
 from ...cells.spec import Variant
 from ..source import load_module
+from .cell_source import CELL_KERNELS, cell_signatures, cell_source
 from .device import geometry, numba_cuda
-from .source import (
-    CELL_KERNELS,
-    COMMON_KERNELS,
-    DEFAULT_GEOMETRY,
-    Geometry,
-    cell_source,
-    common_source,
-    signatures,
-)
+from .source import COMMON_KERNELS, DEFAULT_GEOMETRY, Geometry, common_source, signatures
 
-__all__ = ["blocks", "common_kernels", "compile_ptx", "ir_kernels", "kernels",
-           "launch_matmul", "module_ptx"]
+__all__ = ["blocks", "common_kernels", "compile_ptx", "kernels", "launch_matmul",
+           "module_ptx"]
 
 
 @cache
 def kernels(variant: Variant, dtype: str, geo: Geometry | None = None) -> ModuleType:
-    """The generated kernel module of a variant (``forward``, ``backward``); the kernels
-    compile lazily on first launch and are cached on disk."""
+    """The kernel module printed from a variant's cell (``forward``, ``backward``); the
+    kernels compile lazily on first launch and are cached on disk."""
     numba_cuda()
     geo = geo or geometry()
-    return load_module(f"cuda_{dtype}", cell_source(variant, dtype, geo))
-
-
-@cache
-def ir_kernels(variant: Variant, dtype: str, geo: Geometry | None = None) -> ModuleType:
-    """The kernel module printed from an equations cell (:mod:`.ir_source`)."""
-    from .ir_source import cell_source as ir_cell_source
-
-    numba_cuda()
-    geo = geo or geometry()
-    return load_module(f"cudaeq_{dtype}", ir_cell_source(variant, dtype, geo))
-
-
-def is_printed_from_equations(variant: Variant) -> bool:
-    """Whether ``variant``'s kernels come from :mod:`.ir_source` (an equations cell)."""
-    from ...cells.irplan import IRPlan
-    from ...cells.plan import make_plan
-
-    return isinstance(make_plan(variant), IRPlan)
+    return load_module(f"cudacell_{dtype}", cell_source(variant, dtype, geo))
 
 
 @cache
 def common_kernels(dtype: str, geo: Geometry | None = None) -> ModuleType:
-    """The variant-independent kernels (:data:`~.cuda_source.COMMON_KERNELS`)."""
+    """The variant-independent kernels (:data:`~.source.COMMON_KERNELS`)."""
     numba_cuda()
     geo = geo or geometry()
     return load_module(f"cudacommon_{dtype}", common_source(dtype, geo))
@@ -96,16 +72,11 @@ def compile_ptx(
     """
     cuda = numba_cuda()
     geo = geo or DEFAULT_GEOMETRY
-    sigs = signatures(dtype)
     if variant is None:
-        mod, names = common_kernels(dtype, geo), COMMON_KERNELS
-    elif is_printed_from_equations(variant):
-        from .ir_source import ir_signatures
-
-        mod, names, sigs = ir_kernels(variant, dtype, geo), CELL_KERNELS, ir_signatures(dtype)
-    else:
-        mod, names = kernels(variant, dtype, geo), CELL_KERNELS
-    return module_ptx(cuda, mod, names, sigs, cc)
+        return module_ptx(cuda, common_kernels(dtype, geo), COMMON_KERNELS,
+                          signatures(dtype), cc)
+    return module_ptx(cuda, kernels(variant, dtype, geo), CELL_KERNELS,
+                      cell_signatures(dtype), cc)
 
 
 def module_ptx(

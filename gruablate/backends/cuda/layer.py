@@ -1,10 +1,15 @@
 """One layer on the GPU: the CUDA backend's :class:`~gruablate.backends.base.LayerImpl`.
 
 Keeps the packed parameters (and a transposed copy of ``U`` for coalesced loads in the
-forward product), the packed gradients and the work buffers in device memory. The
-host entry points (``forward``, ``backward``) take and give host arrays, as the layer's
-API does; the device entry points (``forward_device``, ``backward_device``) take and
-give device arrays, for the device model runner and the benchmark.
+forward products), the packed gradients and the work buffers in device memory, and runs
+the kernels :mod:`.cell_source` prints from the cell's graph: the input products of all
+steps before the persistent kernel, and after the backward one product per weight
+matrix — ``dx = dgx W`` (plus the element-wise part of a cell that reads ``x`` itself),
+``dW = dgx^T x``, per group ``dU = dP^T operand`` — and a column sum per vector
+parameter from wherever its gradient terms were left. The host entry points
+(``forward``, ``backward``) take and give host arrays, as the layer's API does; the
+device entry points (``forward_device``, ``backward_device``) take and give device
+arrays, for the device model runner and the benchmark.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import numpy as np
 from ...cells.plan import KernelPlan
 from ...errors import CudaUnavailableError
 from .buffers import DeviceBuffers
+from .cell_source import CudaCellPrinter, cell_signatures
 from .device import geometry, require_cuda, simulator_enabled
 from .kernels import blocks, common_kernels, kernels, launch_matmul
-from .source import Geometry, signatures
+from .source import Geometry
 
 
 class CudaLayer:
@@ -27,6 +33,8 @@ class CudaLayer:
     def __init__(self, plan: KernelPlan, dtype: str, input_size: int, hidden: int,
                  params: np.ndarray, grads: np.ndarray) -> None:
         self.cuda = require_cuda()
+        #: what the printed kernels decided (buffers, aliases, where gradients go)
+        self.cell = CudaCellPrinter(plan)
         self.plan, self.dtype = plan, dtype
         self.input_size, self.hidden = input_size, hidden
         self.host_params, self.host_grads = params, grads
@@ -34,7 +42,7 @@ class CudaLayer:
         self.sim = simulator_enabled()
         self.dt = np.dtype(dtype)
         self.m = common_kernels(dtype, self.geo)
-        self._sigs = self._signatures(dtype)
+        self._sigs = cell_signatures(dtype)
         self._coop: dict[tuple[str, Geometry], int] = {}
         self.buffers = DeviceBuffers(self.cuda, self.dt)
         p = plan
@@ -67,15 +75,17 @@ class CudaLayer:
     @property
     def recurrent(self) -> bool:
         """Whether the kernels are persistent (a recurrent product), not a scan."""
-        return self.plan.nh > 0
+        return bool(self.plan.ir.groups)
 
     def _module(self, geo: Geometry) -> Any:
-        """The generated module of the layer's variant for launch geometry ``geo``."""
+        """The printed module of the layer's cell for launch geometry ``geo``."""
         return kernels(self.plan.variant, self.dtype, geo)
 
-    @staticmethod
-    def _signatures(dtype: str) -> dict[str, tuple]:
-        return signatures(dtype)
+    def _zeros(self, name: str, size: int) -> Any:
+        buf = self.buffers.get(name, size)
+        ew = self.geo.ew_threads
+        self.m.zero[blocks(buf.size, ew), ew](buf.size, buf)
+        return buf
 
     # ---------------------------------------------------------------- launches
     def _matmul(self, M, N, K, a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc) -> None:
@@ -130,43 +140,39 @@ class CudaLayer:
         sT = last.copy_to_host().reshape(s0.shape)
         return y, sT, (saved if keep else ())
 
-    def copy_last_state(self, saved: tuple, T: int, B: int, keep: bool, dst: Any) -> None:
-        """The last state after :meth:`forward_device` into ``dst``, flat (S, B, H)."""
-        hs, cs = saved[1], saved[2]
-        BH = B * self.hidden
-        dst[:BH].copy_to_device(hs[T * BH : (T + 1) * BH])
-        if self.plan.n_states == 2:
-            dst[BH:].copy_to_device(cs[T * BH : (T + 1) * BH] if keep else cs[:BH])
-
     def forward_device(self, xd: Any, s0d: Any, T: int, B: int, keep: bool) -> tuple:
-        """The forward pass on device arrays: ``xd`` the flat (T, B, I) input, ``s0d`` the
-        flat (S, B, H) initial state. Returns ``(xd, hs, cs, acts, aux)``, device arrays
-        with ``hs[B*H:]`` the flat output ``y`` (T, B, H) and ``hs[T*B*H:]`` the last
-        ``h``; the LSTM's last ``c`` is ``cs[T*B*H:]`` (``cs[:B*H]`` when not ``keep``).
-        They are cached buffers, overwritten by the next call."""
+        """The forward pass on device arrays (``xd`` flat (T, B, I), ``s0d`` flat
+        (S, B, H)). Returns ``(xd, ss, acts)``: ``ss[B*H:(T+1)*B*H]`` is the flat output
+        ``y`` and ``ss[T*B*H:(T+1)*B*H]`` the last ``h`` (cached buffers, overwritten by
+        the next call)."""
         p = self.plan
         I, H = self.input_size, self.hidden
-        BH = B * H
-        lstm = p.has_cell_state
+        BH, S = B * H, p.n_states
         xp = self.buffers.get("xp", T * B * p.nx * H)
-        # Input projections of all steps at once: (T*B, I) x (I, NX*H), W read transposed.
-        self._matmul(T * B, p.nx * H, I, xd, 0, I, 1, self.d_params, 0, 1, I, xp, 0, p.nx * H)
-        hs = self.buffers.get("hs", (T + 1) * BH)  # hs[0] = h0, hs[t + 1] = y_t
-        hs[:BH].copy_to_device(s0d[:BH])
-        if keep:
-            cs = self.buffers.get("cs", (T + 1) * BH if lstm else 1)
-            acts = self.buffers.get("acts", T * B * p.na * H)
-            aux = self.buffers.get("aux", T * BH if (p.uses_aux and not lstm) else 1)
-        else:  # one step's worth: inference keeps no history
-            cs = self.buffers.get("cs_inf", BH if lstm else 1)
-            acts = self.buffers.get("acts_inf", B * p.na * H)
-            aux = self.buffers.get("aux_inf", BH if (p.uses_aux and not lstm) else 1)
-        if lstm:
-            cs[:BH].copy_to_device(s0d[BH:])
-        self._launch_cell(
-            "forward", B, (T, B, H, int(keep), xp, self.d_b, self.d_UT, hs, cs, acts, aux)
-        )
-        return xd, hs, cs, acts, aux
+        if p.nx:  # the input products of all steps: (T*B, I) x (I, NX*H), W transposed
+            self._matmul(T * B, p.nx * H, I, xd, 0, I, 1, self.d_params, 0, 1, I, xp, 0,
+                         p.nx * H)
+        kept = T + 1 if keep else 2  # steps of the other states kept
+        ss = self.buffers.get("ss" if keep else "ss_inf", (T + 1) * BH + (S - 1) * kept * BH)
+        ss[:BH].copy_to_device(s0d[:BH])
+        for k in range(1, S):  # their step 0
+            at = (T + 1) * BH + (k - 1) * kept * BH
+            ss[at : at + BH].copy_to_device(s0d[k * BH : (k + 1) * BH])
+        acts = self.buffers.get("acts" if keep else "acts_inf",
+                                (T if keep else 1) * B * p.na * H)
+        pgb = self.buffers.get("pgb", B * p.nu * H)
+        self._launch_cell("forward", B, (T, B, H, int(keep), xp, self.d_b, self.d_UT, ss,
+                                         acts, pgb, xd if p.ir.reads_x else self._dummy))
+        return xd, ss, acts
+
+    def copy_last_state(self, saved: tuple, T: int, B: int, keep: bool, dst: Any) -> None:
+        ss = saved[1]
+        BH, S = B * self.hidden, self.plan.n_states
+        dst[:BH].copy_to_device(ss[T * BH : (T + 1) * BH])
+        kept, last = (T + 1, T) if keep else (2, T % 2)
+        for k in range(1, S):
+            at = (T + 1) * BH + ((k - 1) * kept + last) * BH
+            dst[k * BH : (k + 1) * BH].copy_to_device(ss[at : at + BH])
 
     # --------------------------------------------------------------- backward
     def backward(self, saved: tuple, dy: np.ndarray, dsT: np.ndarray):
@@ -183,44 +189,75 @@ class CudaLayer:
         )
 
     def backward_device(self, saved: tuple, dyd: Any, dsTd: Any, T: int, B: int) -> tuple:
-        """Backward on device arrays after :meth:`forward_device` with ``keep``: ``dyd``
-        flat (T, B, H), ``dsTd`` flat (S, B, H). Returns device ``(dx, ds0)`` and leaves
-        the packed weight gradients in :attr:`d_grads`."""
-        p = self.plan
-        xd, hs, cs, acts, aux = saved
+        """Backward on device arrays after :meth:`forward_device` with ``keep``.
+        Returns device ``(dx, ds0)`` and leaves the packed weight gradients in
+        :attr:`d_grads`."""
+        p, cell = self.plan, self.cell
+        ir = p.ir
+        xd, ss, acts = saved
         I, H = self.input_size, self.hidden
-        BH, TB = B * H, T * B
-        lstm = p.has_cell_state
-        nxh, nhmh = p.nx * H, p.nhm * H
-        before = p.reset_before
-        dgx = self.buffers.get("dgx", TB * nxh)
-        dgh = self.buffers.get("dgh", TB * nhmh)
-        dgc = self.buffers.get("dgc", TB * H if before else 1)
-        dgb = self.buffers.get("dgb", TB * p.nb * H)
-        # The kernel updates dhd and dc in place: copies, not the caller's dsT.
-        dhd = self.buffers.get("dhd", BH)
-        dhd.copy_to_device(dsTd[:BH])
-        dc = self.buffers.get("dc", BH if lstm else 1)
-        if lstm:
-            dc.copy_to_device(dsTd[BH:])
-        gp = self.buffers.get("gp", BH if p.carries_gate_part else 1)
-        ds0 = self.buffers.get("ds0", p.n_states * BH)
-        self._launch_cell(
-            "backward",
-            B,
-            (T, B, H, self.d_U, hs, cs, acts, aux, dyd, dgx, dgh, dgc, dgb, dhd, dc, gp, ds0),
-        )
+        BH, TB, S = B * H, T * B, p.n_states
+        nxh = p.nx * H
+        buf = self.buffers
+        # Gradients no pass writes must read as zeros (their parameters do not matter).
+        get = lambda name, n, zero: (self._zeros if zero else buf.get)(name, n)  # noqa: E731
+        dgx = get("dgx", TB * nxh, cell.zero_filled("dgx"))
+        dP = get("dP", TB * cell.dp_blocks * H,
+                 any(cell.zero_filled("dP", g) for g in cell.dp_offset))
+        dbp = get("dbp", TB * len(cell.apart) * H, cell.zero_filled("dbp"))
+        xab = buf.get("xab", len(cell.xadj) * BH)
+        dq = buf.get("dq", len(ir.groups) * BH)
+        dcar = buf.get("dcar", 2 * S * BH)
+        at = ((T - 1) % 2) * S * BH  # the carried gradient on the states of step T - 1
+        dcar[at : at + S * BH].copy_to_device(dsTd)
+        dxe = self._zeros("dxe", TB * H) if ir.reads_x else self._dummy
+        ds0 = buf.get("ds0", S * BH)
+        self._launch_cell("backward", B, (T, B, H, self.d_U, self.d_b, ss, acts,
+                                          xd if ir.reads_x else self._dummy, dyd, dgx, dP,
+                                          dbp, xab, dq, dcar, dxe, ds0))
         # Input and weight gradients: one product each over all steps.
-        dx = self.buffers.get("dx", TB * I)
-        self._matmul(TB, I, nxh, dgx, 0, nxh, 1, self.d_params, 0, I, 1, dx, 0, I)
         g = self.d_grads
-        self._matmul(nxh, I, TB, dgx, 0, 1, nxh, xd, 0, I, 1, g, 0, I)
-        if nhmh:  # dU_main = dgh^T [h_0 .. h_{T-1}]
-            self._matmul(nhmh, H, TB, dgh, 0, 1, nhmh, hs, 0, H, 1, g, self.n_w, H)
-        if before and p.candidate_sees_h:  # dU_c = dgc^T (r * h)
-            self._matmul(H, H, TB, dgc, 0, 1, H, aux, 0, H, 1, g, self.n_w + nhmh * H, H)
-        nbh = p.nb * H
-        self.m.colsum[blocks(nbh, self.geo.jt), self.geo.threads](
-            TB, nbh, dgb, 0, nbh, g, self.n_w + self.n_u
-        )
+        if p.nx:
+            dx = buf.get("dx", TB * I)
+            self._matmul(TB, I, nxh, dgx, 0, nxh, 1, self.d_params, 0, I, 1, dx, 0, I)
+            self._matmul(nxh, I, TB, dgx, 0, 1, nxh, xd, 0, I, 1, g, 0, I)
+        else:  # x is read element-wise only
+            dx = self._zeros("dx", TB * I)
+        if ir.reads_x:
+            ew = self.geo.ew_threads
+            self.m.addto[blocks(TB * H, ew), ew](TB * H, dxe, dx)
+        for group in ir.groups:
+            k, n = group.index, len(group.blocks)
+            a, col, ld = self._dp_rows(k, TB, dgx, dP)
+            s = ir.group_state(group)
+            if s is None:  # the operand kept in a slot of every step
+                b, b_off, ldb = acts, ir.slot(group.operand) * H, p.na * H
+            else:  # the states before each step: steps 0..T-1 of its history
+                b, b_off, ldb = ss, cell.state_index[s] * (T + 1) * BH, H
+            self._matmul(n * H, H, TB, a, col, 1, ld, b, b_off, ldb, 1, g,
+                         self.n_w + cell.offset[k] * H * H, H)
+        for v in ir.vec_names:  # vector parameters: column sums over every step and row
+            src, col, ld = self._vec_rows(v, TB, dgx, dP, dbp)
+            self.m.colsum[blocks(H, self.geo.jt), self.geo.threads](
+                TB, H, src, col, ld, g, self.n_w + self.n_u + p.v_index(v) * H)
         return dx, ds0
+
+    def _dp_rows(self, g: int, TB: int, dgx: Any, dP: Any) -> tuple[Any, int, int]:
+        """``(array, offset, row stride)`` of group ``g``'s product gradient rows."""
+        cell, H = self.cell, self.hidden
+        if g in cell.alias:
+            return dgx, cell.alias[g] * H, self.plan.nx * H
+        n = len(self.plan.ir.groups[g].blocks)
+        return dP, cell.dp_offset[g] * TB * H, n * H
+
+    def _vec_rows(self, v: str, TB: int, dgx: Any, dP: Any, dbp: Any
+                  ) -> tuple[Any, int, int]:
+        """``(array, offset, row stride)`` of vector ``v``'s gradient terms."""
+        cell, H = self.cell, self.hidden
+        src = cell.vec_source[v]
+        if src[0] == "dgx":
+            return dgx, src[1] * H, self.plan.nx * H
+        if src[0] == "dbp":
+            return dbp, src[1] * H, len(cell.apart) * H
+        array, off, ld = self._dp_rows(src[1], TB, dgx, dP)
+        return array, off + src[2] * H, ld

@@ -1,30 +1,24 @@
-"""Source generation for the CUDA kernels (pure text: importing this needs no GPU).
+"""Source generation shared by the CUDA kernels (pure text: importing this needs no GPU).
 
-Like :mod:`gruablate.backends.cpu.kernels`, the CUDA backend pastes the element-wise cell code of
-:mod:`gruablate.cells.cellgen` into loop templates, one module per (variant, dtype,
-launch geometry); :mod:`gruablate.backends.cuda.kernels` loads the text as a disk-cached module.
-Keeping the text generation here, away from ``numba.cuda``, lets the tests and the docs
-read the generated source on a machine without numba-cuda.
+The CUDA backend's kernels are text, loaded by :mod:`gruablate.backends.cuda.kernels` as
+disk-cached modules; keeping the text generation away from ``numba.cuda`` lets the
+tests and the docs read the generated source on a machine without numba-cuda. This
+module holds what every generated module shares: the launch :class:`Geometry`, the
+header, the argument types (:func:`signatures`), the tile machinery of the persistent
+kernels (:func:`_product`, the workspace, the tile loop, launch bounds) and the
+``common`` module, one per dtype and geometry, shared by all cells:
 
-Two modules are generated per dtype and geometry:
+``matmul`` and ``matmul_big``
+    shared-memory tiled products ``C = A B`` of strided operands read from flat arrays
+    (numba-cuda has no cuBLAS binding), 64² and 128² outputs per block;
+``ksum``
+    the slices of a product split along k, added;
+``colsum``
+    column sums (the vector-parameter gradients, reduced without atomics);
+``transpose``; ``zero`` and ``addto`` (``dst += src``) on flat buffers.
 
-``common`` (shared by all variants)
-    ``matmul`` and ``matmul_big`` — shared-memory tiled products ``C = A B`` of strided
-    operands read from flat arrays (numba-cuda has no cuBLAS binding), 64² and 128²
-    outputs per block; ``ksum`` — the slices of a product split along k, added;
-    ``colsum`` — column sums (the bias gradients, reduced without atomics);
-    ``transpose``; ``zero`` and ``addto`` (``dst += src``) on flat buffers.
-
-``cell`` (one per variant)
-    ``forward`` (training or, with ``keep = 0``, inference: one kernel, so one
-    compilation) and ``backward``, with the same signatures for every variant. When
-    the variant has a recurrent weight they are *persistent* cooperative kernels:
-    one launch loops over time, each block owning tiles of
-    (batch rows × hidden units) of the recurrent product and the fused gate pass that
-    follows it, with a grid-wide sync between dependent phases. When it has none
-    (minGRU: the recurrence is linear in ``h`` and nothing crosses hidden units) the
-    kernels are a scan over time, one thread per (batch row, hidden unit), with no
-    sync at all.
+A cell's own ``forward`` and ``backward`` kernels are printed from its graph by
+:mod:`.cell_source`.
 
 All arrays are flat (1-D, C-contiguous) device arrays and all sizes are ``int64``, so
 every kernel has exactly one signature per dtype (:func:`signatures`), which the tests
@@ -36,11 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from functools import cache
 
-from ...cells.cellgen import generate
-from ...cells.plan import KernelPlan, make_plan
-from ...cells.spec import Variant
 from ...vocabulary import DTYPES
-from ..source import substitute
 
 
 @dataclass(frozen=True)
@@ -154,30 +144,8 @@ SIM_GEOMETRY = Geometry(
     mm_split_k=4, ew_threads=4
 )
 
-CELL_KERNELS = ("forward", "backward")
 COMMON_KERNELS = ("matmul", "matmul_big", "colsum", "transpose", "ksum", "zero", "addto")
 
-# Argument lists, identical for every variant (unused arrays get a 1-element dummy).
-_FORWARD_ARGS = ("T", "B", "H", "keep", "xp", "b", "UT", "hs", "cs", "acts", "aux")
-_BACKWARD_ARGS = (
-    "T",
-    "B",
-    "H",
-    "U",
-    "hs",
-    "cs",
-    "acts",
-    "aux",
-    "dy",
-    "dgx",
-    "dgh",
-    "dgc",
-    "dgb",
-    "dhd",
-    "dc",
-    "gp",
-    "ds0",
-)
 _MATMUL_ARGS = (
     "M",
     "N",
@@ -197,8 +165,6 @@ _MATMUL_ARGS = (
     "czs",
 )
 _ARGS = {
-    "forward": _FORWARD_ARGS,
-    "backward": _BACKWARD_ARGS,
     "matmul": _MATMUL_ARGS,
     "matmul_big": _MATMUL_ARGS,
     "colsum": ("R", "N", "src", "s_off", "lds", "dst", "d_off"),
@@ -241,8 +207,7 @@ def signatures(dtype: str, table: dict[str, tuple[str, ...]] | None = None,
                ints: frozenset[str] = _INT_ARGS) -> dict[str, tuple]:
     """The one argument-type tuple of every kernel, for ``compile_ptx`` and launches:
     ``int64`` for the arguments named in ``ints``, flat ``dtype`` arrays for the rest.
-    ``table`` gives each kernel's argument names (default: the switch and common
-    kernels')."""
+    ``table`` gives each kernel's argument names (default: the common kernels')."""
     from numba.core import types
 
     if dtype not in DTYPES:
@@ -264,12 +229,6 @@ class _Code:
     def __call__(self, *lines: str) -> None:
         for line in lines:
             self.lines.append("    " * self.level + line if line else "")
-
-    def block(self, text: str) -> None:
-        """Append already indented text (from :func:`substitute`) at the current level."""
-        pad = "    " * self.level
-        for line in text.split("\n"):
-            self.lines.append(pad + line)
 
     def indent(self) -> None:
         self.level += 1
@@ -496,16 +455,15 @@ def common_source(dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
     return c.text()
 
 
-# ------------------------------------------------------------------------ cell
+# ------------------------------------------------------------- cell kernels
 def _product(
     c: _Code, G: int, a: str, a_off: str, lda: str, bm: str, col: str, ldb: str, K: str,
-    store: str = "hps[q_m * GJT + q_g * JTC + q_n]", guard: str = "",
+    store: str, guard: str = "",
 ) -> None:
-    """Emit one tile of a recurrent product into the shared array ``hps`` (or into
-    ``store``, an element of block ``q_g`` at the thread's ``(bi, j)``, where ``guard``
-    holds).
+    """Emit one tile of a recurrent product into ``store``, an element of block ``q_g``
+    at the thread's ``(bi, j)``, where ``guard`` holds:
 
-    ``hps[m*GJT + g*JTC + n] = sum_k a[a_off + (r0+m)*lda + k] * bm[col + g*H + j0+n + k*ldb]``
+    ``store = sum_k a[a_off + (r0+m)*lda + k] * bm[col + g*H + j0+n + k*ldb]``
     for the tile's batch rows ``r0 + m`` and hidden units ``j0 + n`` (``g < G`` selects
     a gate's block of columns). Warp ``q_w`` sums the ``k`` of its slice for all BM rows,
     G groups and JC columns per lane (``q_l``, ``q_l + JT``, ...) in the local arrays
@@ -569,130 +527,11 @@ def _product(
     )
 
 
-def _consts(plan: KernelPlan, geo: Geometry) -> list[str]:
-    g = max(plan.nhm, 1)
-    return [
-        f"NX = {plan.nx}",
-        f"NH = {plan.nh}",
-        f"NHM = {plan.nhm}",
-        f"NA = {plan.na}",
-        f"NB = {plan.nb}",
-        # Shared and local array shapes must be literal constants for numba.
-        f"GJT = {g * geo.tile_cols}",
-        f"HPS_N = {geo.bm * g * geo.tile_cols}",
-        f"PART_N = {geo.nw * geo.bm * geo.tile_cols}",
-        f"ACC_N = {geo.bm * g * geo.jc}",
-        f"YK_N = {geo.ku * g * geo.jc}",
-        f"XK_N = {geo.ku * geo.bm}",
-    ]
-
-
-def _rows(c: _Code, backward: bool) -> None:
-    """Row bases of the current (t, bi) in the flat buffers.
-
-    Training keeps every step (``acts``, ``aux``, the LSTM cell ``cs`` are (T, B, ·));
-    inference (``keep == 0``) overwrites one step's worth, (B, ·).
-    """
-    c(
-        "hrow = (t * B + bi) * H",
-        "xrow = (t * B + bi) * NXH",
-        "srow = bi * H",
-    )
-    if backward:
-        c(
-            "arow = (t * B + bi) * NAH",
-            "grow = (t * B + bi) * NHMH",
-            "brow = (t * B + bi) * NBH",
-            "krow = hrow",
-            "orow = hrow + BH",
-        )
-    else:
-        # keep is 0 or 1: arithmetic instead of branches keeps the kernel's control
-        # flow graph (and numba's compile time) small.
-        c(
-            "arow = (keep * t * B + bi) * NAH",
-            "krow = (keep * t * B + bi) * H  # hrow, or srow in inference",
-            "orow = (keep * (t + 1) * B + bi) * H  # hrow + BH, or srow in inference",
-        )
-
-
-def _table(plan: KernelPlan, backward: bool, recurrent: bool) -> dict[str, str]:
-    """Placeholder substitutions of :mod:`cellgen` for one kernel."""
-    lstm = plan.has_cell_state
-    t = {
-        "XP(k)": "xp[xrow + {k} * H + j]",
-        "HP(k)": "hps[q_m * GJT + {k} * JTC + q_n]",
-        "CP": "hps[q_m * GJT + q_n]",
-        "B(k)": "b[{k} * H + j]",
-        "HPREV": "hs[hrow + j]",
-        "G(k)": "acts[arow + {k} * H + j]",
-        "HOUT": "hs[hrow + BH + j]",
-        "SIGMOID": "SIGMOID_",  # expanded inline by _cell(): see there
-        "TANH": "math.tanh",
-        # c_{t-1} and c_t of the LSTM; aux is r * h or U_c h + b_hc otherwise.
-        "AUX": "cs[orow + j]" if lstm else "aux[krow + j]",
-        "CPREV": "cs[krow + j]",
-        "COUT": "cs[orow + j]",
-    }
-    if backward:
-        dhr = " + hps[q_m * GJT + q_n]" if recurrent and plan.nhm else ""
-        t.update(
-            {
-                "DH": f"(dy[hrow + j] + dhd[srow + j]{dhr})",
-                "DC": "dc[srow + j]",
-                "DCPREV": "dc[srow + j]",
-                "DRH": "hps[q_m * GJT + q_n]",
-                "DX(k)": "dgx[xrow + {k} * H + j]",
-                "DHB(k)": "dgh[grow + {k} * H + j]",
-                "DCAND": "dgc[hrow + j]",
-                "DB(k)": "dgb[brow + {k} * H + j]",
-                "DHDIRECT": "dhd[srow + j]",
-                "GPART": "gp[srow + j]",
-            }
-        )
-    return t
-
-
-def _cell(lines: list[str], table: dict[str, str]) -> str:
-    """Substitute the placeholders and expand ``SIGMOID_(e)`` to ``ONE / (ONE + exp(-(e)))``.
-
-    The sigmoid is written out rather than called as a ``cuda.jit(device=True)``
-    function: numba-cuda compiles a device function for the GPU it finds, so calling
-    one would make ``compile_ptx`` fail on a machine without a GPU.
-    """
-    out = []
-    for line in substitute(lines, table, "").split("\n"):
-        while "SIGMOID_(" in line:
-            start = line.index("SIGMOID_(")
-            i, depth = start + len("SIGMOID_("), 1
-            while depth:
-                depth += {"(": 1, ")": -1}.get(line[i], 0)
-                i += 1
-            inner = line[start + len("SIGMOID_(") : i - 1]
-            line = f"{line[:start]}(ONE / (ONE + math.exp(-({inner})))){line[i:]}"
-        out.append(line)
-    return "\n".join(out)
-
-
-def _prelude(c: _Code, recurrent: bool) -> None:
-    c(
-        "BH = B * H",
-        "NXH = NX * H",
-        "NAH = NA * H",
-        "NHMH = NHM * H",
-        "NHH = NH * H",
-        "NBH = NB * H",
-    )
-    if recurrent:
-        _tile_workspace(c)
-
-
 def _tile_workspace(c: _Code) -> None:
     """The persistent kernels' grid, the products' shared and local arrays, and which
     tile element each thread owns in the element-wise passes."""
     c(
         "grid = cuda.cg.this_grid()",
-        "hps = cuda.shared.array(HPS_N, NBT)",
         "part = cuda.shared.array(PART_N, NBT)",
         "q_acc = cuda.local.array(ACC_N, NBT)",
         "q_y = cuda.local.array(YK_N, NBT)",
@@ -739,136 +578,3 @@ def _tile_loop(c: _Code) -> None:
         "    j = j0 + q_n",
     )
     c.indent()
-
-
-def _item(c: _Code, backward: bool, body: str, extra: tuple[str, ...] = ()) -> None:
-    c("if q_w < BMC and bi < B and j < H:")
-    c.indent()
-    _rows(c, backward)
-    c(*extra)
-    c.block(body)
-    c.dedent()
-
-
-@cache
-def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
-    """Module text of the ``forward`` and ``backward`` kernels of a variant."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    plan = make_plan(variant)
-    code = generate(plan)
-    recurrent = plan.nh > 0
-    lstm = plan.has_cell_state
-    c = _Code()
-    c(*_header("cell", f"variant {variant.name!r}", dtype, geo))
-    c(*_consts(plan, geo))
-    _launch_bounds(c, recurrent)
-
-    # ------------------------------------------------------------------ forward
-    tab = _table(plan, False, recurrent)
-    c("", "", "@cuda.jit(cache=True, **BOUNDS)", f"def forward({', '.join(_FORWARD_ARGS)}):")
-    c.indent()
-    c(
-        '"""Forward over T steps: hs[t + 1] = h_t (hs[0] holds h_0), the gate values in',
-        "acts and r * h, U_c h + b_hc or the LSTM cell in aux / cs; every step's when",
-        'keep is 1 (training), only the current step\'s when it is 0 (inference)."""',
-    )
-    _prelude(c, recurrent)
-    if not recurrent:
-        # Scan over time: nothing crosses hidden units, so one thread per (bi, j)
-        # walks the sequence; h_{t-1} is what the same thread wrote a step before.
-        _scan_head(c, False)
-        _rows(c, False)
-        c.block(_cell(code.fwd1, tab))
-        c.dedent()
-        c.dedent()
-    else:
-        c("for t in range(T):")
-        c.indent()
-        _tile_loop(c)
-        if plan.nhm:
-            _product(c, plan.nhm, "hs", "t * BH", "H", "UT", "0", "NHH", "H")
-        _item(c, False, _cell(code.fwd1, tab))
-        c("cuda.syncthreads()  # hps is reused by the next tile")
-        c.dedent()
-        c("grid.sync()  # h_t (or r * h) complete before anyone reads a whole row")
-        if code.fwd2:
-            _tile_loop(c)
-            # The candidate's product on r * h, which needed every gate of the row.
-            _product(c, 1, "aux", "keep * t * BH", "H", "UT", "NHMH", "NHH", "H")
-            _item(c, False, _cell(code.fwd2, tab))
-            c("cuda.syncthreads()")
-            c.dedent()
-            c("grid.sync()")
-        c.dedent()
-    c.dedent()
-
-    # ------------------------------------------------------------------ backward
-    tab = _table(plan, True, recurrent)
-    zero_db = tuple(f"dgb[brow + {k} * H + j] = ZERO  # DB(k) accumulates" for k in range(plan.nb))
-    c("", "", "@cuda.jit(cache=True, **BOUNDS)", f"def backward({', '.join(_BACKWARD_ARGS)}):")
-    c.indent()
-    c(
-        '"""Backward through time: the pre-activation gradients of every step (dgx, dgh,',
-        "dgc, dgb) for the weight products after the loop, the state gradient into ds0.",
-        'dhd (the direct part of dh) and dc arrive holding the gradient on the last state."""',
-    )
-    _prelude(c, recurrent)
-    if not recurrent:
-        _scan_head(c, True)
-        _rows(c, True)
-        c(*zero_db)
-        c.block(_cell(code.bwd1, tab))
-        c.dedent()
-        c("ds0[bi * H + j] = dhd[bi * H + j]")
-        if lstm:
-            c("ds0[BH + bi * H + j] = dc[bi * H + j]")
-        c.dedent()
-        c.dedent()
-        return c.text()
-    # Step t first forms the recurrent part of dh_t, dgh_{t+1} U (a product over the
-    # whole of dgh_{t+1}: hence the grid sync closing each step); the extra pass
-    # t = -1 forms dgh_0 U, the gradient into h_0.
-    c("for t in range(T - 1, -2, -1):")
-    c.indent()
-    _tile_loop(c)
-    if plan.nhm:
-        c("if t + 1 < T:")
-        c.indent()
-        _product(c, 1, "dgh", "(t + 1) * B * NHMH", "NHMH", "U", "0", "H", "NHMH")
-        c.dedent()
-        c("else:")
-        c("    if q_w < BMC:")
-        c("        hps[q_m * GJT + q_n] = ZERO")
-        c("    cuda.syncthreads()")
-    c("if q_w < BMC and bi < B and j < H:")
-    c.indent()
-    c("if t >= 0:")
-    c.indent()
-    _rows(c, True)
-    c(*zero_db)
-    c.block(_cell(code.bwd1, tab))
-    c.dedent()
-    c("else:")
-    dhr = " + hps[q_m * GJT + q_n]" if plan.nhm else ""
-    c(f"    ds0[bi * H + j] = dhd[bi * H + j]{dhr}")
-    if lstm:
-        c("    ds0[BH + bi * H + j] = dc[bi * H + j]")
-    c.dedent()
-    c("cuda.syncthreads()")
-    c.dedent()
-    c("grid.sync()")
-    if code.bwd2:
-        c("if t >= 0:")
-        c.indent()
-        _tile_loop(c)
-        # d(r * h) = dc_pre U_c: needs the candidate gradient of the whole row.
-        _product(c, 1, "dgc", "t * BH", "H", "U", "NHMH * H", "H", "H")
-        _item(c, True, _cell(code.bwd2, tab))
-        c("cuda.syncthreads()")
-        c.dedent()
-        c("grid.sync()")
-        c.dedent()
-    c.dedent()
-    c.dedent()
-    return c.text()

@@ -1,18 +1,20 @@
 """CUDA kernels printed from a cell's graph (:mod:`gruablate.cells.ir`): pure text.
 
-The shape is that of the switch kernels (:mod:`.source`): one tiled product for the
-input projections of all steps before the loop; one *persistent* cooperative kernel
-that walks time, every block owning tiles of (batch rows × hidden units); and after
-the backward one product per weight matrix and a column sum per vector parameter. A
-step is the cell's passes (:class:`~gruablate.cells.ir.Pass`): before pass ``p`` each
-tile computes the products of the groups of round ``p − 1`` on its rows and columns
-(into ``pgb``, the step's product results, read by whichever later pass needs them),
-then runs the pass's element-wise statements; a grid-wide sync separates passes,
-because the next round's products read whole rows. Backward, each step runs the passes
-last first; before pass ``p`` a tile forms the transposed products of round ``p``
-(``dq = dP U``: the gradient on a computed operand), and before the last pass those of
-round 0 from the step after (the gradient the next step's products send back to the
-states). A cell without recurrent products is a scan: one thread per (row, unit).
+Every variant is printed here, a switch spec through the graph of the equations it
+renders. The shape is that of the fast RNN libraries (cuDNN, haste): one tiled product
+(:mod:`.source`'s ``common`` module) for the input projections of all steps before the
+loop; one *persistent* cooperative kernel that walks time, every block owning tiles of
+(batch rows × hidden units); and after the backward one product per weight matrix and
+a column sum per vector parameter. A step is the cell's passes
+(:class:`~gruablate.cells.ir.Pass`): before pass ``p`` each tile computes the products
+of the groups of round ``p − 1`` on its rows and columns (into ``pgb``, the step's
+product results, read by whichever later pass needs them), then runs the pass's
+element-wise statements; a grid-wide sync separates passes, because the next round's
+products read whole rows. Backward, each step runs the passes last first; before pass
+``p`` a tile forms the transposed products of round ``p`` (``dq = dP U``: the gradient
+on a computed operand), and before the last pass those of round 0 from the step after
+(the gradient the next step's products send back to the states). A cell without
+recurrent products is a scan: one thread per (row, unit).
 
 The statements come from :class:`~gruablate.cells.irprint.CellPrinter`, the same as the
 CPU backend's; this module says where each element lives on the device. Buffers
@@ -37,9 +39,8 @@ from __future__ import annotations
 
 from functools import cache
 
-from ...cells.irplan import IRPlan
 from ...cells.irprint import CellPrinter
-from ...cells.plan import make_plan
+from ...cells.plan import KernelPlan, make_plan
 from ...cells.spec import Variant
 from ...vocabulary import DTYPES
 from .source import (
@@ -60,9 +61,10 @@ FORWARD_ARGS = ("T", "B", "H", "keep", "xp", "b", "UT", "ss", "acts", "pgb", "x"
 BACKWARD_ARGS = ("T", "B", "H", "U", "b", "ss", "acts", "x", "dy", "dgx", "dP", "dbp",
                  "xab", "dq", "dcar", "dxe", "ds0")
 ARGS = {"forward": FORWARD_ARGS, "backward": BACKWARD_ARGS}
+CELL_KERNELS = tuple(ARGS)
 
 
-def ir_signatures(dtype: str) -> dict[str, tuple]:
+def cell_signatures(dtype: str) -> dict[str, tuple]:
     """The argument types of the printed ``forward`` and ``backward``."""
     return signatures(dtype, ARGS, _INT_ARGS | {"keep"})
 
@@ -79,7 +81,7 @@ class _Lines:
 class CudaCellPrinter(CellPrinter):
     """Where each location of :mod:`~gruablate.cells.irprint` lives in the kernels."""
 
-    def __init__(self, plan: IRPlan) -> None:
+    def __init__(self, plan: KernelPlan) -> None:
         super().__init__(plan)
         ir = self.ir
         #: each group's first block in ``pgb`` and ``U``
@@ -204,8 +206,6 @@ def _consts(pr: CudaCellPrinter, geo: Geometry) -> list[str]:
         f"NE = {len(pr.apart)}  # vector parameters whose gradient terms are kept apart",
         f"S = {plan.n_states}  # states",
         # Shared and local array shapes must be literal constants for numba.
-        "GJT = 1",
-        "HPS_N = 1",
         f"PART_N = {geo.nw * geo.bm * geo.tile_cols}",
         f"ACC_N = {geo.bm * g * geo.jc}",
         f"YK_N = {geo.ku * g * geo.jc}",
@@ -251,18 +251,17 @@ def _dq_product(c: _Code, pr: CudaCellPrinter, g: int, step: str) -> None:
 
 @cache
 def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
-    """Module text of the ``forward`` and ``backward`` kernels of an equations cell."""
+    """Module text of the ``forward`` and ``backward`` kernels of ``variant``'s cell."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     plan = make_plan(variant)
-    assert isinstance(plan, IRPlan), "switch variants have source.cell_source"
     pr = CudaCellPrinter(plan)
     ir = pr.ir
     recurrent = bool(ir.groups)
     n_passes = len(ir.passes)
     c = _Code()
     c(*_header("cell", "the equations of a cell", dtype, geo,
-               source="gruablate.backends.cuda.ir_source"), "HALF = DT(0.5)")
+               source="gruablate.backends.cuda.cell_source"), "HALF = DT(0.5)")
     c(*_consts(pr, geo))
     _launch_bounds(c, recurrent)
     guard = f"q_w < BMC{_GUARD}"
