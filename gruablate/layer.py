@@ -15,7 +15,14 @@ import math
 import numpy as np
 
 from .backends import BACKENDS, Backend, LayerImpl, get_backend
-from .backends.state import State, check_array, pack_state, unpack_state
+from .backends.state import (
+    State,
+    check_array,
+    check_lengths,
+    pack_state,
+    reverse_index,
+    unpack_state,
+)
 from .cells.catalogue import get_variant
 from .cells.plan import KernelPlan, make_plan
 from .cells.spec import Variant
@@ -76,6 +83,7 @@ class RecurrentLayer:
         self.impl: LayerImpl = backend_.layer(p, self.dtype, I, H, self.flat_params,
                                               self.flat_grads)
         self._saved: tuple | None = None
+        self._steps: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def param_count(self) -> int:
@@ -110,14 +118,21 @@ class RecurrentLayer:
                           self.dtype)
 
     # ------------------------------------------------------------------- run
-    def forward(self, x: np.ndarray, state: State = None, *, keep: bool = True,
-                copy: bool = True):
+    def forward(self, x: np.ndarray, state: State = None, *, lengths=None,
+                reverse: bool = False, keep: bool = True, copy: bool = True):
         """Run the layer over a sequence.
 
         ``x`` is (T, B, I) in the layer's dtype; ``state`` the initial ``h`` (B, H), or
         ``(h, c)`` for the LSTM family, or None for zeros. Returns ``(y, last_state)``
         with ``y`` (T, B, H) every step's ``h``. With ``keep=True`` (default) the
         activations are kept for :meth:`backward`; ``keep=False`` is inference only.
+
+        ``lengths`` (B integers in ``[0, T]``) marks each row's real steps of a padded
+        ``x``: past row ``b``'s first ``lengths[b]`` steps its outputs are zero and its
+        states do not change, so ``last_state`` is each row's state after its own last
+        step (as ``nn.GRU`` gives on a packed sequence). ``reverse=True`` runs each
+        row's real steps last to first (its padding stays at the end) and returns the
+        outputs in the input's order: the reverse direction of a bidirectional layer.
 
         :meth:`backward` reads ``x`` and ``y`` again, so by default the layer keeps its
         own copies and the caller may change either in place. ``copy=False`` skips the
@@ -133,14 +148,23 @@ class RecurrentLayer:
         given = x
         x = self._check_array("x", x, (T, B, self.input_size))
         s0 = self._state_array("state", state, B)
-        y, sT, saved = self.impl.forward(x, s0, keep)
+        lens = None if lengths is None else check_lengths(lengths, T, B)
+        self._steps = None  # the step order of a reversed run (its own inverse)
+        if reverse:
+            self._steps = (reverse_index(T, np.full(B, T) if lens is None else lens),
+                           np.arange(B))
+            x = x[self._steps]  # a copy: the caller's x is not read again
+        # Backends without sequence lengths are asked only for whole sequences.
+        more = () if lens is None else (lens,)
+        y, sT, saved = self.impl.forward(x, s0, keep, *more)
+        out = y if self._steps is None else y[self._steps]
         if not keep:
             self._saved = None
-            return y, unpack_state(sT)
-        if copy and np.may_share_memory(x, given):  # bounds only: cheap, never misses
-            x = x.copy()  # the caller may overwrite its x before backward
+            return out, unpack_state(sT)
+        if copy and self._steps is None and np.may_share_memory(x, given):
+            x = x.copy()  # the caller may overwrite its x before backward (bounds only)
         self._saved = (x, s0, y, *saved)
-        return (y.copy() if copy else y), unpack_state(sT)
+        return (out.copy() if copy and self._steps is None else out), unpack_state(sT)
 
     def backward(self, dy: np.ndarray, dlast_state: State = None):
         """Backpropagate through time after a :meth:`forward` with ``keep=True``.
@@ -155,7 +179,11 @@ class RecurrentLayer:
         x, s0, y = self._saved[:3]
         dy = self._check_array("dy", dy, y.shape)
         dsT = self._state_array("dlast_state", dlast_state, y.shape[1])
+        if self._steps is not None:
+            dy = dy[self._steps]
         dx, ds0 = self.impl.backward(self._saved, dy, dsT)
+        if self._steps is not None:
+            dx = dx[self._steps]
         return dx, unpack_state(ds0), self.grads
 
     def to(self, backend: str | Backend) -> RecurrentLayer:

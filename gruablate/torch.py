@@ -1,17 +1,23 @@
 """Any gruablate cell inside a PyTorch model: :class:`Recurrent`, an ``nn.Module``.
 
-``Recurrent("mgu", 32, 64, num_layers=2)`` is shaped like ``nn.GRU`` (``forward(x,
-state=None) -> (y, last_state)``, ``batch_first``), its ``nn.Parameter``s carry the
-spec's names (``cells.0.W_f``, ``cells.0.U_c``, ``cells.0.b_f``, ...), and
-``torch.optim`` trains it like any module. Each layer is a ``torch.autograd.Function``
-around the same Numba CPU kernels :class:`~gruablate.RecurrentLayer` runs, forward and
-backward through time, on CPU tensors of float32 or float64; the inputs and outputs
-cross as NumPy views of the tensors (no copies), and the activations a backward pass
-needs stay with the autograd graph, so several forward passes may precede one
-``backward()``.
+``Recurrent("mgu", 32, 64, num_layers=2, bidirectional=True)`` is shaped like
+``nn.GRU`` (``forward(x, state=None, lengths=None) -> (y, last_state)``,
+``batch_first``, ``dropout`` between layers, ``PackedSequence`` input), its
+``nn.Parameter``s carry the spec's names (``cells.0.W_f``, ``cells.0.U_c``, and
+``cells_reverse.0.W_f`` for the reverse direction), and ``torch.optim`` trains it like
+any module. Each layer and direction is a ``torch.autograd.Function`` around the same
+Numba CPU kernels :class:`~gruablate.RecurrentLayer` runs, forward and backward through
+time, on CPU tensors of float32 or float64; the inputs and outputs cross as NumPy views
+of the tensors (no copies), and the activations a backward pass needs stay with the
+autograd graph, so several forward passes may precede one ``backward()``.
 
-What this bridge does not do yet (the PyTorch-bridge issue lists it): CUDA tensors,
-sequence lengths and packed sequences, bidirectional layers, dropout and zoneout.
+Sequence lengths (``lengths=``, or a ``PackedSequence``): a row's states stop changing
+after its last step and its outputs there are zero, as ``nn.GRU`` gives on packed input;
+the kernels skip those steps. The reverse direction reads each row's own steps
+backwards (its padding stays at the end), as PyTorch's bidirectional layers do.
+
+What this bridge does not do yet (the PyTorch-bridge issue lists it): CUDA tensors and
+zoneout.
 
 torch is an optional dependency (the ``torch`` extra), imported only here. Import
 ``torch`` before running any gruablate kernel: PyTorch's wheel ships an OpenMP library
@@ -29,11 +35,12 @@ import numpy as np
 try:
     import torch
     from torch import nn
+    from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 except ModuleNotFoundError:  # pragma: no cover - the extra is not installed
     raise ModuleNotFoundError(
         "gruablate.torch needs PyTorch: pip install torch (the 'torch' extra)") from None
 
-from .backends.state import check_array
+from .backends.state import check_array, check_lengths, reverse_index
 from .cells.catalogue import get_variant
 from .cells.spec import Variant
 from .layer import RecurrentLayer
@@ -60,11 +67,12 @@ class _LayerFunction(torch.autograd.Function):
     """One layer over a whole sequence: the CPU kernels' forward and backward."""
 
     @staticmethod
-    def forward(ctx, engine: RecurrentLayer, names: tuple[str, ...], x, s0, *params):
+    def forward(ctx, engine: RecurrentLayer, names: tuple[str, ...],
+                lengths: np.ndarray | None, x, s0, *params):
         _load_params(engine, names, params)
         x_np = _host_input(engine, x)
         s0_np = s0.detach().numpy()
-        y, sT, saved = engine.impl.forward(x_np, s0_np, True)
+        y, sT, saved = engine.impl.forward(x_np, s0_np, True, lengths)
         y_t, sT_t = torch.from_numpy(y), torch.from_numpy(sT)
         ctx.engine, ctx.names = engine, names
         ctx.kernel_saved = (x_np, s0_np, y, *saved)
@@ -86,11 +94,11 @@ class _LayerFunction(torch.autograd.Function):
         _load_params(engine, ctx.names, ctx.saved_tensors[2:])
         dx, ds0 = engine.impl.backward(ctx.kernel_saved, dy_np, dsT_np)
         grads = [torch.from_numpy(engine.grads[name].copy()) for name in ctx.names]
-        return (None, None, torch.from_numpy(dx), torch.from_numpy(ds0), *grads)
+        return (None, None, None, torch.from_numpy(dx), torch.from_numpy(ds0), *grads)
 
 
 class _Cell(nn.Module):
-    """One layer's parameters, named as the spec names them."""
+    """One layer's parameters in one direction, named as the spec names them."""
 
     def __init__(self, engine: RecurrentLayer, dtype: torch.dtype) -> None:
         super().__init__()
@@ -100,17 +108,30 @@ class _Cell(nn.Module):
             value = torch.from_numpy(engine.params[name].copy()).to(dtype)
             self.register_parameter(name, nn.Parameter(value))
 
-    def forward(self, x, s0):
+    def forward(self, x, s0, lengths: np.ndarray | None):
         params = [getattr(self, n) for n in self.names]
         if torch.is_grad_enabled() and (x.requires_grad or s0.requires_grad
                                         or any(p.requires_grad for p in params)):
-            return _LayerFunction.apply(self.engine, self.names, x, s0, *params)
+            return _LayerFunction.apply(self.engine, self.names, lengths, x, s0, *params)
         # Nothing to differentiate (torch.no_grad(), inference_mode, frozen weights):
         # the inference kernels, which keep no activations.
         _load_params(self.engine, self.names, params)
         y, sT, _ = self.engine.impl.forward(_host_input(self.engine, x),
-                                            s0.detach().numpy(), False)
+                                            s0.detach().numpy(), False, lengths)
         return torch.from_numpy(y), torch.from_numpy(sT)
+
+
+def _gather_steps(a: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``a[index[t, b], b]`` for (T, B, F) ``a``: differentiable, a copy."""
+    return torch.gather(a, 0, index.unsqueeze(-1).expand(-1, -1, a.shape[2]))
+
+
+def _repack(y: torch.Tensor, like: PackedSequence) -> PackedSequence:
+    """The padded (T, B, F) ``y`` as a ``PackedSequence`` laid out as ``like``."""
+    ys = y if like.sorted_indices is None else y.index_select(1, like.sorted_indices)
+    data = torch.cat([ys[t, :n] for t, n in enumerate(like.batch_sizes.tolist())])
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices,
+                          like.unsorted_indices)
 
 
 class Recurrent(nn.Module):
@@ -122,8 +143,15 @@ class Recurrent(nn.Module):
         A built-in name, a spec file or a :class:`~gruablate.Variant`.
     input_size, hidden_size, num_layers:
         As for ``nn.GRU``.
+    bidirectional:
+        Each layer also runs the sequence backwards with parameters of its own
+        (``cells_reverse``); the two directions' outputs are concatenated, forward
+        first, so the next layer and ``y`` have ``2 * hidden_size`` features.
     batch_first:
         Inputs and outputs as (B, T, features) instead of (T, B, features).
+    dropout:
+        Dropout on the outputs of every layer but the last, in training mode (as
+        ``nn.GRU``; drawn from torch's generator).
     dtype:
         ``torch.float32`` (default) or ``torch.float64``.
     seed:
@@ -131,61 +159,76 @@ class Recurrent(nn.Module):
         LSTM forget bias); by default drawn from ``torch``'s generator, so
         ``torch.manual_seed`` makes it reproducible.
 
-    ``forward(x, state=None)`` returns ``(y, last_state)``: ``y`` every step's top-layer
-    ``h``; the state is ``h`` of shape (num_layers, B, H), or ``(h, c)`` for the LSTM
-    family, as ``nn.GRU`` and ``nn.LSTM`` give them.
+    ``forward(x, state=None, lengths=None)`` returns ``(y, last_state)``: ``y`` every
+    step's top-layer output (a ``PackedSequence`` when ``x`` is one); the state is ``h``
+    of shape (num_layers · directions, B, H), or ``(h, c)`` for the LSTM family, as
+    ``nn.GRU`` and ``nn.LSTM`` give them (layer ``k``'s reverse direction at index
+    ``2k + 1``). ``lengths`` (B integers, at most T) marks each row's real steps of a
+    padded ``x``; past them a row's outputs are zero and its states stay as they were.
     """
 
     def __init__(self, variant: str | Variant, input_size: int, hidden_size: int,
-                 num_layers: int = 1, *, batch_first: bool = False,
+                 num_layers: int = 1, *, bidirectional: bool = False,
+                 batch_first: bool = False, dropout: float = 0.0,
                  dtype: torch.dtype = torch.float32, seed: int | None = None) -> None:
         super().__init__()
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not (
+                0.0 <= dropout < 1.0):
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.variant = get_variant(variant)
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.num_layers = positive_int("num_layers", num_layers)
+        self.bidirectional = bool(bidirectional)
         self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
         self.dtype = dtype
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-        seeds = np.random.SeedSequence(seed).spawn(self.num_layers)
-        self.cells = nn.ModuleList(
-            _Cell(RecurrentLayer(self.variant, input_size if k == 0 else hidden_size,
-                                 hidden_size, seed=int(s.generate_state(1)[0]),
-                                 dtype=_DTYPES[dtype]), dtype)
-            for k, s in enumerate(seeds))
+        D = self.directions
+        seeds = iter(np.random.SeedSequence(seed).spawn(self.num_layers * D))
+
+        def cell(k: int) -> _Cell:
+            size = input_size if k == 0 else D * hidden_size
+            engine = RecurrentLayer(self.variant, size, hidden_size,
+                                    seed=int(next(seeds).generate_state(1)[0]),
+                                    dtype=_DTYPES[dtype])
+            return _Cell(engine, dtype)
+
+        cells = [[cell(k) for _ in range(D)] for k in range(self.num_layers)]
+        self.cells = nn.ModuleList(c[0] for c in cells)
+        if self.bidirectional:
+            self.cells_reverse = nn.ModuleList(c[1] for c in cells)
+
+    @property
+    def directions(self) -> int:
+        """2 for a bidirectional module, else 1."""
+        return 2 if self.bidirectional else 1
+
+    def _cell(self, layer: int, direction: int) -> _Cell:
+        return (self.cells if direction == 0 else self.cells_reverse)[layer]
 
     @classmethod
     def from_torch(cls, module: nn.GRU | nn.LSTM) -> Recurrent:
-        """A :class:`Recurrent` computing exactly what a unidirectional ``nn.GRU``
-        (→ ``gru_reset_after``) or ``nn.LSTM`` (→ ``lstm``) of any depth computes, with
-        its weights (mapped layer by layer as :func:`gruablate.interop.from_torch` maps
-        one layer)."""
-        from .interop import from_torch
+        """A :class:`Recurrent` computing exactly what an ``nn.GRU`` (→
+        ``gru_reset_after``) or ``nn.LSTM`` (→ ``lstm``) of any depth, either direction,
+        computes, with its weights (mapped as :func:`gruablate.interop.from_torch` maps
+        one layer and direction) and its ``batch_first`` and ``dropout``."""
+        from .interop import stack_from_torch
 
-        if not isinstance(module, nn.GRU | nn.LSTM):
-            raise ValueError(f"from_torch takes a torch.nn.GRU or torch.nn.LSTM, got"
-                             f" {type(module).__name__}")
-        if module.bidirectional:
-            raise ValueError("a bidirectional module has no Recurrent counterpart yet")
-        dtype = module.weight_ih_l0.dtype
-        layers = []
-        for k in range(module.num_layers):
-            one = type(module)(module.input_size if k == 0 else module.hidden_size,
-                               module.hidden_size, bias=module.bias, dtype=dtype)
-            with torch.no_grad():
-                for part in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh")
-                                                          if module.bias else ()):
-                    getattr(one, f"{part}_l0").copy_(getattr(module, f"{part}_l{k}"))
-            layers.append(from_torch(one))
-        out = cls(layers[0].variant, module.input_size, module.hidden_size,
-                  module.num_layers, batch_first=module.batch_first, dtype=dtype)
+        stack = stack_from_torch(module)
+        out = cls(stack[0][0].variant, module.input_size, module.hidden_size,
+                  module.num_layers, bidirectional=module.bidirectional,
+                  batch_first=module.batch_first, dropout=module.dropout,
+                  dtype=module.weight_ih_l0.dtype)
         with torch.no_grad():
-            for cell, layer in zip(out.cells, layers, strict=True):
-                for name in cell.names:
-                    getattr(cell, name).copy_(torch.from_numpy(layer.params[name]))
+            for k, directions in enumerate(stack):
+                for d, layer in enumerate(directions):
+                    cell = out._cell(k, d)
+                    for name in cell.names:
+                        getattr(cell, name).copy_(torch.from_numpy(layer.params[name]))
         return out
 
     @property
@@ -195,24 +238,34 @@ class Recurrent(nn.Module):
         return len(self.variant.state_names) > 1
 
     def _initial(self, state: Any, B: int, like: torch.Tensor) -> list[torch.Tensor]:
-        """Each layer's (S, B, H) initial state from the user's ``h`` or ``(h, c, ...)``."""
-        L, H, S = self.num_layers, self.hidden_size, len(self.variant.state_names)
+        """Each layer and direction's (S, B, H) initial state from the user's ``h`` or
+        ``(h, c, ...)``."""
+        N, H, S = self.num_layers * self.directions, self.hidden_size, \
+            len(self.variant.state_names)
         if state is None:
-            return [like.new_zeros((S, B, H)) for _ in range(L)]
+            return [like.new_zeros((S, B, H)) for _ in range(N)]
         parts = state if self._several_states else (state,)
         if self._several_states and not (isinstance(state, tuple | list) and len(state) == S):
             raise ValueError(f"the state of this Recurrent is a tuple"
                              f" ({', '.join(self.variant.state_names)})")
         for name, p in zip(self.variant.state_names, parts, strict=True):
-            if not isinstance(p, torch.Tensor) or tuple(p.shape) != (L, B, H):
+            if not isinstance(p, torch.Tensor) or tuple(p.shape) != (N, B, H):
                 got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
-                raise ValueError(f"state {name} must be a tensor of shape {(L, B, H)},"
+                raise ValueError(f"state {name} must be a tensor of shape {(N, B, H)},"
                                  f" got {got}")
             if p.dtype != self.dtype or p.device.type != "cpu":
                 raise ValueError(f"state {name} must be a CPU tensor of {self.dtype}")
-        return [torch.stack([p[k] for p in parts]) for k in range(L)]
+        return [torch.stack([p[k] for p in parts]) for k in range(N)]
 
-    def forward(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+    def _input(self, x: Any, lengths: Any) -> tuple[torch.Tensor, np.ndarray | None,
+                                                   PackedSequence | None]:
+        """``(h, lengths, packed)``: the (T, B, I) input, the checked lengths (None: every
+        row runs all T steps) and the ``PackedSequence`` it came from, if any."""
+        packed = x if isinstance(x, PackedSequence) else None
+        if packed is not None:
+            if lengths is not None:
+                raise ValueError("give lengths or a PackedSequence, not both")
+            x, lengths = pad_packed_sequence(packed)
         if not isinstance(x, torch.Tensor) or x.dim() != 3:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must be a 3-D tensor, got {got}")
@@ -220,21 +273,51 @@ class Recurrent(nn.Module):
             raise ValueError("gruablate.torch.Recurrent runs on CPU tensors only (for now)")
         if x.dtype != self.dtype:
             raise ValueError(f"x has dtype {x.dtype} but the module is {self.dtype}")
-        h = x.transpose(0, 1) if self.batch_first else x
+        h = x.transpose(0, 1) if self.batch_first and packed is None else x
         if h.shape[0] < 1 or h.shape[1] < 1 or h.shape[2] != self.input_size:
             raise ValueError(f"x must be (T, B, {self.input_size}) with T, B >= 1"
                              f"{' (batch_first: B, T, I)' if self.batch_first else ''},"
                              f" got {tuple(x.shape)}")
-        h = h.contiguous()
+        if lengths is not None:
+            if isinstance(lengths, torch.Tensor):
+                lengths = lengths.detach().cpu().numpy()
+            lengths = check_lengths(lengths, h.shape[0], h.shape[1])
+        return h.contiguous(), lengths, packed
+
+    def forward(self, x: torch.Tensor | PackedSequence, state: Any = None,
+                lengths: Any = None) -> tuple[torch.Tensor | PackedSequence, Any]:
+        h, lens, packed = self._input(x, lengths)
+        T, B = h.shape[0], h.shape[1]
+        D = self.directions
+        backwards = None
+        if self.bidirectional:
+            full = np.full(B, T, dtype=np.int64) if lens is None else lens
+            backwards = torch.from_numpy(reverse_index(T, full))
+        initial = self._initial(state, B, h)
         last = []
-        for cell, s0 in zip(self.cells, self._initial(state, h.shape[1], h), strict=True):
-            h, sT = cell(h, s0.contiguous())
-            last.append(sT)
-        y = h.transpose(0, 1) if self.batch_first else h
-        stacked = torch.stack(last, dim=1)  # (S, L, B, H)
+        for k in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                s0 = initial[k * D + d].contiguous()
+                if d == 0:
+                    y, sT = self._cell(k, 0)(h, s0, lens)
+                else:  # each row's steps backwards, then back in order
+                    y, sT = self._cell(k, 1)(_gather_steps(h, backwards), s0, lens)
+                    y = _gather_steps(y, backwards)
+                outs.append(y)
+                last.append(sT)
+            h = outs[0] if D == 1 else torch.cat(outs, dim=2)
+            if self.dropout and self.training and k < self.num_layers - 1:
+                h = nn.functional.dropout(h, self.dropout, training=True)
+        if packed is not None:
+            y = _repack(h, packed)
+        else:
+            y = h.transpose(0, 1) if self.batch_first else h
+        stacked = torch.stack(last, dim=1)  # (S, L·D, B, H)
         return y, (tuple(stacked) if self._several_states else stacked[0])
 
     def extra_repr(self) -> str:
         return (f"{self.variant.name!r}, {self.input_size}, {self.hidden_size},"
-                f" num_layers={self.num_layers}, batch_first={self.batch_first},"
+                f" num_layers={self.num_layers}, bidirectional={self.bidirectional},"
+                f" batch_first={self.batch_first}, dropout={self.dropout},"
                 f" dtype={self.dtype}")

@@ -8,7 +8,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from gruablate import RecurrentLayer  # noqa: E402
-from gruablate.interop import from_torch, to_torch  # noqa: E402
+from gruablate.interop import (  # noqa: E402
+    from_torch,
+    stack_from_torch,
+    stack_to_torch,
+    to_torch,
+)
 
 GATES = {"GRU": ("r", "u", "c"), "LSTM": ("i", "f", "g", "o")}
 
@@ -97,7 +102,38 @@ def test_to_torch_round_trip(name):
 def test_interop_refuses_what_does_not_map():
     with pytest.raises(ValueError, match="no PyTorch counterpart"):
         to_torch(RecurrentLayer("gru", 2, 2))
-    with pytest.raises(ValueError, match="single-layer unidirectional"):
-        from_torch(torch.nn.GRU(2, 2, num_layers=2))
+    with pytest.raises(ValueError, match=r"layer must be an integer in \[0, 2\)"):
+        from_torch(torch.nn.GRU(2, 2, num_layers=2), layer=2)
+    with pytest.raises(ValueError, match="direction must be 0 for this module"):
+        from_torch(torch.nn.GRU(2, 2), direction=1)
+    with pytest.raises(ValueError, match="layer 1 does not fit the stack"):
+        stack_to_torch([RecurrentLayer("lstm", 2, 3), RecurrentLayer("lstm", 2, 3)])
     with pytest.raises(ValueError, match="takes a torch.nn.GRU or torch.nn.LSTM"):
         from_torch(torch.nn.RNN(2, 2))
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_a_stack_of_any_depth_and_direction_runs_and_round_trips(kind):
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(3)
+    module = getattr(torch.nn, kind)(3, 4, num_layers=2, bidirectional=True)
+    stack = stack_from_torch(module)
+    assert [len(s) for s in stack] == [2, 2]
+    assert stack[0][0].input_size == 3 and stack[1][1].input_size == 8
+    x = np.random.default_rng(2).standard_normal((5, 3, 3)).astype(np.float32)
+    lengths = np.array([5, 2, 4])
+    packed = pack_padded_sequence(torch.tensor(x), torch.tensor(lengths), enforce_sorted=False)
+    with torch.no_grad():
+        want = pad_packed_sequence(module(packed)[0])[0].numpy()
+    h = x
+    for forward, backward in stack:  # PyTorch's stack: both directions, concatenated
+        h = np.concatenate([forward.forward(h, lengths=lengths, keep=False)[0],
+                            backward.forward(h, lengths=lengths, reverse=True,
+                                             keep=False)[0]], axis=2)
+    np.testing.assert_allclose(h, want, rtol=1e-5, atol=1e-6)
+    back = stack_to_torch(stack)
+    assert back.num_layers == 2 and back.bidirectional
+    with torch.no_grad():
+        again = pad_packed_sequence(back(packed)[0])[0].numpy()
+    np.testing.assert_allclose(again, want, rtol=1e-5, atol=1e-6)

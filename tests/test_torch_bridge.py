@@ -1,10 +1,12 @@
 """``gruablate.torch.Recurrent``: gruablate's cells as a PyTorch module.
 
 Oracles: ``torch.autograd.gradcheck`` in float64 (our backward against central
-differences of our forward, for every built-in variant, two layers, a given initial
-state); ``nn.GRU``/``nn.LSTM`` with the same weights (outputs, last states and every
-gradient); and a small model trained with ``torch.optim.Adam`` beside the same model
-built on an MGU cell written in plain PyTorch from ``docs/VARIANTS.md``.
+differences of our forward, for every built-in variant, two bidirectional layers,
+rows of different lengths, a given initial state); ``nn.GRU``/``nn.LSTM`` with the same
+weights (outputs, last states and every gradient, also bidirectional on a
+``PackedSequence`` of mixed lengths); and a small model trained with
+``torch.optim.Adam`` beside the same model built on an MGU cell written in plain
+PyTorch from ``docs/VARIANTS.md``.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ torch = pytest.importorskip("torch")
 
 from conftest import BUILTINS, input_size  # noqa: E402
 
+import gruablate  # noqa: E402
 from gruablate.torch import Recurrent  # noqa: E402
 
 
 def _state(module, B, requires_grad=True):
-    L, H = module.num_layers, module.hidden_size
+    L, H = module.num_layers * module.directions, module.hidden_size
     gen = torch.Generator().manual_seed(3)
     parts = [torch.randn(L, B, H, generator=gen, dtype=module.dtype).requires_grad_(
         requires_grad) for _ in module.variant.state_names]
@@ -49,24 +52,29 @@ def _variant(name):
 
 
 @pytest.mark.parametrize("name", BUILTINS + list(EQUATIONS))
-def test_gradcheck_every_variant_two_layers(name):
+def test_gradcheck_every_variant_two_bidirectional_layers_with_lengths(name):
     torch.manual_seed(0)
     I = input_size(_variant(name), 3, 4)
-    module = Recurrent(_variant(name), I, 4, num_layers=2, dtype=torch.float64)
-    x = torch.randn(3, 2, I, dtype=torch.float64, requires_grad=True)
-    state = _state(module, 2)
+    # MUT1, MUT2, SRU read x element-wise (I = H): a second layer would take 2H inputs.
+    layers = 1 if gruablate.get_variant(_variant(name)).input_must_equal_hidden else 2
+    module = Recurrent(_variant(name), I, 4, num_layers=layers, bidirectional=True,
+                       dtype=torch.float64)
+    x = torch.randn(4, 3, I, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([4, 2, 1])  # a whole row, a short one, a single step
+    state = _state(module, 3)
     params = list(module.parameters())
 
     def run(x, *inputs):
         n = len(module.variant.state_names)
         st = tuple(inputs[:n]) if n > 1 else inputs[0]
-        y, last = module(x, st)
+        y, last = module(x, st, lengths=lengths)
         return (y, *last) if isinstance(last, tuple) else (y, last)
 
     inputs = (x, *(state if isinstance(state, tuple) else (state,)))
     assert torch.autograd.gradcheck(run, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
     # and the parameters' gradients, through the module's own nn.Parameters
-    y, _ = module(x, state)
+    y, _ = module(x, state, lengths=lengths)
+    assert not y[2:, 1].any() and not y[1:, 2].any()  # zeros past each row's length
     (y * torch.cos(y)).sum().backward()
     for p in params:
         assert p.grad is not None and torch.isfinite(p.grad).all()
@@ -76,24 +84,24 @@ def test_gradcheck_every_variant_two_layers(name):
         base = p.detach().clone()
 
         def one(v, p=p):
-            return _with_param(module, p, v, x.detach(), inputs[1:])
+            return _with_param(module, p, v, x.detach(), inputs[1:], lengths)
 
         assert torch.autograd.gradcheck(one, (base.clone().requires_grad_(True),),
                                         eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-def _with_param(module, p, v, x, state_inputs):
+def _with_param(module, p, v, x, state_inputs, lengths=None):
     """The module's outputs as a function of one parameter's value ``v``."""
     name = next(n for n, q in module.named_parameters() if q is p)
-    cell_index, pname = name.split(".")[1], name.split(".")[2]
-    cell = module.cells[int(cell_index)]
+    stack, cell_index, pname = name.split(".")
+    cell = getattr(module, stack)[int(cell_index)]
     saved = getattr(cell, pname)
     try:
         delattr(cell, pname)
         setattr(cell, pname, v)  # a plain tensor in the parameter's place
         n = len(module.variant.state_names)
         st = tuple(s.detach() for s in state_inputs)
-        y, last = module(x, st if n > 1 else st[0])
+        y, last = module(x, st if n > 1 else st[0], lengths=lengths)
     finally:
         delattr(cell, pname)
         cell.register_parameter(pname, saved)
@@ -196,10 +204,94 @@ def test_a_model_trains_like_the_same_model_on_a_plain_pytorch_cell():
 
 
 def test_from_torch_refuses_what_it_cannot_map():
-    with pytest.raises(ValueError, match="bidirectional"):
-        Recurrent.from_torch(torch.nn.GRU(2, 3, bidirectional=True))
     with pytest.raises(ValueError, match="torch.nn.GRU or torch.nn.LSTM"):
         Recurrent.from_torch(torch.nn.RNN(2, 3))
+    with pytest.raises(ValueError, match="proj_size"):
+        Recurrent.from_torch(torch.nn.LSTM(2, 3, proj_size=2))
+
+
+def _pieces(module, y, last, xi, st):
+    """Outputs, last states, and the input, state and every parameter gradient."""
+    states = last if isinstance(last, tuple) else (last,)
+    inputs = st if isinstance(st, tuple) else (st,)
+    return ([y.detach()] + [s.detach() for s in states] + [xi.grad]
+            + [s.grad for s in inputs])
+
+
+@pytest.mark.parametrize("name, cls", [("gru_reset_after", "GRU"), ("lstm", "LSTM")])
+def test_same_as_pytorch_bidirectional_on_a_packed_sequence(name, cls):
+    from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+    torch.manual_seed(4)
+    peer = getattr(torch.nn, cls)(5, 6, num_layers=2, bidirectional=True,
+                                  dtype=torch.float64)
+    ours = Recurrent.from_torch(peer)
+    assert ours.variant.name == name and ours.bidirectional and ours.directions == 2
+    lengths = torch.tensor([7, 2, 5, 1, 5])  # unsorted, a tie
+    x = torch.randn(7, 5, 5, dtype=torch.float64)
+    state = _state(ours, 5, requires_grad=False)
+    got = []
+    for module in (peer, ours):
+        xi = x.clone().requires_grad_(True)
+        st = tuple(s.clone().requires_grad_(True) for s in state) if isinstance(
+            state, tuple) else state.clone().requires_grad_(True)
+        packed = pack_padded_sequence(xi, lengths, enforce_sorted=False)
+        y, last = module(packed, st)
+        assert isinstance(y, PackedSequence)
+        torch.testing.assert_close(y.batch_sizes, packed.batch_sizes)
+        torch.testing.assert_close(y.sorted_indices, packed.sorted_indices)
+        loss = (y.data * torch.sin(y.data)).sum() + sum(
+            (s**2).sum() for s in (last if isinstance(last, tuple) else (last,)))
+        loss.backward()
+        got.append(_pieces(module, y.data, last, xi, st))
+    for a, b in zip(got[1], got[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    order = ("r", "u", "c") if cls == "GRU" else ("i", "f", "g", "o")
+    H = 6
+    for k in range(2):
+        for d, suffix in enumerate(("", "_reverse")):
+            cell = ours._cell(k, d)
+            w_ih = getattr(peer, f"weight_ih_l{k}{suffix}").grad
+            w_hh = getattr(peer, f"weight_hh_l{k}{suffix}").grad
+            for j, g in enumerate(order):
+                rows = slice(j * H, (j + 1) * H)
+                torch.testing.assert_close(getattr(cell, f"W_{g}").grad, w_ih[rows],
+                                           rtol=1e-9, atol=1e-11)
+                torch.testing.assert_close(getattr(cell, f"U_{g}").grad, w_hh[rows],
+                                           rtol=1e-9, atol=1e-11)
+
+
+def test_lengths_on_a_padded_batch_equal_the_packed_sequence():
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(7)
+    module = Recurrent("mgu", 3, 4, num_layers=2, bidirectional=True, batch_first=True,
+                       dtype=torch.float64)
+    lengths = torch.tensor([2, 5, 3])
+    x = torch.randn(3, 5, 3, dtype=torch.float64)
+    y, h = module(x, lengths=lengths)
+    assert y.shape == (3, 5, 8) and h.shape == (4, 3, 4)
+    yp, hp = module(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+    torch.testing.assert_close(pad_packed_sequence(yp, batch_first=True)[0], y)
+    torch.testing.assert_close(hp, h)
+
+
+def test_dropout_between_layers_in_training_only():
+    torch.manual_seed(8)
+    module = Recurrent("gru", 3, 16, num_layers=2, dropout=0.5, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    module.eval()
+    plain = module(x)[0]
+    module.train()
+    torch.manual_seed(9)
+    a = module(x)[0]
+    torch.manual_seed(9)
+    b = module(x)[0]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)  # torch's generator draws the masks
+    assert not torch.allclose(a, plain)
+    one = Recurrent("gru", 3, 16, num_layers=1, dropout=0.5, dtype=torch.float64)
+    one.train()
+    torch.testing.assert_close(one(x)[0], one.eval()(x)[0])  # no layer above: none
 
 
 def test_bad_inputs_are_refused_with_one_line():
@@ -218,6 +310,12 @@ def test_bad_inputs_are_refused_with_one_line():
         Recurrent("gru", 3, 4, dtype=torch.float16)
     with pytest.raises(ValueError, match="num_layers must be a positive integer"):
         Recurrent("gru", 3, 4, num_layers=0)
+    with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\)"):
+        Recurrent("gru", 3, 4, dropout=1.0)
+    with pytest.raises(ValueError, match=r"lengths must be in \[0, 2\]"):
+        module(torch.zeros(2, 1, 3), lengths=torch.tensor([3]))
+    with pytest.raises(ValueError, match="one length per batch row"):
+        module(torch.zeros(2, 1, 3), lengths=[1, 2])
 
 
 def test_an_in_place_change_before_backward_is_an_error_not_a_wrong_gradient():

@@ -47,10 +47,13 @@ class LayerImpl(Protocol):
     and writes the weight gradients into the gradient buffer.
     """
 
-    def forward(self, x: np.ndarray, s0: np.ndarray, keep: bool
-                ) -> tuple[np.ndarray, np.ndarray, tuple]:
+    def forward(self, x: np.ndarray, s0: np.ndarray, keep: bool,
+                lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, tuple]:
         """``x`` (T, B, I) and ``s0`` (S, B, H) to ``(y, sT, saved)``: ``y`` (T, B, H), the
-        last state (S, B, H), and what :meth:`backward` needs (empty unless ``keep``)."""
+        last state (S, B, H), and what :meth:`backward` needs (empty unless ``keep``).
+        ``lengths`` (B,) int64, when given, is each row's number of real steps: past it
+        the row's outputs are zero and its states carry over unchanged (a backend that
+        cannot do this raises a ``ValueError`` saying so)."""
         ...
 
     def backward(self, saved: tuple, dy: np.ndarray, dsT: np.ndarray

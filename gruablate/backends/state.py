@@ -31,6 +31,29 @@ def check_array(name: str, a: Any, shape: tuple[int, ...], dtype: str) -> np.nda
     return np.ascontiguousarray(a)
 
 
+def check_lengths(lengths: Any, seq_len: int, batch: int) -> np.ndarray:
+    """Per-row sequence lengths as an int64 array of ``batch`` entries in
+    ``[0, seq_len]``, else a ``ValueError`` saying what is wrong."""
+    a = np.asarray(lengths)
+    if a.shape != (batch,):
+        raise ValueError(f"lengths must hold one length per batch row ({batch}), got shape"
+                         f" {a.shape}")
+    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"lengths must be integers, got dtype {a.dtype}")
+    if batch and (a.min() < 0 or a.max() > seq_len):
+        raise ValueError(f"lengths must be in [0, {seq_len}] (the sequence has {seq_len}"
+                         f" steps), got {a.min()}..{a.max()}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def reverse_index(seq_len: int, lengths: np.ndarray) -> np.ndarray:
+    """(T, B) step indices that read each row's first ``lengths[b]`` steps backwards
+    and leave its padding in place: ``x[index, arange(B)]`` is the reversed input, and
+    the same gather puts the outputs back (it is its own inverse)."""
+    t = np.arange(seq_len)[:, None]
+    return np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
+
+
 def pack_state(name: str, state: State, state_names: tuple[str, ...], batch: int,
                hidden: int, dtype: str) -> np.ndarray:
     """A user state (``h``; ``(h, c)``; a tuple in ``state_names`` order for a cell with

@@ -28,22 +28,24 @@ class CpuLayer:
         self.dW, self.dU, self.db = plan.split(grads, input_size, hidden)
         self.k: ModuleType = kernels(plan.variant, dtype)
 
-    def forward(self, x: np.ndarray, s0: np.ndarray, keep: bool):
+    def forward(self, x: np.ndarray, s0: np.ndarray, keep: bool,
+                lengths: np.ndarray | None = None):
         T, B, _ = x.shape
+        lens = np.full(B, T, dtype=np.int64) if lengths is None else lengths
         y = np.empty((T, B, self.hidden), dtype=self.dtype)
         sT = np.empty_like(s0)
         if not keep:
-            self.k.forward_infer(x, s0, self.W, self.U, self.b, y, sT)
+            self.k.forward_infer(x, s0, self.W, self.U, self.b, y, sT, lens)
             return y, sT, ()
         acts = np.empty(self.plan.saved_shapes(T, B, self.hidden), dtype=self.dtype)
-        self.k.forward_train(x, s0, self.W, self.U, self.b, y, sT, acts)
-        return y, sT, (acts,)
+        self.k.forward_train(x, s0, self.W, self.U, self.b, y, sT, acts, lens)
+        return y, sT, (acts, lens)
 
     def backward(self, saved: tuple, dy: np.ndarray, dsT: np.ndarray):
-        x, s0, y, acts = saved
+        x, s0, y, acts, lens = saved
         dx = np.empty_like(x)
         ds0 = np.empty_like(s0)
-        self.k.backward(x, s0, self.W, self.U, self.b, y, acts, dy, dsT, dx, ds0,
+        self.k.backward(x, s0, self.W, self.U, self.b, y, acts, lens, dy, dsT, dx, ds0,
                         self.dW, self.dU, self.db)
         return dx, ds0
 

@@ -1,6 +1,6 @@
-"""What the two CPU kernel printers share: the compile options, the activation
-functions (fast float32 forms, libm's for float64), the row-block size and the table of
-arguments an entry point hands its row ``cfunc``s."""
+"""What the CPU kernel printer (:mod:`.kernels`) prints into every module: the compile
+options, the activation functions (fast float32 forms, libm's for float64), the
+row-block size and the table of arguments an entry point hands its row ``cfunc``s."""
 
 from __future__ import annotations
 
@@ -110,11 +110,13 @@ class ArgTable:
             lines.append(f"args[{i}] = {name if size is None else f'address({name})'}")
         return indent(lines, 4)
 
-    def view(self, name: str) -> str:
+    def view(self, name: str, like: str = "ZERO") -> str:
+        """The cfunc's view of array ``name``, of the type of ``like`` (the module's
+        ``ZERO`` for its dtype, ``I64Z`` for int64)."""
         i = self.index(name)
         size = self.slots[i][1]
         assert size is not None, f"{name} is an integer slot"
-        return f"carray(as_pointer(args[{i}], ZERO), {size})"
+        return f"carray(as_pointer(args[{i}], {like}), {size})"
 
     def scalar(self, name: str) -> str:
         assert self.slots[self.index(name)][1] is None, f"{name} is an array slot"

@@ -42,16 +42,21 @@ live in :mod:`.runtime`, compiled once, and are called by symbol (cold compile t
 
 Signatures (identical for every cell; the layer allocates the outputs):
 
-``forward_train(x, s0, W, U, b, y, sT, acts)``
+``forward_train(x, s0, W, U, b, y, sT, acts, lens)``
     ``x`` (T,B,I), ``s0`` (S,B,H) the initial states (``h`` first), the packed
     parameters of :class:`~gruablate.cells.plan.KernelPlan` (``b`` every vector
-    parameter), output ``y`` (T,B,H), last states ``sT`` (S,B,H) and the slots kept for
-    the backward pass, ``acts`` (T,B,NA·H).
-``forward_infer(x, s0, W, U, b, y, sT)``
+    parameter), output ``y`` (T,B,H), last states ``sT`` (S,B,H), the slots kept for
+    the backward pass, ``acts`` (T,B,NA·H), and ``lens`` (B,) int64, each row's length:
+    a row runs its first ``lens[row]`` steps; past them its outputs (and kept slots)
+    are zero and its states carry over unchanged, so ``sT`` holds each row's states
+    after its last step.
+``forward_infer(x, s0, W, U, b, y, sT, lens)``
     the same, keeping nothing.
-``backward(x, s0, W, U, b, y, acts, dy, dsT, dx, ds0, dW, dU, db)``
+``backward(x, s0, W, U, b, y, acts, lens, dy, dsT, dx, ds0, dW, dU, db)``
     gradients of a loss given ``dy`` (T,B,H) on the outputs and ``dsT`` on the last
-    states; writes ``dx``, ``ds0`` and the packed parameter gradients.
+    states; writes ``dx``, ``ds0`` and the packed parameter gradients. Past a row's
+    length its ``dy`` is not read, ``dsT`` passes through to the row's last step, and
+    nothing reaches ``dx`` or the parameters.
 
 All arrays must be C-contiguous (the layer guarantees it). The thread count is Numba's
 (``numba.set_num_threads``); results do not depend on it, bit for bit: work is split by
@@ -122,12 +127,14 @@ class _Pass:
                 f"def {self.name}(H, {args}):\n    for j in range(H):\n{body}\n")
 
     def call(self) -> str:
-        lines = ["        for bi_ in range(R_):", "            row_ = r0_ + bi_"]
-        cur = f"            {self.name}(H"
+        """The loop over the block's rows, each row only within its length."""
+        lines = ["        for bi_ in range(R_):", "            row_ = r0_ + bi_",
+                 "            if t < lens[row_]:"]
+        cur = f"                {self.name}(H"
         for e in self.binds.values():
             if len(cur) + len(e) > 90:
                 lines.append(cur + ",")
-                cur = " " * (13 + len(self.name)) + e
+                cur = " " * (17 + len(self.name)) + e
             else:
                 cur += ", " + e
         lines.append(cur + ")")
@@ -253,7 +260,7 @@ class _Printer(CellPrinter):
                      ("acts", "TA * B * NA * H"), ("xp", "T * B * NX * H")]
         fwd_slots += [(f"pk{g.index}", f"np{g.index} * H * NR * packed") for g in groups]
         fwd_slots += [("U", "NU * H * H"), ("T", None), ("B", None), ("H", None),
-                      ("keep", None), ("packed", None), ("sT", "S * B * H")]
+                      ("keep", None), ("packed", None), ("sT", "S * B * H"), ("lens", "B")]
         if ir.reads_x:
             fwd_slots.append(("x", "T * B * H"))
         FWD = ArgTable(tuple(fwd_slots))
@@ -265,7 +272,7 @@ class _Printer(CellPrinter):
         bwd_slots += [(f"ut{g.index}", f"nph * {len(g.blocks)} * H * NR * packed")
                       for g in groups]
         bwd_slots += [("U", "NU * H * H"), ("T", None), ("B", None), ("H", None),
-                      ("packed", None)]
+                      ("packed", None), ("lens", "B")]
         if ir.reads_x:
             bwd_slots += [("x", "T * B * H"), ("dxe", "T * B * H")]
         BWD = ArgTable(tuple(bwd_slots))
@@ -323,7 +330,8 @@ class _Printer(CellPrinter):
               f"    y = {FWD.view('y')}.reshape((T, B, H))",
               f"    actsf = {FWD.view('acts')}", "    acts = actsf.reshape((TA, B, NA * H))",
               f"    xp = {FWD.view('xp')}.reshape((T, B, NX * H))",
-              f"    sT = {FWD.view('sT')}.reshape((S, B, H))", f"    Uf = {FWD.view('U')}"]
+              f"    sT = {FWD.view('sT')}.reshape((S, B, H))", f"    Uf = {FWD.view('U')}",
+              f"    lens = {FWD.view('lens', 'I64Z')}"]
         if ir.reads_x:
             L.append(f"    xs = {FWD.view('x')}.reshape((T, B, H))")
         for g in ir.groups:
@@ -348,8 +356,17 @@ class _Printer(CellPrinter):
             else:
                 L += ["        if keep:", _indented(lp.call()), "        else:",
                       _indented(inf.call())]
-        L += ["    sT[0, r0_:r1_] = y[T - 1, r0_:r1_]", "    for k in range(1, S):",
-              "        sT[k, r0_:r1_] = sb[T % 2, k]"]
+        L += ["        for bi_ in range(R_):", "            row_ = r0_ + bi_",
+              "            if t >= lens[row_]:  # past the row's length: states carry, y is 0",
+              "                for j in range(H):", "                    y[t, row_, j] = ZERO",
+              "                for k in range(1, S):", "                    for j in range(H):",
+              "                        snext[k, bi_, j] = scur[k, bi_, j]",
+              "                if keep:", "                    for j in range(NA * H):",
+              "                        acts[ta, row_, j] = ZERO",
+              "    for bi_ in range(R_):  # h after each row's last step (h0 if it has none)",
+              "        row_ = r0_ + bi_", "        n_ = lens[row_]", "        for j in range(H):",
+              "            sT[0, row_, j] = y[n_ - 1, row_, j] if n_ > 0 else s0[0, row_, j]",
+              "    for k in range(1, S):", "        sT[k, r0_:r1_] = sb[T % 2, k]"]
         return "\n".join(L) + "\n"
 
     def _invariants_call(self) -> list[str]:
@@ -398,7 +415,8 @@ class _Printer(CellPrinter):
              f"    ds0 = {BWD.view('ds0')}.reshape((S, B, H))",
              f"    dgxf = {BWD.view('dgx')}", "    dgx = dgxf.reshape((T, B, NX * H))",
              f"    dbp = {BWD.view('dbp')}.reshape((T, B, NE * H))",
-             f"    b = {BWD.view('b')}", f"    Uf = {BWD.view('U')}"]
+             f"    b = {BWD.view('b')}", f"    Uf = {BWD.view('U')}",
+             f"    lens = {BWD.view('lens', 'I64Z')}"]
         if ir.reads_x:
             L += [f"    xs = {BWD.view('x')}.reshape((T, B, H))",
                   f"    dxe = {BWD.view('dxe')}.reshape((T, B, H))"]
@@ -426,6 +444,18 @@ class _Printer(CellPrinter):
             L += ["        if t == 0:", f"            spv_[{k}] = s0[{k}, r0_:r1_]",
                   "        else:",
                   f"            spv_[{k}] = acts[t - 1, r0_:r1_, {slot} * H:{slot + 1} * H]"]
+        L += ["        for bi_ in range(R_):", "            row_ = r0_ + bi_",
+              "            if t >= lens[row_]:  # past the row's length: the gradient passes",
+              "                for k in range(S):", "                    for j in range(H):",
+              "                        dnext[k, bi_, j] = dcur[k, bi_, j]",
+              "                for j in range(NX * H):",
+              "                    dgx[t, row_, j] = ZERO",
+              "                for j in range(NE * H):",
+              "                    dbp[t, row_, j] = ZERO"]
+        for g in ir.groups:
+            if g.index not in self.alias:
+                L += [f"                for j in range({len(g.blocks)} * H):",
+                      f"                    dP{g.index}[t, row_, j] = ZERO"]
         for index in range(len(passes), 0, -1):
             L.append(passes[index - 1].call())
             L += self._transposed_after(index)
@@ -472,7 +502,7 @@ class _Printer(CellPrinter):
              "    rows = max(4, BLOCK_BYTES // ((NX + NU + NA) * H * ITEMSIZE))",
              "    per_round = nt * rows",
              "    return max(1, min(nt * ((B + per_round - 1) // per_round), B))",
-             "", "", f"@njit({ENTRY})", "def _forward(x, s0, W, U, b, y, sT, acts, keep):",
+             "", "", f"@njit({ENTRY})", "def _forward(x, s0, W, U, b, y, sT, acts, keep, lens):",
              "    T = x.shape[0]", "    B = x.shape[1]", "    I = x.shape[2]",
              "    H = y.shape[2]", "    xp = np.empty((T, B, NX * H), dtype=DT)",
              f'    ccall(symbol("{sym["gemm"]}"), address(x), 0, I, 1, T * B, I, address(W), 0,'
@@ -490,13 +520,13 @@ class _Printer(CellPrinter):
               f'    ccall(symbol("{run}"), symbol("@FWD@"), nch, address(args))',
               "    keep_alive(xp, args" + "".join(f", pk{g.index}" for g in ir.groups) + ")",
               "", "", f"@njit({ENTRY})",
-              "def forward_train(x, s0, W, U, b, y, sT, acts):",
-              "    _forward(x, s0, W, U, b, y, sT, acts, 1)",
-              "", "", f"@njit({ENTRY})", "def forward_infer(x, s0, W, U, b, y, sT):",
+              "def forward_train(x, s0, W, U, b, y, sT, acts, lens):",
+              "    _forward(x, s0, W, U, b, y, sT, acts, 1, lens)",
+              "", "", f"@njit({ENTRY})", "def forward_infer(x, s0, W, U, b, y, sT, lens):",
               "    acts = np.empty((1, x.shape[1], NA * y.shape[2]), dtype=DT)",
-              "    _forward(x, s0, W, U, b, y, sT, acts, 0)",
+              "    _forward(x, s0, W, U, b, y, sT, acts, 0, lens)",
               "", "", f"@njit({ENTRY})",
-              "def backward(x, s0, W, U, b, y, acts, dy, dsT, dx, ds0, dW, dU, db):",
+              "def backward(x, s0, W, U, b, y, acts, lens, dy, dsT, dx, ds0, dW, dU, db):",
               "    T = x.shape[0]", "    B = x.shape[1]", "    I = x.shape[2]",
               "    H = y.shape[2]", "    nph = (H + NR - 1) // NR",
               "    packed = 1 if T * B >= PACK_MIN_ROWS else 0",

@@ -127,10 +127,14 @@ class CudaLayer:
         return self._coop[key]
 
     # ---------------------------------------------------------------- forward
-    def forward(self, x: np.ndarray, s0: np.ndarray, keep: bool):
+    def forward(self, x: np.ndarray, s0: np.ndarray, keep: bool,
+                lengths: np.ndarray | None = None):
         """Run over the sequence: ``(y, sT, saved)`` with ``saved`` the device arrays
         :meth:`backward` needs (empty when ``keep`` is False)."""
         T, B, _ = x.shape
+        if lengths is not None and (lengths != T).any():
+            raise ValueError("sequence lengths (rows shorter than the sequence) are not"
+                             " supported by the cuda backend yet; use backend='cpu'")
         BH = B * self.hidden
         up = self.buffers.upload
         saved = self.forward_device(up("x", x), up("s0", s0), T, B, keep)
