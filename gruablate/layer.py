@@ -82,8 +82,21 @@ class RecurrentLayer:
         #: the backend's implementation of this layer (see gruablate.backends.base)
         self.impl: LayerImpl = backend_.layer(p, self.dtype, I, H, self.flat_params,
                                               self.flat_grads)
+        self._zoneout_impl: LayerImpl | None = None
         self._saved: tuple | None = None
+        self._saved_impl: LayerImpl = self.impl
         self._steps: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def zoneout_impl(self) -> LayerImpl:
+        """The backend's implementation of this layer's cell with zoneout on ``h``
+        (:func:`gruablate.cells.ir.build`): made on first use, on the same parameter and
+        gradient buffers."""
+        if self._zoneout_impl is None:
+            self._zoneout_impl = get_backend(self.backend).layer(
+                make_plan(self.variant, zoneout=True), self.dtype, self.input_size,
+                self.hidden_size, self.flat_params, self.flat_grads)
+        return self._zoneout_impl
 
     @property
     def param_count(self) -> int:
@@ -92,7 +105,7 @@ class RecurrentLayer:
     def reset_parameters(self, seed: int = 0) -> None:
         """PyTorch's default initialisation, and the spec's LSTM forget bias."""
         self._init_params(seed)
-        self.impl.params_changed()
+        self.params_changed()
 
     def _init_params(self, seed: int) -> None:
         rng = np.random.default_rng(seed)
@@ -108,6 +121,8 @@ class RecurrentLayer:
         its device copy of the parameters.
         """
         self.impl.params_changed()
+        if self._zoneout_impl is not None:
+            self._zoneout_impl.params_changed()
 
     # ------------------------------------------------------------- validation
     def _check_array(self, name: str, a: object, shape: tuple[int, ...]) -> np.ndarray:
@@ -119,7 +134,8 @@ class RecurrentLayer:
 
     # ------------------------------------------------------------------- run
     def forward(self, x: np.ndarray, state: State = None, *, lengths=None,
-                reverse: bool = False, keep: bool = True, copy: bool = True):
+                reverse: bool = False, zoneout: np.ndarray | None = None, keep: bool = True,
+                copy: bool = True):
         """Run the layer over a sequence.
 
         ``x`` is (T, B, I) in the layer's dtype; ``state`` the initial ``h`` (B, H), or
@@ -133,6 +149,11 @@ class RecurrentLayer:
         step (as ``nn.GRU`` gives on a packed sequence). ``reverse=True`` runs each
         row's real steps last to first (its padding stays at the end) and returns the
         outputs in the input's order: the reverse direction of a bidirectional layer.
+
+        ``zoneout`` (T, B, H) in ``[0, 1]``, in the layer's dtype, zones out ``h``
+        (Krueger et al. 2016, as haste does): each unit's new ``h`` is ``m ⊙ h + (1 − m)
+        ⊙ h'``, ``m`` the mask's value at that step (by the input's step order), so a
+        Bernoulli draw of probability ``p`` in training and ``p`` itself at evaluation.
 
         :meth:`backward` reads ``x`` and ``y`` again, so by default the layer keeps its
         own copies and the caller may change either in place. ``copy=False`` skips the
@@ -149,14 +170,27 @@ class RecurrentLayer:
         x = self._check_array("x", x, (T, B, self.input_size))
         s0 = self._state_array("state", state, B)
         lens = None if lengths is None else check_lengths(lengths, T, B)
+        mask = None
+        if zoneout is not None:
+            mask = self._check_array("zoneout", zoneout, (T, B, self.hidden_size))
+            if ((mask < 0) | (mask > 1)).any():
+                raise ValueError("zoneout weights must be in [0, 1]")
+            if copy and np.may_share_memory(mask, zoneout):
+                mask = mask.copy()  # backward reads it again
         self._steps = None  # the step order of a reversed run (its own inverse)
         if reverse:
             self._steps = (reverse_index(T, np.full(B, T) if lens is None else lens),
                            np.arange(B))
             x = x[self._steps]  # a copy: the caller's x is not read again
-        # Backends without sequence lengths are asked only for whole sequences.
-        more = () if lens is None else (lens,)
-        y, sT, saved = self.impl.forward(x, s0, keep, *more)
+            mask = None if mask is None else mask[self._steps]
+        impl = self.impl if mask is None else self.zoneout_impl
+        if mask is not None:
+            y, sT, saved = impl.forward(x, s0, keep, lens, mask)
+        elif lens is not None:
+            y, sT, saved = impl.forward(x, s0, keep, lens)
+        else:  # (a backend without lengths or zoneout is asked for neither)
+            y, sT, saved = impl.forward(x, s0, keep)
+        self._saved_impl = impl
         out = y if self._steps is None else y[self._steps]
         if not keep:
             self._saved = None
@@ -181,7 +215,7 @@ class RecurrentLayer:
         dsT = self._state_array("dlast_state", dlast_state, y.shape[1])
         if self._steps is not None:
             dy = dy[self._steps]
-        dx, ds0 = self.impl.backward(self._saved, dy, dsT)
+        dx, ds0 = self._saved_impl.backward(self._saved, dy, dsT)
         if self._steps is not None:
             dx = dx[self._steps]
         return dx, unpack_state(ds0), self.grads

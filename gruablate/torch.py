@@ -16,8 +16,11 @@ after its last step and its outputs there are zero, as ``nn.GRU`` gives on packe
 the kernels skip those steps. The reverse direction reads each row's own steps
 backwards (its padding stays at the end), as PyTorch's bidirectional layers do.
 
-What this bridge does not do yet (the PyTorch-bridge issue lists it): CUDA tensors and
-zoneout.
+Zoneout (``zoneout=p``) zones out ``h``: in training each unit keeps its previous value
+with probability ``p`` at each step, at evaluation ``h`` is the expectation; the kernels
+of the cell printed with zoneout take the mask as an input.
+
+What this bridge does not do yet (the PyTorch-bridge issue lists it): CUDA tensors.
 
 torch is an optional dependency (the ``torch`` extra), imported only here. Import
 ``torch`` before running any gruablate kernel: PyTorch's wheel ships an OpenMP library
@@ -68,13 +71,14 @@ class _LayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, engine: RecurrentLayer, names: tuple[str, ...],
-                lengths: np.ndarray | None, x, s0, *params):
+                lengths: np.ndarray | None, mask: np.ndarray | None, x, s0, *params):
         _load_params(engine, names, params)
         x_np = _host_input(engine, x)
         s0_np = s0.detach().numpy()
-        y, sT, saved = engine.impl.forward(x_np, s0_np, True, lengths)
+        impl, more = _kernels(engine, mask)
+        y, sT, saved = impl.forward(x_np, s0_np, True, lengths, *more)
         y_t, sT_t = torch.from_numpy(y), torch.from_numpy(sT)
-        ctx.engine, ctx.names = engine, names
+        ctx.engine, ctx.names, ctx.impl = engine, names, impl
         ctx.kernel_saved = (x_np, s0_np, y, *saved)
         # Saved through autograd so that an in-place change to the input, the output
         # or a parameter before backward() is an error, not a wrong gradient.
@@ -92,9 +96,15 @@ class _LayerFunction(torch.autograd.Function):
         # The kernels read the parameters from the engine's buffers: put this call's
         # values back (another forward may have run in between).
         _load_params(engine, ctx.names, ctx.saved_tensors[2:])
-        dx, ds0 = engine.impl.backward(ctx.kernel_saved, dy_np, dsT_np)
+        dx, ds0 = ctx.impl.backward(ctx.kernel_saved, dy_np, dsT_np)
         grads = [torch.from_numpy(engine.grads[name].copy()) for name in ctx.names]
-        return (None, None, None, torch.from_numpy(dx), torch.from_numpy(ds0), *grads)
+        return (None, None, None, None, torch.from_numpy(dx), torch.from_numpy(ds0), *grads)
+
+
+def _kernels(engine: RecurrentLayer, mask: np.ndarray | None):
+    """The implementation to run (the zoneout cell's when there is a mask) and the
+    arguments after the lengths it takes."""
+    return (engine.impl, ()) if mask is None else (engine.zoneout_impl, (mask,))
 
 
 class _Cell(nn.Module):
@@ -108,16 +118,18 @@ class _Cell(nn.Module):
             value = torch.from_numpy(engine.params[name].copy()).to(dtype)
             self.register_parameter(name, nn.Parameter(value))
 
-    def forward(self, x, s0, lengths: np.ndarray | None):
+    def forward(self, x, s0, lengths: np.ndarray | None, mask: np.ndarray | None = None):
         params = [getattr(self, n) for n in self.names]
         if torch.is_grad_enabled() and (x.requires_grad or s0.requires_grad
                                         or any(p.requires_grad for p in params)):
-            return _LayerFunction.apply(self.engine, self.names, lengths, x, s0, *params)
+            return _LayerFunction.apply(self.engine, self.names, lengths, mask, x, s0,
+                                        *params)
         # Nothing to differentiate (torch.no_grad(), inference_mode, frozen weights):
         # the inference kernels, which keep no activations.
         _load_params(self.engine, self.names, params)
-        y, sT, _ = self.engine.impl.forward(_host_input(self.engine, x),
-                                            s0.detach().numpy(), False, lengths)
+        impl, more = _kernels(self.engine, mask)
+        y, sT, _ = impl.forward(_host_input(self.engine, x), s0.detach().numpy(), False,
+                                lengths, *more)
         return torch.from_numpy(y), torch.from_numpy(sT)
 
 
@@ -152,6 +164,10 @@ class Recurrent(nn.Module):
     dropout:
         Dropout on the outputs of every layer but the last, in training mode (as
         ``nn.GRU``; drawn from torch's generator).
+    zoneout:
+        Zoneout on ``h`` (Krueger et al. 2016, as haste does): in training each unit
+        keeps its previous ``h`` with this probability at each step (masks drawn from
+        torch's generator); at evaluation ``h' = p·h + (1 − p)·h'``, the expectation.
     dtype:
         ``torch.float32`` (default) or ``torch.float64``.
     seed:
@@ -169,14 +185,15 @@ class Recurrent(nn.Module):
 
     def __init__(self, variant: str | Variant, input_size: int, hidden_size: int,
                  num_layers: int = 1, *, bidirectional: bool = False,
-                 batch_first: bool = False, dropout: float = 0.0,
+                 batch_first: bool = False, dropout: float = 0.0, zoneout: float = 0.0,
                  dtype: torch.dtype = torch.float32, seed: int | None = None) -> None:
         super().__init__()
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not (
-                0.0 <= dropout < 1.0):
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        for what, value in (("dropout", dropout), ("zoneout", zoneout)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    0.0 <= value < 1.0):
+                raise ValueError(f"{what} must be a number in [0, 1), got {value!r}")
         self.variant = get_variant(variant)
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
@@ -184,6 +201,7 @@ class Recurrent(nn.Module):
         self.bidirectional = bool(bidirectional)
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
+        self.zoneout = float(zoneout)
         self.dtype = dtype
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
@@ -299,10 +317,11 @@ class Recurrent(nn.Module):
             outs = []
             for d in range(D):
                 s0 = initial[k * D + d].contiguous()
+                mask = self._zoneout_mask(T, B)
                 if d == 0:
-                    y, sT = self._cell(k, 0)(h, s0, lens)
+                    y, sT = self._cell(k, 0)(h, s0, lens, mask)
                 else:  # each row's steps backwards, then back in order
-                    y, sT = self._cell(k, 1)(_gather_steps(h, backwards), s0, lens)
+                    y, sT = self._cell(k, 1)(_gather_steps(h, backwards), s0, lens, mask)
                     y = _gather_steps(y, backwards)
                 outs.append(y)
                 last.append(sT)
@@ -316,8 +335,19 @@ class Recurrent(nn.Module):
         stacked = torch.stack(last, dim=1)  # (S, L·D, B, H)
         return y, (tuple(stacked) if self._several_states else stacked[0])
 
+    def _zoneout_mask(self, T: int, B: int) -> np.ndarray | None:
+        """One layer and direction's zoneout weights (T, B, H): Bernoulli draws from
+        torch's generator in training, the probability itself at evaluation."""
+        if not self.zoneout:
+            return None
+        shape = (T, B, self.hidden_size)
+        if self.training:
+            return torch.bernoulli(torch.full(shape, self.zoneout, dtype=self.dtype)).numpy()
+        return np.full(shape, self.zoneout, dtype=_DTYPES[self.dtype])
+
     def extra_repr(self) -> str:
         return (f"{self.variant.name!r}, {self.input_size}, {self.hidden_size},"
                 f" num_layers={self.num_layers}, bidirectional={self.bidirectional},"
                 f" batch_first={self.batch_first}, dropout={self.dropout},"
+                f" zoneout={self.zoneout},"
                 f" dtype={self.dtype}")

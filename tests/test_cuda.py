@@ -9,7 +9,8 @@ Three kinds of evidence, each meaningful on a machine with no GPU:
 2. **Simulator.** ``NUMBA_ENABLE_CUDASIM=1`` runs the kernels in Python; it must be set
    before ``numba.cuda`` is first imported, so it runs in subprocesses (this file is
    also their script: ``python tests/test_cuda.py --compare NAME ...``). Forward
-   (training and inference) and backward of every built-in variant, of user specs
+   (training and inference) and backward of every built-in variant (once with rows of
+   every kind of length: whole, one step, none), of user specs
    that reach the other code paths, and of cells written as equations (the kernels
    printed from their graphs) are compared with the float64 CPU backend.
 3. **Unavailability.** Without a GPU, or without numba-cuda, asking for
@@ -96,12 +97,15 @@ def _variant(name: str) -> gruablate.Variant:
 
 
 def compare_with_cpu(
-    name: str, dtype: str, T: int, B: int, I: int, H: int, seed: int = 0
+    name: str, dtype: str, T: int, B: int, I: int, H: int, seed: int = 0,
+    lengths: list[int] | None = None, zoneout: bool = False,
 ) -> list[str]:
     """Run ``name`` on the CUDA backend and on the float64 CPU backend; list the mismatches.
 
     The CUDA layer holds ``dtype`` parameters and inputs; the CPU layer gets the same
-    values in float64, so a float32 run is judged against exact arithmetic.
+    values in float64, so a float32 run is judged against exact arithmetic. With
+    ``lengths`` both run each row over its own steps only; with ``zoneout`` both run
+    the cell printed with zoneout on ``h``, with random weights in [0, 1].
     """
     variant = _variant(name)
     if variant.is_equations and variant.cell.reads_x:
@@ -119,15 +123,18 @@ def compare_with_cpu(
         return tuple(parts) if S > 1 else parts[0]
 
     x, dy = draw(T, B, I), draw(T, B, H)
+    mask = rng.uniform(0.0, 1.0, (T, B, H)).astype(dtype) if zoneout else None
+    mask64 = None if mask is None else mask.astype("float64")
     s0 = [draw(B, H) for _ in range(S)]
     dsT = [draw(B, H) for _ in range(S)]
     up = [a.astype("float64") for a in s0]
     dup = [a.astype("float64") for a in dsT]
 
-    y_ref, sT_ref = cpu.forward(x.astype("float64"), state(up))
+    y_ref, sT_ref = cpu.forward(x.astype("float64"), state(up), lengths=lengths,
+                                zoneout=mask64)
     dx_ref, ds0_ref, g_ref = cpu.backward(dy.astype("float64"), state(dup))
-    y_inf, sT_inf = gpu.forward(x, state(s0), keep=False)
-    y, sT = gpu.forward(x, state(s0))
+    y_inf, sT_inf = gpu.forward(x, state(s0), keep=False, lengths=lengths, zoneout=mask)
+    y, sT = gpu.forward(x, state(s0), lengths=lengths, zoneout=mask)
     dx, ds0, g = gpu.backward(dy, state(dsT))
 
     def pairs(a, b):
@@ -254,6 +261,16 @@ def test_equations_kernels_compile_to_ptx(real_cuda, name):
             assert ("cudaCGSynchronize" in ptx[kernel]) == recurrent, (name, dtype, kernel)
 
 
+def test_zoneout_kernels_compile_to_ptx(real_cuda):
+    """A cell printed with zoneout on h (MUT3: three groups in two rounds)."""
+    from gruablate.backends.cuda.cell_source import CELL_KERNELS
+    from gruablate.backends.cuda.kernels import compile_ptx
+    from gruablate.backends.cuda.source import DEFAULT_GEOMETRY as geo
+
+    ptx = compile_ptx(gruablate.get_variant("mut3"), "float32", cc=(9, 0), zoneout=True)
+    _assert_sm90(ptx, CELL_KERNELS, geo.threads)
+
+
 # ------------------------------------------------------------------- 2. simulator
 # The simulator work is split in a few subprocesses so pytest-xdist can spread them.
 SIM_CHUNKS = [BUILTINS[i::3] for i in range(3)] + [sorted(USER_SPECS)]
@@ -290,6 +307,16 @@ def test_simulator_matches_cpu_with_gpu_geometry():
     their equations."""
     report = _simulate("--gpu-geometry", "--compare", "gru", "mut3")
     assert report["ran"] == ["gru float64", "mut3 float64"]
+    assert not report["bad"], "\n".join(report["bad"])
+
+
+def test_simulator_matches_cpu_with_zoneout():
+    """The kernels printed with zoneout on ``h`` (the reset-before GRU's two passes, the
+    LSTM's second state, MUT3's three groups in two rounds), both dtypes, rows of
+    every kind of length, against the CPU's zoneout kernels."""
+    report = _simulate("--zoneout", "--compare", "gru", "lstm", "mut3")
+    assert sorted(report["ran"]) == sorted(f"{n} {d}" for n in ("gru", "lstm", "mut3")
+                                           for d in TOL)
     assert not report["bad"], "\n".join(report["bad"])
 
 
@@ -419,13 +446,15 @@ def test_gpu_buffers_and_parameter_uploads():
 
 # -------------------------------------------------------- subprocess entry point
 def _main(argv: list[str]) -> int:
-    """``[--gpu-geometry] --compare NAME ...``: compare each variant with the CPU backend
-    and print the result as one JSON line."""
+    """``[--gpu-geometry | --zoneout] --compare NAME ...``: compare each variant with the
+    CPU backend and print the result as one JSON line."""
     gpu_geometry = argv[:1] == ["--gpu-geometry"]
-    if gpu_geometry:
+    zoneout = argv[:1] == ["--zoneout"]
+    if gpu_geometry or zoneout:
         argv = argv[1:]
     if not argv or argv[0] != "--compare":
-        print("usage: test_cuda.py [--gpu-geometry] --compare NAME [NAME ...]", file=sys.stderr)
+        print("usage: test_cuda.py [--gpu-geometry | --zoneout] --compare NAME [NAME ...]",
+              file=sys.stderr)
         return 2
     # The simulator runs each CUDA thread as a Python thread and its block manager
     # polls them; with the default 5 ms GIL switch interval every __syncthreads costs
@@ -445,10 +474,17 @@ def _main(argv: list[str]) -> int:
         for name in argv[1:]:
             bad += compare_with_cpu(name, "float64", T=2, B=9, I=3, H=70)
             ran.append(f"{name} float64")
+    elif zoneout:
+        for name in argv[1:]:
+            for dtype in TOL:
+                bad += compare_with_cpu(name, dtype, T=3, B=3, I=3, H=5, lengths=[3, 1, 0],
+                                        zoneout=True)
+                ran.append(f"{name} {dtype}")
     else:
         for name in argv[1:]:
             for dtype in TOL:
-                bad += compare_with_cpu(name, dtype, T=3, B=3, I=3, H=5)
+                # Rows of every kind of length: the whole sequence, one step, none.
+                bad += compare_with_cpu(name, dtype, T=3, B=3, I=3, H=5, lengths=[3, 1, 0])
                 # Batch 1: one-row tiles, fewer rows than warps (Geometry.for_batch).
                 bad += compare_with_cpu(name, dtype, T=2, B=1, I=2, H=3, seed=1)
                 ran.append(f"{name} {dtype}")

@@ -33,8 +33,9 @@ from .notation import FUNCTIONS, Equation, display_name, param_role, parse_equat
 #: Element-wise operations of the graph, by arity (``step`` is the derivative of ReLU).
 UNARY = ("neg", "sigmoid", "tanh", "relu", "step", "copy")
 BINARY = ("add", "sub", "mul", "div")
-#: Leaves of the forward graph, readable in every pass.
-LOADS = ("const", "state", "vec", "wx", "ux", "xin")
+#: Leaves of the forward graph, readable in every pass (``zmask``: the zoneout weight of
+#: the step's unit, an input that gets no gradient).
+LOADS = ("const", "state", "vec", "wx", "ux", "xin", "zmask")
 # Leaves that exist only in the backward pass: ("seed", s) the gradient arriving on s';
 # ("xadj", n) node n's gradient from a later pass; ("dop", g) the transposed product of
 # group g (its operand's gradient); ("carry", s) and ("dy",) inside a seed.
@@ -153,6 +154,12 @@ class CellIR:
 
     # ------------------------------------------------------------ queries
     @property
+    def zoneout(self) -> bool:
+        """The cell's new ``h`` is zoned out: ``h' = m ⊙ h + (1 − m) ⊙ (the cell's h')``
+        with ``m`` a per-step input (:func:`build`'s ``zoneout``)."""
+        return ("zmask",) in self._index
+
+    @property
     def reads_x(self) -> bool:
         """``x`` appears in an element-wise expression (``tanh(x)``): needs I = H."""
         return ("xin",) in self._index
@@ -185,19 +192,25 @@ class CellIR:
 
 
 # ---------------------------------------------------------------------- building
-def build(equations: list[str] | tuple[str, ...], where: str = "") -> CellIR:
-    """Parse, check and lower a cell's equations (``SpecError`` naming the equation)."""
+def build(equations: list[str] | tuple[str, ...], where: str = "", zoneout: bool = False
+          ) -> CellIR:
+    """Parse, check and lower a cell's equations (``SpecError`` naming the equation).
+
+    With ``zoneout`` the new ``h`` becomes ``m ⊙ h + (1 − m) ⊙ h'`` (Krueger et al.
+    2016, on ``h`` as haste does): ``m`` is a per-step, per-unit input of the kernels
+    (a Bernoulli mask in training, its expectation at evaluation), and the backward
+    pass is derived through it like through any other statement."""
     if not isinstance(equations, list | tuple) or not equations:
         raise SpecError(f"'equations'{where} must be a non-empty list of strings")
     if len(equations) > 64:
         raise SpecError(f"'equations'{where} has {len(equations)} equations; at most 64")
     parsed = [parse_equation(e, where) for e in equations]
-    return _Builder(parsed, where).run()
+    return _Builder(parsed, where, zoneout).run()
 
 
 class _Builder:
-    def __init__(self, eqs: list[Equation], where: str) -> None:
-        self.eqs, self.where = eqs, where
+    def __init__(self, eqs: list[Equation], where: str, zoneout: bool = False) -> None:
+        self.eqs, self.where, self.zoneout = eqs, where, zoneout
         self.ir = CellIR()
         self.env: dict[str, int] = {}  # assigned so far: "g", "c'"
         self.read_states: set[str] = set()
@@ -271,6 +284,11 @@ class _Builder:
         self.eq = None
         if not ir.w_names:
             raise self.fail("the cell never reads its input: no equation has a W_k x")
+        if self.zoneout:
+            m = ir.node("zmask")
+            keep = ir.node("mul", m, ir.node("state", "h"))
+            fresh = ir.node("mul", ir.node("sub", ir.const(1.0), m), ir.new_state["h"])
+            ir.new_state["h"] = ir.node("add", keep, fresh)
         _schedule(ir)
         _differentiate(ir)
         _choose_slots(ir)
@@ -436,7 +454,7 @@ def _differentiate(ir: CellIR) -> None:
         n = ir.nodes[child]
         if ir.nodes[term] == ("const", 0.0):
             return
-        if n[0] == "const":
+        if n[0] in ("const", "zmask"):  # no gradient: a constant, the zoneout mask
             return
         if n[0] == "state":
             add(("carry", n[1]), p, term)
@@ -601,7 +619,7 @@ def _resolve(ir: CellIR, i: int, fwd: set[int], keep: list[int], state_values: s
     if i in ir.invariants:  # computed once per call
         return
     if i in fwd:
-        if n[0] in ("const", "state", "vec", "xin"):
+        if n[0] in ("const", "state", "vec", "xin", "zmask"):
             return
         if n[0] in ("wx", "ux", "sigmoid", "tanh", "relu") or i in keep or i in state_values:
             _keep(keep, i)
@@ -641,6 +659,8 @@ def _show(ir: CellIR, i: int, names: dict[int, str], temps: set[int], top: bool 
         return f"({n[1]} x)"
     if kind == "xin":
         return "x"
+    if kind == "zmask":
+        return "m"
     if kind == "ux":
         operand = ir.products[n[1]]
         return f"({n[1]} {_show(ir, operand, names, temps, top=False)})"

@@ -17,7 +17,8 @@ reads
     ``("vec", k)`` vector parameter ``k``; ``("state", k, backward)`` state ``k`` before
     the step; ``("xin",)`` the input itself; ``("wx", k)`` the input product of ``W``
     block ``k``; ``("ux", g, q)`` block ``q`` of group ``g``'s product; ``("inv", k)``
-    parameters-only value ``k``; ``("slot", k, backward)`` slot ``k`` of the step's kept
+    parameters-only value ``k``; ``("zmask",)`` the zoneout weight of the step's unit
+    (``h' = m ⊙ h + (1 − m) ⊙ ...``); ``("slot", k, backward)`` slot ``k`` of the step's kept
     values; ``("dy",)``; ``("carry", k)`` the gradient carried onto state ``k``'s new
     value; ``("dq", g)`` group ``g``'s transposed product (its operand's gradient);
     ``("xadj", q)`` a value one backward pass hands an earlier one;
@@ -190,6 +191,8 @@ class CellPrinter:
             return self.at(lp, ("state", self.state_index[n[1]], backward))
         if kind == "xin":  # x itself (I = H, checked when the layer is made)
             return self.at(lp, ("xin",))
+        if kind == "zmask":
+            return self.at(lp, ("zmask",))
         if kind == "wx":
             return self.at(lp, ("wx", self.plan.w_index(n[1])))
         if kind == "ux":

@@ -63,6 +63,11 @@ class KernelPlan:
         """States the cell carries (``h`` first)."""
         return len(self.ir.states)
 
+    @property
+    def zoneout(self) -> bool:
+        """The kernels take a zoneout mask (:meth:`CellIR.zoneout`)."""
+        return self.ir.zoneout
+
     # ---------------------------------------------------------------- offsets
     def w_index(self, name: str) -> int:
         return self.ir.w_names.index(name)
@@ -121,6 +126,7 @@ class KernelPlan:
 
 
 @cache
-def make_plan(variant: Variant) -> KernelPlan:
-    """The layout of ``variant``'s parameters and kept values (one per variant)."""
-    return KernelPlan(variant, variant.cell)
+def make_plan(variant: Variant, zoneout: bool = False) -> KernelPlan:
+    """The layout of ``variant``'s parameters and kept values (one per variant), of its
+    cell with zoneout on ``h`` if asked (the same parameters, one more input)."""
+    return KernelPlan(variant, variant.zoneout_cell if zoneout else variant.cell)

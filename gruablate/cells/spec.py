@@ -305,6 +305,15 @@ class Variant:
 
         return build(list(self.cell_equations) if self.is_equations else self.equations())
 
+    @cached_property
+    def zoneout_cell(self):  # -> CellIR
+        """:attr:`cell` with zoneout on ``h``: ``h' = m ⊙ h + (1 − m) ⊙ h'``, ``m`` a
+        per-step input of the kernels."""
+        from .ir import build
+
+        eqs = list(self.cell_equations) if self.is_equations else self.equations()
+        return build(eqs, zoneout=True)
+
     @property
     def input_must_equal_hidden(self) -> bool:
         """Whether the cell reads ``x`` element-wise (``tanh(x)``, ``σ(x + ...)``), so

@@ -15,6 +15,9 @@ from ...cells.plan import KernelPlan
 from ...cells.spec import Variant
 from ..base import Backend
 
+#: What the kernels of a cell without zoneout get for its (unread) mask.
+_NO_MASK = {dt: np.zeros((1, 1, 1), dtype=dt) for dt in ("float32", "float64")}
+
 
 class CpuLayer:
     """One layer's Numba CPU kernels over the packed views of its flat buffers."""
@@ -26,26 +29,30 @@ class CpuLayer:
         self.plan, self.dtype, self.hidden = plan, dtype, hidden
         self.W, self.U, self.b = plan.split(params, input_size, hidden)
         self.dW, self.dU, self.db = plan.split(grads, input_size, hidden)
-        self.k: ModuleType = kernels(plan.variant, dtype)
+        self.k: ModuleType = kernels(plan.variant, dtype, plan.zoneout)
 
     def forward(self, x: np.ndarray, s0: np.ndarray, keep: bool,
-                lengths: np.ndarray | None = None):
+                lengths: np.ndarray | None = None, zoneout: np.ndarray | None = None):
         T, B, _ = x.shape
         lens = np.full(B, T, dtype=np.int64) if lengths is None else lengths
+        if self.plan.zoneout != (zoneout is not None):
+            raise ValueError("a zoneout mask goes with the kernels of a zoneout cell only"
+                             " (RecurrentLayer.forward(zoneout=...) picks them)")
+        zm = _NO_MASK[self.dtype] if zoneout is None else zoneout
         y = np.empty((T, B, self.hidden), dtype=self.dtype)
         sT = np.empty_like(s0)
         if not keep:
-            self.k.forward_infer(x, s0, self.W, self.U, self.b, y, sT, lens)
+            self.k.forward_infer(x, s0, self.W, self.U, self.b, y, sT, lens, zm)
             return y, sT, ()
         acts = np.empty(self.plan.saved_shapes(T, B, self.hidden), dtype=self.dtype)
-        self.k.forward_train(x, s0, self.W, self.U, self.b, y, sT, acts, lens)
-        return y, sT, (acts, lens)
+        self.k.forward_train(x, s0, self.W, self.U, self.b, y, sT, acts, lens, zm)
+        return y, sT, (acts, lens, zm)
 
     def backward(self, saved: tuple, dy: np.ndarray, dsT: np.ndarray):
-        x, s0, y, acts, lens = saved
+        x, s0, y, acts, lens, zm = saved
         dx = np.empty_like(x)
         ds0 = np.empty_like(s0)
-        self.k.backward(x, s0, self.W, self.U, self.b, y, acts, lens, dy, dsT, dx, ds0,
+        self.k.backward(x, s0, self.W, self.U, self.b, y, acts, lens, zm, dy, dsT, dx, ds0,
                         self.dW, self.dU, self.db)
         return dx, ds0
 

@@ -42,17 +42,18 @@ live in :mod:`.runtime`, compiled once, and are called by symbol (cold compile t
 
 Signatures (identical for every cell; the layer allocates the outputs):
 
-``forward_train(x, s0, W, U, b, y, sT, acts, lens)``
+``forward_train(x, s0, W, U, b, y, sT, acts, lens, zm)``
     ``x`` (T,B,I), ``s0`` (S,B,H) the initial states (``h`` first), the packed
     parameters of :class:`~gruablate.cells.plan.KernelPlan` (``b`` every vector
     parameter), output ``y`` (T,B,H), last states ``sT`` (S,B,H), the slots kept for
     the backward pass, ``acts`` (T,B,NA·H), and ``lens`` (B,) int64, each row's length:
     a row runs its first ``lens[row]`` steps; past them its outputs (and kept slots)
     are zero and its states carry over unchanged, so ``sT`` holds each row's states
-    after its last step.
-``forward_infer(x, s0, W, U, b, y, sT, lens)``
+    after its last step; ``zm`` (T,B,H) the zoneout weights of a cell printed with
+    zoneout (:func:`~gruablate.cells.ir.build`), read by no other (a 1-element array).
+``forward_infer(x, s0, W, U, b, y, sT, lens, zm)``
     the same, keeping nothing.
-``backward(x, s0, W, U, b, y, acts, lens, dy, dsT, dx, ds0, dW, dU, db)``
+``backward(x, s0, W, U, b, y, acts, lens, zm, dy, dsT, dx, ds0, dW, dU, db)``
     gradients of a loss given ``dy`` (T,B,H) on the outputs and ``dsT`` on the last
     states; writes ``dx``, ``ds0`` and the packed parameter gradients. Past a row's
     length its ``dy`` is not read, ``dsT`` passes through to the row's last step, and
@@ -159,6 +160,8 @@ def _binding(loc: tuple) -> tuple[str, str]:
         return f"sp{k}_", f"spv_[{k}, bi_]" if backward else f"scur[{k}, bi_]"
     if kind == "xin":
         return "xr_", "xs[t, row_]"
+    if kind == "zmask":
+        return "zm_", "zm[t, row_]"
     if kind == "wx":
         k = loc[1]
         return f"x{k}_", f"xp[t, row_, {k} * H:{k + 1} * H]"
@@ -263,6 +266,8 @@ class _Printer(CellPrinter):
                       ("keep", None), ("packed", None), ("sT", "S * B * H"), ("lens", "B")]
         if ir.reads_x:
             fwd_slots.append(("x", "T * B * H"))
+        if ir.zoneout:
+            fwd_slots.append(("zm", "T * B * H"))
         FWD = ArgTable(tuple(fwd_slots))
         bwd_slots = [("s0", "S * B * H"), ("y", "T * B * H"), ("acts", "T * B * NA * H"),
                      ("dy", "T * B * H"), ("dsT", "S * B * H"), ("ds0", "S * B * H"),
@@ -275,6 +280,8 @@ class _Printer(CellPrinter):
                       ("packed", None), ("lens", "B")]
         if ir.reads_x:
             bwd_slots += [("x", "T * B * H"), ("dxe", "T * B * H")]
+        if ir.zoneout:
+            bwd_slots.append(("zm", "T * B * H"))
         BWD = ArgTable(tuple(bwd_slots))
         out = [_HEADER.format(
             dtype=self.dtype, tag=cpu_runtime.TAG, nx=plan.nx, nu=plan.nu, nv=plan.nv,
@@ -334,6 +341,8 @@ class _Printer(CellPrinter):
               f"    lens = {FWD.view('lens', 'I64Z')}"]
         if ir.reads_x:
             L.append(f"    xs = {FWD.view('x')}.reshape((T, B, H))")
+        if ir.zoneout:
+            L.append(f"    zm = {FWD.view('zm')}.reshape((T, B, H))")
         for g in ir.groups:
             k = g.index
             L += [f"    pk{k} = {FWD.view(f'pk{k}')}",
@@ -420,6 +429,8 @@ class _Printer(CellPrinter):
         if ir.reads_x:
             L += [f"    xs = {BWD.view('x')}.reshape((T, B, H))",
                   f"    dxe = {BWD.view('dxe')}.reshape((T, B, H))"]
+        if ir.zoneout:
+            L.append(f"    zm = {BWD.view('zm')}.reshape((T, B, H))")
         for g in ir.groups:
             k, n = g.index, len(g.blocks)
             if k not in self.alias:
@@ -502,7 +513,8 @@ class _Printer(CellPrinter):
              "    rows = max(4, BLOCK_BYTES // ((NX + NU + NA) * H * ITEMSIZE))",
              "    per_round = nt * rows",
              "    return max(1, min(nt * ((B + per_round - 1) // per_round), B))",
-             "", "", f"@njit({ENTRY})", "def _forward(x, s0, W, U, b, y, sT, acts, keep, lens):",
+             "", "", f"@njit({ENTRY})",
+             "def _forward(x, s0, W, U, b, y, sT, acts, keep, lens, zm):",
              "    T = x.shape[0]", "    B = x.shape[1]", "    I = x.shape[2]",
              "    H = y.shape[2]", "    xp = np.empty((T, B, NX * H), dtype=DT)",
              f'    ccall(symbol("{sym["gemm"]}"), address(x), 0, I, 1, T * B, I, address(W), 0,'
@@ -520,13 +532,13 @@ class _Printer(CellPrinter):
               f'    ccall(symbol("{run}"), symbol("@FWD@"), nch, address(args))',
               "    keep_alive(xp, args" + "".join(f", pk{g.index}" for g in ir.groups) + ")",
               "", "", f"@njit({ENTRY})",
-              "def forward_train(x, s0, W, U, b, y, sT, acts, lens):",
-              "    _forward(x, s0, W, U, b, y, sT, acts, 1, lens)",
-              "", "", f"@njit({ENTRY})", "def forward_infer(x, s0, W, U, b, y, sT, lens):",
+              "def forward_train(x, s0, W, U, b, y, sT, acts, lens, zm):",
+              "    _forward(x, s0, W, U, b, y, sT, acts, 1, lens, zm)",
+              "", "", f"@njit({ENTRY})", "def forward_infer(x, s0, W, U, b, y, sT, lens, zm):",
               "    acts = np.empty((1, x.shape[1], NA * y.shape[2]), dtype=DT)",
-              "    _forward(x, s0, W, U, b, y, sT, acts, 0, lens)",
+              "    _forward(x, s0, W, U, b, y, sT, acts, 0, lens, zm)",
               "", "", f"@njit({ENTRY})",
-              "def backward(x, s0, W, U, b, y, acts, lens, dy, dsT, dx, ds0, dW, dU, db):",
+              "def backward(x, s0, W, U, b, y, acts, lens, zm, dy, dsT, dx, ds0, dW, dU, db):",
               "    T = x.shape[0]", "    B = x.shape[1]", "    I = x.shape[2]",
               "    H = y.shape[2]", "    nph = (H + NR - 1) // NR",
               "    packed = 1 if T * B >= PACK_MIN_ROWS else 0",
@@ -588,15 +600,16 @@ class _Printer(CellPrinter):
 
 
 @cache
-def kernel_source(variant: Variant, dtype: str) -> str:
-    """The generated module text of ``variant``'s equations in ``dtype``."""
+def kernel_source(variant: Variant, dtype: str, zoneout: bool = False) -> str:
+    """The generated module text of ``variant``'s cell in ``dtype`` (with zoneout on
+    ``h`` if asked)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return _Printer(make_plan(variant), dtype).source()
+    return _Printer(make_plan(variant, zoneout), dtype).source()
 
 
 @cache
-def kernels(variant: Variant, dtype: str) -> ModuleType:
+def kernels(variant: Variant, dtype: str, zoneout: bool = False) -> ModuleType:
     """The compiled kernel module (``forward_train``, ``forward_infer``, ``backward``).
 
     The runtime and per-cell symbols its entry points call are registered here, before
@@ -606,7 +619,7 @@ def kernels(variant: Variant, dtype: str) -> ModuleType:
     test workers filling one cache can leave it) was cached with an empty list, and a
     later process that called it first jumped through a null pointer.
     """
-    module = load_module(f"cpu_{dtype}", kernel_source(variant, dtype))
+    module = load_module(f"cpu_{dtype}", kernel_source(variant, dtype, zoneout))
     for name in module.SYMBOLS:
         cpu_runtime.ensure_symbol(name)
     return module

@@ -23,6 +23,13 @@ CPU backend's; this module says where each element lives on the device. Buffers
 ``ss``
     the states: ``h`` for steps 0..T (``ss[BH:(T+1)·BH]`` is ``y``), then each other
     state's steps 0..T in training, or two alternating steps in inference;
+``zm``
+    the zoneout weights (T, B, H) of a cell printed with zoneout (else unread);
+``lens``
+    each row's length (int64; or a single length for every row): past it a row's
+    steps run no statement, its states carry over (``h`` too: the layer zeroes those
+    outputs on the way out), its kept slots and product gradients are zero, and its
+    carried gradient passes through;
 ``acts``
     the slots of every step (training) or of the current step (inference);
 ``pgb``
@@ -57,16 +64,17 @@ from .source import (
     signatures,
 )
 
-FORWARD_ARGS = ("T", "B", "H", "keep", "xp", "b", "UT", "ss", "acts", "pgb", "x")
+FORWARD_ARGS = ("T", "B", "H", "keep", "xp", "b", "UT", "ss", "acts", "pgb", "x", "lens",
+                "zm")
 BACKWARD_ARGS = ("T", "B", "H", "U", "b", "ss", "acts", "x", "dy", "dgx", "dP", "dbp",
-                 "xab", "dq", "dcar", "dxe", "ds0")
+                 "xab", "dq", "dcar", "dxe", "ds0", "lens", "zm")
 ARGS = {"forward": FORWARD_ARGS, "backward": BACKWARD_ARGS}
 CELL_KERNELS = tuple(ARGS)
 
 
 def cell_signatures(dtype: str) -> dict[str, tuple]:
     """The argument types of the printed ``forward`` and ``backward``."""
-    return signatures(dtype, ARGS, _INT_ARGS | {"keep"})
+    return signatures(dtype, ARGS, _INT_ARGS | {"keep"}, frozenset({"lens"}))
 
 
 class _Lines:
@@ -112,6 +120,8 @@ class CudaCellPrinter(CellPrinter):
             return f"ss[HS + ({k - 1} * TS + {step}) * BH + srow + j]"
         if kind == "xin":
             return "x[hrow + j]"
+        if kind == "zmask":
+            return "zm[hrow + j]"
         if kind == "wx":
             return f"xp[xrow + {loc[1]} * H + j]"
         if kind == "ux":
@@ -164,14 +174,37 @@ class CudaCellPrinter(CellPrinter):
         return f"v{i}"
 
     def forward_lines(self, index: int) -> list[str]:
+        """Pass ``index``'s statements for the thread's (t, bi, j), run only within the
+        row's length; after the last pass, the padding's carry."""
         lp = _Lines()
         self.forward_pass(lp, index)
-        return lp.lines
+        out = [f"if t < {_LENGTH}:", *("    " + line for line in lp.lines)]
+        if index == len(self.ir.passes):
+            out += ["else:  # past the row's length: the states carry over",
+                    f"    {self.at(lp, ('y',))} = {self.at(lp, ('state', 0, False))}"]
+            out += [f"    {self.at(lp, ('new', k))} = {self.at(lp, ('state', k, False))}"
+                    for k in range(1, len(self.ir.states))]
+            out += ["    for q_a in range(NA):", "        acts[arow + q_a * H + j] = ZERO"]
+        return out
 
     def backward_lines(self, index: int) -> list[str]:
+        """Pass ``index``'s derived statements within the row's length; before the last
+        pass (the first to run), the padding's: the carried gradient passes through,
+        and the step's product and vector gradients are zero."""
         lp = _Lines()
         self.backward_pass(lp, index)
-        return lp.lines
+        out = [f"if t < {_LENGTH}:", *("    " + line for line in lp.lines)]
+        if index == len(self.ir.passes):
+            out += ["else:  # past the row's length"]
+            out += [f"    {self.at(lp, ('dnext', k))} = {self.at(lp, ('carry', k))}"
+                    for k in range(len(self.ir.states))]
+            out += ["    for q_a in range(NX):", "        dgx[xrow + q_a * H + j] = ZERO",
+                    "    for q_a in range(NE):", "        dbp[erow + q_a * H + j] = ZERO"]
+            for g in self.ir.groups:
+                if g.index not in self.alias:
+                    for q in range(len(g.blocks)):
+                        out.append(f"    {self.at(lp, ('dP', g.index, q))} = ZERO")
+        return out
 
     # ------------------------------------------------------------ products
     def product_source(self, g: int, backward: bool, step: str) -> tuple[str, str, str]:
@@ -194,6 +227,9 @@ class CudaCellPrinter(CellPrinter):
 
 
 _GUARD = " and bi < B and j < H"
+#: The thread's row's length: ``lens`` holds one per row, or one for every row (a
+#: single unbounded length: every row runs every step, and no step uploads it).
+_LENGTH = "lens[min(bi, lens.shape[0] - 1)]"
 
 
 def _consts(pr: CudaCellPrinter, geo: Geometry) -> list[str]:
@@ -250,11 +286,12 @@ def _dq_product(c: _Code, pr: CudaCellPrinter, g: int, step: str) -> None:
 
 
 @cache
-def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
+def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY,
+                zoneout: bool = False) -> str:
     """Module text of the ``forward`` and ``backward`` kernels of ``variant``'s cell."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    plan = make_plan(variant)
+    plan = make_plan(variant, zoneout)
     pr = CudaCellPrinter(plan)
     ir = pr.ir
     recurrent = bool(ir.groups)

@@ -40,12 +40,13 @@ __all__ = ["blocks", "common_kernels", "compile_ptx", "kernels", "launch_matmul"
 
 
 @cache
-def kernels(variant: Variant, dtype: str, geo: Geometry | None = None) -> ModuleType:
+def kernels(variant: Variant, dtype: str, geo: Geometry | None = None,
+            zoneout: bool = False) -> ModuleType:
     """The kernel module printed from a variant's cell (``forward``, ``backward``); the
     kernels compile lazily on first launch and are cached on disk."""
     numba_cuda()
     geo = geo or geometry()
-    return load_module(f"cudacell_{dtype}", cell_source(variant, dtype, geo))
+    return load_module(f"cudacell_{dtype}", cell_source(variant, dtype, geo, zoneout))
 
 
 @cache
@@ -61,10 +62,11 @@ def compile_ptx(
     dtype: str,
     cc: tuple[int, int] = (9, 0),
     geo: Geometry | None = None,
+    zoneout: bool = False,
 ) -> dict[str, str]:
-    """PTX of the kernels of ``variant`` (``forward``, ``backward``), or with ``None`` of
-    the variant-independent ones (``COMMON_KERNELS``: the products, ``ksum``, ``colsum``,
-    ``transpose``), compiled by
+    """PTX of the kernels of ``variant`` (``forward``, ``backward``; of its cell with
+    zoneout on ``h`` if asked), or with ``None`` of the variant-independent ones
+    (``COMMON_KERNELS``: the products, ``ksum``, ``colsum``, ``transpose``), compiled by
     NVVM for compute capability ``cc``.
 
     Needs numba-cuda's compiler libraries but no GPU. Raises whatever the compiler
@@ -75,7 +77,7 @@ def compile_ptx(
     if variant is None:
         return module_ptx(cuda, common_kernels(dtype, geo), COMMON_KERNELS,
                           signatures(dtype), cc)
-    return module_ptx(cuda, kernels(variant, dtype, geo), CELL_KERNELS,
+    return module_ptx(cuda, kernels(variant, dtype, geo, zoneout), CELL_KERNELS,
                       cell_signatures(dtype), cc)
 
 

@@ -55,6 +55,8 @@ class CudaLayer:
         self.d_U = self.d_params[self.n_w : self.n_w + self.n_u] if self.n_u else self._dummy
         self.d_b = self.d_params[self.n_w + self.n_u :]
         self.d_UT = self.cuda.device_array(max(self.n_u, 1), dtype=self.dt)
+        #: one length for every row, past any T: the kernels' lengths when none are given
+        self._unbounded = self.cuda.to_device(np.array([2**62], dtype=np.int64))
         self.params_changed()
 
     # ------------------------------------------------------------- parameters
@@ -79,7 +81,7 @@ class CudaLayer:
 
     def _module(self, geo: Geometry) -> Any:
         """The printed module of the layer's cell for launch geometry ``geo``."""
-        return kernels(self.plan.variant, self.dtype, geo)
+        return kernels(self.plan.variant, self.dtype, geo, self.plan.zoneout)
 
     def _zeros(self, name: str, size: int) -> Any:
         buf = self.buffers.get(name, size)
@@ -128,25 +130,32 @@ class CudaLayer:
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: np.ndarray, s0: np.ndarray, keep: bool,
-                lengths: np.ndarray | None = None):
+                lengths: np.ndarray | None = None, zoneout: np.ndarray | None = None):
         """Run over the sequence: ``(y, sT, saved)`` with ``saved`` the device arrays
         :meth:`backward` needs (empty when ``keep`` is False)."""
         T, B, _ = x.shape
-        if lengths is not None and (lengths != T).any():
-            raise ValueError("sequence lengths (rows shorter than the sequence) are not"
-                             " supported by the cuda backend yet; use backend='cpu'")
         BH = B * self.hidden
         up = self.buffers.upload
-        saved = self.forward_device(up("x", x), up("s0", s0), T, B, keep)
+        if self.plan.zoneout != (zoneout is not None):
+            raise ValueError("a zoneout mask goes with the kernels of a zoneout cell only"
+                             " (RecurrentLayer.forward(zoneout=...) picks them)")
+        lensd = None if lengths is None else up("lens", lengths)
+        zmd = None if zoneout is None else up("zm", zoneout)
+        saved = self.forward_device(up("x", x), up("s0", s0), T, B, keep, lensd, zmd)
         y = saved[1][BH : (T + 1) * BH].copy_to_host().reshape(x.shape[:2] + (-1,))
+        if lengths is not None:  # the kernels carry h past a row's length: y is 0 there
+            y[np.arange(T)[:, None] >= lengths[None, :]] = 0
         last = self.buffers.get("last_state", s0.size)
         self.copy_last_state(saved, T, B, keep, last)
         sT = last.copy_to_host().reshape(s0.shape)
         return y, sT, (saved if keep else ())
 
-    def forward_device(self, xd: Any, s0d: Any, T: int, B: int, keep: bool) -> tuple:
+    def forward_device(self, xd: Any, s0d: Any, T: int, B: int, keep: bool,
+                       lensd: Any = None, zmd: Any = None) -> tuple:
         """The forward pass on device arrays (``xd`` flat (T, B, I), ``s0d`` flat
-        (S, B, H)). Returns ``(xd, ss, acts)``: ``ss[B*H:(T+1)*B*H]`` is the flat output
+        (S, B, H), ``lensd`` each row's length, int64, None: all ``T``; ``zmd`` the
+        zoneout weights, flat (T, B, H), for a zoneout cell only). Returns
+        ``(xd, ss, acts, lensd, zmd)``: ``ss[B*H:(T+1)*B*H]`` is the flat output
         ``y`` and ``ss[T*B*H:(T+1)*B*H]`` the last ``h`` (cached buffers, overwritten by
         the next call)."""
         p = self.plan
@@ -165,9 +174,12 @@ class CudaLayer:
         acts = self.buffers.get("acts" if keep else "acts_inf",
                                 (T if keep else 1) * B * p.na * H)
         pgb = self.buffers.get("pgb", B * p.nu * H)
+        if lensd is None:
+            lensd = self._unbounded
         self._launch_cell("forward", B, (T, B, H, int(keep), xp, self.d_b, self.d_UT, ss,
-                                         acts, pgb, xd if p.ir.reads_x else self._dummy))
-        return xd, ss, acts
+                                         acts, pgb, xd if p.ir.reads_x else self._dummy,
+                                         lensd, self._dummy if zmd is None else zmd))
+        return xd, ss, acts, lensd, zmd
 
     def copy_last_state(self, saved: tuple, T: int, B: int, keep: bool, dst: Any) -> None:
         ss = saved[1]
@@ -198,7 +210,7 @@ class CudaLayer:
         :attr:`d_grads`."""
         p, cell = self.plan, self.cell
         ir = p.ir
-        xd, ss, acts = saved
+        xd, ss, acts, lensd, zmd = saved
         I, H = self.input_size, self.hidden
         BH, TB, S = B * H, T * B, p.n_states
         nxh = p.nx * H
@@ -218,7 +230,8 @@ class CudaLayer:
         ds0 = buf.get("ds0", S * BH)
         self._launch_cell("backward", B, (T, B, H, self.d_U, self.d_b, ss, acts,
                                           xd if ir.reads_x else self._dummy, dyd, dgx, dP,
-                                          dbp, xab, dq, dcar, dxe, ds0))
+                                          dbp, xab, dq, dcar, dxe, ds0, lensd,
+                                          self._dummy if zmd is None else zmd))
         # Input and weight gradients: one product each over all steps.
         g = self.d_grads
         if p.nx:

@@ -204,17 +204,21 @@ _INT_ARGS = frozenset(
 
 
 def signatures(dtype: str, table: dict[str, tuple[str, ...]] | None = None,
-               ints: frozenset[str] = _INT_ARGS) -> dict[str, tuple]:
+               ints: frozenset[str] = _INT_ARGS,
+               int_arrays: frozenset[str] = frozenset()) -> dict[str, tuple]:
     """The one argument-type tuple of every kernel, for ``compile_ptx`` and launches:
-    ``int64`` for the arguments named in ``ints``, flat ``dtype`` arrays for the rest.
-    ``table`` gives each kernel's argument names (default: the common kernels')."""
+    ``int64`` for the arguments named in ``ints``, flat ``int64`` arrays for those in
+    ``int_arrays``, flat ``dtype`` arrays for the rest. ``table`` gives each kernel's
+    argument names (default: the common kernels')."""
     from numba.core import types
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     arr = types.Array(getattr(types, dtype), 1, "C")
+    iarr = types.Array(types.int64, 1, "C")
     return {
-        name: tuple(types.int64 if a in ints else arr for a in args)
+        name: tuple(types.int64 if a in ints else iarr if a in int_arrays else arr
+                    for a in args)
         for name, args in (_ARGS if table is None else table).items()
     }
 
