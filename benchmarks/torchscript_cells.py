@@ -86,4 +86,4 @@ def script_cell(variant: Variant) -> tuple[torch.jit.CompilationUnit, list[str],
         "        ys.append(s0)",
         f"    return torch.stack(ys), {', '.join(f's{k}' for k in range(S))}",
     ])
-    return torch.jit.CompilationUnit(source), params, states
+    return torch.jit.CompilationUnit(source + "\n"), params, states

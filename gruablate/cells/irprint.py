@@ -105,7 +105,7 @@ class CellPrinter:
         gradients are one node, so the group's ``dP`` is columns ``m..m+n`` of ``dgx``
         (every row of ``dgx`` is NX blocks wide): the backward stores it once, and the
         products read it there with ``dgx``'s row stride. Saves a (T, B, n·H) buffer
-        written and read once per call (the switch kernels' ``DGH_ALIAS``).
+        written and read once per call.
         """
         ir, plan = self.ir, self.plan
         self.alias: dict[int, int] = {}
