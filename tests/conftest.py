@@ -45,6 +45,27 @@ def as_tuple(state):
     return state if isinstance(state, tuple) else (state,)
 
 
+def assert_gradients_match_finite_differences(layer, x, s0, dy, dsT, **forward):
+    """A float64 layer's ``dx``, initial-state and parameter gradients of
+    ``sum(y·dy) + sum(last·dsT)`` against central differences of its own forward pass
+    (``forward``: the keywords of both forward calls, e.g. ``lengths``)."""
+
+    def loss():
+        y, last = layer.forward(x, s0, keep=False, **forward)
+        return float((y * dy).sum() + sum((a * b).sum() for a, b in zip(
+            as_tuple(last), as_tuple(dsT), strict=True)))
+
+    layer.forward(x, s0, **forward)
+    dx, ds0, grads = layer.backward(dy, dsT)
+    grads = {k: g.copy() for k, g in grads.items()}
+    np.testing.assert_allclose(dx, central_differences(loss, x), rtol=1e-6, atol=1e-8)
+    for got, s in zip(as_tuple(ds0), as_tuple(s0), strict=True):
+        np.testing.assert_allclose(got, central_differences(loss, s), rtol=1e-6, atol=1e-8)
+    for k, g in grads.items():
+        np.testing.assert_allclose(g, central_differences(loss, layer.params[k]),
+                                   rtol=1e-6, atol=1e-8, err_msg=k)
+
+
 @pytest.fixture(params=BUILTINS)
 def variant_name(request) -> str:
     return request.param

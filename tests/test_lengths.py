@@ -11,8 +11,13 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-from conftest import BUILTINS, as_tuple, input_size, random_state
-from conftest import central_differences as _fd
+from conftest import (
+    BUILTINS,
+    as_tuple,
+    assert_gradients_match_finite_differences,
+    input_size,
+    random_state,
+)
 
 from gruablate import RecurrentLayer
 from gruablate.cells import reference
@@ -117,21 +122,8 @@ def test_lengths_match_the_reference_on_each_rows_steps(name):
 @pytest.mark.parametrize("name", ["lstm", "gru", EXTRA["name"]])
 def test_padded_gradients_match_finite_differences(name, reverse):
     layer, x, s0, dy, dsT = _setup(name)
-
-    def loss():
-        y, last = layer.forward(x, s0, lengths=LENGTHS, reverse=reverse, keep=False)
-        return float((y * dy).sum() + sum((a * b).sum() for a, b in zip(
-            as_tuple(last), as_tuple(dsT), strict=True)))
-
-    layer.forward(x, s0, lengths=LENGTHS, reverse=reverse)
-    dx, ds0, grads = layer.backward(dy, dsT)
-    grads = {k: g.copy() for k, g in grads.items()}
-    np.testing.assert_allclose(dx, _fd(loss, x), rtol=1e-6, atol=1e-8)
-    for got, s in zip(as_tuple(ds0), as_tuple(s0), strict=True):
-        np.testing.assert_allclose(got, _fd(loss, s), rtol=1e-6, atol=1e-8)
-    for k, g in grads.items():
-        np.testing.assert_allclose(g, _fd(loss, layer.params[k]), rtol=1e-6, atol=1e-8,
-                                   err_msg=k)
+    assert_gradients_match_finite_differences(layer, x, s0, dy, dsT, lengths=LENGTHS,
+                                              reverse=reverse)
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru_reset_after"])

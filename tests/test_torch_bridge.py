@@ -22,6 +22,13 @@ import gruablate  # noqa: E402
 from gruablate.torch import Recurrent  # noqa: E402
 
 
+def _fresh(x, state):
+    """Copies of an input and a state (``h`` or a tuple) that collect gradients."""
+    st = tuple(s.clone().requires_grad_(True) for s in state) if isinstance(
+        state, tuple) else state.clone().requires_grad_(True)
+    return x.clone().requires_grad_(True), st
+
+
 def _state(module, B, requires_grad=True):
     L, H = module.num_layers * module.directions, module.hidden_size
     gen = torch.Generator().manual_seed(3)
@@ -121,9 +128,7 @@ def test_same_as_pytorch_two_layers(name, cls, batch_first):
     state = _state(ours, 3, requires_grad=False)
     outs = []
     for module in (peer, ours):
-        xi = x.clone().requires_grad_(True)
-        st = tuple(s.clone().requires_grad_(True) for s in state) if isinstance(
-            state, tuple) else state.clone().requires_grad_(True)
+        xi, st = _fresh(x, state)
         y, last = module(xi, st)
         loss = (y * torch.sin(y)).sum() + sum(
             (s**2).sum() for s in (last if isinstance(last, tuple) else (last,)))
@@ -232,9 +237,7 @@ def test_same_as_pytorch_bidirectional_on_a_packed_sequence(name, cls):
     state = _state(ours, 5, requires_grad=False)
     got = []
     for module in (peer, ours):
-        xi = x.clone().requires_grad_(True)
-        st = tuple(s.clone().requires_grad_(True) for s in state) if isinstance(
-            state, tuple) else state.clone().requires_grad_(True)
+        xi, st = _fresh(x, state)
         packed = pack_padded_sequence(xi, lengths, enforce_sorted=False)
         y, last = module(packed, st)
         assert isinstance(y, PackedSequence)

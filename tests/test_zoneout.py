@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import as_tuple, input_size, random_state
-from conftest import central_differences as _fd
+from conftest import (
+    as_tuple,
+    assert_gradients_match_finite_differences,
+    input_size,
+    random_state,
+)
 
 from gruablate import RecurrentLayer
 from gruablate.cells import reference
@@ -70,22 +74,8 @@ def test_zoneout_gradients_match_finite_differences(name, reverse):
     rng = np.random.default_rng(9)
     dy = rng.standard_normal((T, B, H))
     dsT = random_state(layer, B, rng)
-
-    def loss():
-        y, last = layer.forward(x, s0, zoneout=mask, lengths=lengths, reverse=reverse,
-                                keep=False)
-        return float((y * dy).sum() + sum((a * b).sum() for a, b in zip(
-            as_tuple(last), as_tuple(dsT), strict=True)))
-
-    layer.forward(x, s0, zoneout=mask, lengths=lengths, reverse=reverse)
-    dx, ds0, grads = layer.backward(dy, dsT)
-    grads = {k: g.copy() for k, g in grads.items()}
-    np.testing.assert_allclose(dx, _fd(loss, x), rtol=1e-6, atol=1e-8)
-    for got, s in zip(as_tuple(ds0), as_tuple(s0), strict=True):
-        np.testing.assert_allclose(got, _fd(loss, s), rtol=1e-6, atol=1e-8)
-    for k, g in grads.items():
-        np.testing.assert_allclose(g, _fd(loss, layer.params[k]), rtol=1e-6, atol=1e-8,
-                                   err_msg=k)
+    assert_gradients_match_finite_differences(layer, x, s0, dy, dsT, zoneout=mask,
+                                              lengths=lengths, reverse=reverse)
 
 
 def test_a_mask_of_zeros_is_the_plain_cell_and_of_ones_keeps_h():

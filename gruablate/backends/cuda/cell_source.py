@@ -178,7 +178,7 @@ class CudaCellPrinter(CellPrinter):
         row's length; after the last pass, the padding's carry."""
         lp = _Lines()
         self.forward_pass(lp, index)
-        out = [f"if t < {_LENGTH}:", *("    " + line for line in lp.lines)]
+        out = _within_length(lp)
         if index == len(self.ir.passes):
             out += ["else:  # past the row's length: the states carry over",
                     f"    {self.at(lp, ('y',))} = {self.at(lp, ('state', 0, False))}"]
@@ -193,7 +193,7 @@ class CudaCellPrinter(CellPrinter):
         and the step's product and vector gradients are zero."""
         lp = _Lines()
         self.backward_pass(lp, index)
-        out = [f"if t < {_LENGTH}:", *("    " + line for line in lp.lines)]
+        out = _within_length(lp)
         if index == len(self.ir.passes):
             out += ["else:  # past the row's length"]
             out += [f"    {self.at(lp, ('dnext', k))} = {self.at(lp, ('carry', k))}"
@@ -230,6 +230,11 @@ _GUARD = " and bi < B and j < H"
 #: The thread's row's length: ``lens`` holds one per row, or one for every row (a
 #: single unbounded length: every row runs every step, and no step uploads it).
 _LENGTH = "lens[min(bi, lens.shape[0] - 1)]"
+
+
+def _within_length(lp: _Lines) -> list[str]:
+    """A pass's lines, run only at the steps within the thread's row's length."""
+    return [f"if t < {_LENGTH}:", *("    " + line for line in lp.lines)]
 
 
 def _consts(pr: CudaCellPrinter, geo: Geometry) -> list[str]:
