@@ -48,12 +48,15 @@ class LayerImpl(Protocol):
     """
 
     def forward(self, x: np.ndarray, s0: np.ndarray, keep: bool,
-                lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, tuple]:
+                lengths: np.ndarray | None = None, zoneout: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, tuple]:
         """``x`` (T, B, I) and ``s0`` (S, B, H) to ``(y, sT, saved)``: ``y`` (T, B, H), the
         last state (S, B, H), and what :meth:`backward` needs (empty unless ``keep``).
         ``lengths`` (B,) int64, when given, is each row's number of real steps: past it
-        the row's outputs are zero and its states carry over unchanged (a backend that
-        cannot do this raises a ``ValueError`` saying so)."""
+        the row's outputs are zero and its states carry over unchanged. ``zoneout``
+        (T, B, H) is the mask of a layer made for a plan with zoneout
+        (``make_plan(variant, zoneout=True)``), and only of such a layer. The layer asks
+        a backend for lengths or zoneout only when it is given them."""
         ...
 
     def backward(self, saved: tuple, dy: np.ndarray, dsT: np.ndarray
