@@ -36,6 +36,11 @@ def _torch():
     return torch
 
 
+def _suffix(layer: int, direction: int) -> str:
+    """PyTorch's suffix of a layer's parameter names: ``_l1``, ``_l1_reverse``."""
+    return f"_l{layer}" + ("_reverse" if direction else "")
+
+
 def _check_module(module: Any, layer: int = 0, direction: int = 0) -> tuple[str, int]:
     torch = _torch()
     if isinstance(module, torch.nn.GRU):
@@ -68,10 +73,9 @@ def from_torch(module: Any, layer: int = 0, direction: int = 0) -> RecurrentLaye
     module's.
     """
     name, n_gates = _check_module(module, layer, direction)
-    suffix = f"_l{layer}" + ("_reverse" if direction else "")
 
     def part(what: str) -> np.ndarray:
-        return getattr(module, what + suffix).detach().cpu().numpy()
+        return getattr(module, what + _suffix(layer, direction)).detach().cpu().numpy()
 
     w_ih, w_hh = part("weight_ih"), part("weight_hh")
     H, I = module.hidden_size, w_ih.shape[1]
@@ -170,8 +174,7 @@ def stack_to_torch(stack: list[tuple[RecurrentLayer, ...]] | list[RecurrentLayer
             parts = {"weight_ih": np.concatenate([p[f"W_{g}"] for g in order]),
                      "weight_hh": np.concatenate([p[f"U_{g}"] for g in order]),
                      "bias_ih": b_ih, "bias_hh": b_hh}
-            suffix = f"_l{k}" + ("_reverse" if d else "")
             with torch.no_grad():
                 for what, value in parts.items():
-                    getattr(module, what + suffix).copy_(torch.from_numpy(value))
+                    getattr(module, what + _suffix(k, d)).copy_(torch.from_numpy(value))
     return module

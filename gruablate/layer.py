@@ -98,6 +98,10 @@ class RecurrentLayer:
                 self.hidden_size, self.flat_params, self.flat_grads)
         return self._zoneout_impl
 
+    def impl_for(self, zoneout: np.ndarray | None) -> LayerImpl:
+        """The implementation that runs with a zoneout mask (None: the plain one)."""
+        return self.impl if zoneout is None else self.zoneout_impl
+
     @property
     def param_count(self) -> int:
         return int(self.flat_params.size)
@@ -183,13 +187,10 @@ class RecurrentLayer:
                            np.arange(B))
             x = x[self._steps]  # a copy: the caller's x is not read again
             mask = None if mask is None else mask[self._steps]
-        impl = self.impl if mask is None else self.zoneout_impl
-        if mask is not None:
-            y, sT, saved = impl.forward(x, s0, keep, lens, mask)
-        elif lens is not None:
-            y, sT, saved = impl.forward(x, s0, keep, lens)
-        else:  # (a backend without lengths or zoneout is asked for neither)
-            y, sT, saved = impl.forward(x, s0, keep)
+        impl = self.impl_for(mask)
+        # A backend without lengths or zoneout is asked for neither.
+        more = (lens, mask) if mask is not None else () if lens is None else (lens,)
+        y, sT, saved = impl.forward(x, s0, keep, *more)
         self._saved_impl = impl
         out = y if self._steps is None else y[self._steps]
         if not keep:

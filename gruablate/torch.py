@@ -104,7 +104,7 @@ class _LayerFunction(torch.autograd.Function):
 def _kernels(engine: RecurrentLayer, mask: np.ndarray | None):
     """The implementation to run (the zoneout cell's when there is a mask) and the
     arguments after the lengths it takes."""
-    return (engine.impl, ()) if mask is None else (engine.zoneout_impl, (mask,))
+    return engine.impl_for(mask), (() if mask is None else (mask,))
 
 
 class _Cell(nn.Module):

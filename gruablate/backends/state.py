@@ -46,6 +46,13 @@ def check_lengths(lengths: Any, seq_len: int, batch: int) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
+def check_zoneout(plan: Any, zoneout: np.ndarray | None) -> None:
+    """A ``ValueError`` unless a zoneout mask comes exactly with a zoneout cell's plan."""
+    if plan.zoneout != (zoneout is not None):
+        raise ValueError("a zoneout mask goes with the kernels of a zoneout cell only"
+                         " (RecurrentLayer.forward(zoneout=...) picks them)")
+
+
 def reverse_index(seq_len: int, lengths: np.ndarray) -> np.ndarray:
     """(T, B) step indices that read each row's first ``lengths[b]`` steps backwards
     and leave its padding in place: ``x[index, arange(B)]`` is the reversed input, and

@@ -102,23 +102,24 @@ class KernelPlan:
               ) -> dict[str, np.ndarray]:
         """Every parameter by its name, as a view of the packed arrays: an equations
         spec's in order of first use, a switch spec's in memory order (W, U, b)."""
-        H = hidden
-        where = {"W": (W, self.w_index), "U": (U, self.u_index), "v": (b, self.v_index)}
+        H, arrays = hidden, (W, U, b)
         names = list(self.ir.params)
         if not self.variant.is_equations:
-            rank = {"W": 0, "U": 1}
-            names.sort(key=lambda n: (rank.get(self.ir.params[n], 2), self._index(n)))
+            names.sort(key=self._place)  # memory order
         out: dict[str, np.ndarray] = {}
         for name in names:
-            array, index = where.get(self.ir.params[name], where["v"])
-            k = index(name)
-            out[name] = array[k * H : (k + 1) * H]
+            a, k = self._place(name)
+            out[name] = arrays[a][k * H : (k + 1) * H]
         return out
 
-    def _index(self, name: str) -> int:
+    def _place(self, name: str) -> tuple[int, int]:
+        """Where parameter ``name`` lies: (0 ``W``, 1 ``U`` or 2 ``b``; its block)."""
         role = self.ir.params[name]
-        return (self.w_index if role == "W" else self.u_index if role == "U"
-                else self.v_index)(name)
+        if role == "W":
+            return 0, self.w_index(name)
+        if role == "U":
+            return 1, self.u_index(name)
+        return 2, self.v_index(name)
 
     def saved_shapes(self, seq_len: int, batch: int, hidden: int) -> tuple[int, int, int]:
         """Shape of ``acts``, what a training forward keeps for the backward pass."""

@@ -14,6 +14,7 @@ import numpy as np
 from ...cells.plan import KernelPlan
 from ...cells.spec import Variant
 from ..base import Backend
+from ..state import check_zoneout
 
 #: What the kernels of a cell without zoneout get for its (unread) mask.
 _NO_MASK = {dt: np.zeros((1, 1, 1), dtype=dt) for dt in ("float32", "float64")}
@@ -35,9 +36,7 @@ class CpuLayer:
                 lengths: np.ndarray | None = None, zoneout: np.ndarray | None = None):
         T, B, _ = x.shape
         lens = np.full(B, T, dtype=np.int64) if lengths is None else lengths
-        if self.plan.zoneout != (zoneout is not None):
-            raise ValueError("a zoneout mask goes with the kernels of a zoneout cell only"
-                             " (RecurrentLayer.forward(zoneout=...) picks them)")
+        check_zoneout(self.plan, zoneout)
         zm = _NO_MASK[self.dtype] if zoneout is None else zoneout
         y = np.empty((T, B, self.hidden), dtype=self.dtype)
         sT = np.empty_like(s0)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ...cells.plan import KernelPlan
 from ...errors import CudaUnavailableError
+from ..state import check_zoneout
 from .buffers import DeviceBuffers
 from .cell_source import CudaCellPrinter, cell_signatures
 from .device import geometry, require_cuda, simulator_enabled
@@ -136,9 +137,7 @@ class CudaLayer:
         T, B, _ = x.shape
         BH = B * self.hidden
         up = self.buffers.upload
-        if self.plan.zoneout != (zoneout is not None):
-            raise ValueError("a zoneout mask goes with the kernels of a zoneout cell only"
-                             " (RecurrentLayer.forward(zoneout=...) picks them)")
+        check_zoneout(self.plan, zoneout)
         lensd = None if lengths is None else up("lens", lengths)
         zmd = None if zoneout is None else up("zm", zoneout)
         saved = self.forward_device(up("x", x), up("s0", s0), T, B, keep, lensd, zmd)
