@@ -5,7 +5,10 @@ The shape is that of PyTorch's ``benchmarks/fastrnns/custom_lstms.py``: the cell
 in TorchScript (``torch.mm`` on the input and on each recurrent operand, the gates
 element-wise), a scripted loop over time stacking the outputs, and autograd for the
 backward pass. Nothing of a spec's text reaches the source: every name becomes a
-numbered identifier, every number a float literal, every function one of torch's.
+numbered identifier, every number a float literal, every function one of torch's. A
+layer normalisation (``ln(a, b, ...)``) is written as a user would: the blocks
+concatenated once per step, their mean and standard deviation computed once for every
+``ln`` over the same blocks, each block normalised by them.
 
     cu, params, states = script_cell(get_variant("mgu"))
     y, *last = cu.run(x, *state_tensors, *(tensors for params, in that order))
@@ -15,11 +18,11 @@ from __future__ import annotations
 
 import torch
 
-from gruablate.cells.notation import param_role, parse_equation
+from gruablate.cells.notation import FUNCTIONS, LN_EPSILON, param_role, parse_equation
 from gruablate.cells.spec import Variant
 
 _FUNCTIONS = {"sigmoid": "torch.sigmoid", "σ": "torch.sigmoid", "tanh": "torch.tanh",
-              "relu": "torch.relu", "ReLU": "torch.relu"}
+              "relu": "torch.relu", "ReLU": "torch.relu", "sqrt": "torch.sqrt"}
 _OPS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 
 
@@ -33,6 +36,25 @@ def script_cell(variant: Variant) -> tuple[torch.jit.CompilationUnit, list[str],
     states = ["h"] + [e.target for e in eqs if e.primed and e.target != "h"]
     params: list[str] = []
     ident: dict[str, str] = {}
+    pre: list[str] = []  # statements an equation needs first (a normalisation's moments)
+    blocks: dict[str, str] = {}  # an ln/mean argument's expression -> its local name
+    moments: dict[tuple[str, ...], str] = {}  # a set of blocks -> its moments' prefix
+
+    def block(text: str) -> str:
+        if text not in blocks:
+            blocks[text] = f"a{len(blocks)}"
+            pre.append(f"        {blocks[text]} = {text}")
+        return blocks[text]
+
+    def stats(args: list[str]) -> str:
+        key = tuple(sorted(set(args)))
+        if key not in moments:
+            k = moments[key] = f"n{len(moments)}"
+            pre.extend([f"        {k}c = torch.cat([{', '.join(key)}], 1)",
+                        f"        {k}m = {k}c.mean(1, keepdim=True)",
+                        f"        {k}s = torch.sqrt({k}c.var(1, unbiased=False, keepdim=True)"
+                        f" + {LN_EPSILON!r})"])
+        return moments[key]
 
     def name(key: str) -> str:
         return ident.setdefault(key, f"v{len(ident)}")
@@ -58,9 +80,14 @@ def script_cell(variant: Variant) -> tuple[torch.jit.CompilationUnit, list[str],
                 return f"s{states.index(n)}"
             return name(n)
         if kind == "call":
+            fn = FUNCTIONS[t[1]]
+            if fn in ("mean", "ln"):
+                args = [block(expr(a)) for a in t[2:]]
+                k = stats(args)
+                return f"{k}m" if fn == "mean" else f"(({args[0]} - {k}m) / {k}s)"
             inner = expr(t[2])
-            fn = _FUNCTIONS.get(t[1])
-            return inner if fn is None else f"{fn}({inner})"  # identity: the argument
+            torch_fn = _FUNCTIONS.get(t[1])
+            return inner if torch_fn is None else f"{torch_fn}({inner})"  # identity
         if kind == "mat":
             operand = "x_t" if t[2] == ("var", "x", False) else expr(t[2])
             return f"torch.mm({operand}, {param(t[1])}.t())"
@@ -71,7 +98,9 @@ def script_cell(variant: Variant) -> tuple[torch.jit.CompilationUnit, list[str],
     body = []
     for e in eqs:
         target = name(e.target + ("'" if e.primed else ""))
-        body.append(f"        {target} = {expr(e.expr)}")
+        line = f"        {target} = {expr(e.expr)}"
+        body += pre + [line]
+        pre.clear()
     S = len(states)
     new = [name(s + "'") for s in states]
     state_args = ", ".join(f"s{k}: torch.Tensor" for k in range(S))

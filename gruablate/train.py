@@ -35,7 +35,7 @@ from .cells.plan import make_plan
 from .cells.spec import Variant
 from .envinfo import package_versions
 from .errors import NonFiniteError
-from .init import SCHEMES
+from .init import SCHEMES, check_scheme
 from .memory import check_fits, layer_bytes
 from .model import Model
 from .optim import DECAYS, Adam
@@ -156,6 +156,7 @@ def check_config(
     if reason is not None:  # checked on every machine: it is the spec's, not the device's
         raise ValueError(reason)
     spec.check_sizes(the_task.input_size, hidden)  # the first layer; the rest take H
+    check_scheme(spec, init, the_task.time_scale)  # chrono: a gate to set, and a tmax
     plan = make_plan(spec)
     for k in range(layers):
         need += layer_bytes(plan, seq_len=T, batch=B, hidden=hidden, dtype=dtype,

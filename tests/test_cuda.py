@@ -35,6 +35,7 @@ import pytest
 from _cudasim import gpu_present  # tests/ is on sys.path
 from test_equations import CELLS as EQUATION_CELLS
 from test_equations_fuzz import random_cell
+from test_layernorm import OWN_CELL as LN_CELL
 
 import gruablate
 
@@ -69,8 +70,9 @@ USER_SPECS = {
 # graph, backends/cuda/cell_source.py; a switch built-in's is that of its rendered
 # equations, so writing those out as a spec would print the same kernels again): the
 # cells of the papers in tests/test_equations.py (peepholes, gates carried as states, x
-# read element-wise, division, diagonal recurrence), and random cells (several passes,
-# products on computed values and on extra states, parameters-only values).
+# read element-wise, division, diagonal recurrence), random cells (several passes,
+# products on computed values and on extra states, parameters-only values), and a cell
+# with row means between its products (tests/test_layernorm.py).
 SWITCH_BUILTINS = [n for n in BUILTINS if not gruablate.get_variant(n).is_equations]
 _CATALOGUED = {gruablate.get_variant(n).cell_equations for n in BUILTINS} - {None, ()}
 EQUATION_SPECS = {
@@ -79,6 +81,8 @@ EQUATION_SPECS = {
        if gruablate.Variant.from_dict({"name": n, "equations": list(cell[0])}).cell_equations
        not in _CATALOGUED},
     **{f"random{s}": {"name": f"random{s}", "equations": random_cell(s)} for s in (3, 7, 11)},
+    # row means in the middle of a step, a product on a normalised value
+    "own_ln": {"name": "own_ln", "equations": LN_CELL},
 }
 
 # Largest error allowed against the float64 CPU backend, relative to the largest
@@ -225,7 +229,7 @@ def test_variant_kernels_compile_to_ptx(real_cuda, name):
     from gruablate.backends.cuda.source import DEFAULT_GEOMETRY as geo
 
     variant = gruablate.get_variant(name)
-    recurrent = bool(variant.cell.groups)
+    recurrent = not variant.cell.is_scan
     # Both dtypes at the default tiles, the one-row tiles of batch 1 (the other row
     # counts differ from these only in constants), and the other column count per lane.
     other = replace(geo, bm=8, jc=1) if geo.jc > 1 else replace(geo, bm=4, jc=2)
@@ -250,7 +254,7 @@ def test_equations_kernels_compile_to_ptx(real_cuda, name):
     from gruablate.backends.cuda.source import DEFAULT_GEOMETRY as geo
 
     variant = _variant(name)
-    recurrent = bool(variant.cell.groups)
+    recurrent = not variant.cell.is_scan
     runs = [("float32", geo)]
     if name in ("mut3", "greff_vanilla"):  # the rest differ from these in constants only
         runs += [("float64", geo), ("float32", geo.for_batch(1))]

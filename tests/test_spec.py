@@ -138,3 +138,100 @@ def test_flops_count_products_only():
     assert v.flops(4, 8, 2, 10, mode="train") == 3 * v.flops(4, 8, 2, 10)
     with pytest.raises(ValueError, match="mode"):
         v.flops(4, 8, 2, 10, mode="fast")
+
+
+# ---------------------------------------------------------------- [chrono]
+JANET = [
+    "s = W_f x + U_f h + b_f",
+    "g = tanh(W_c x + U_c h + b_c)",
+    "h' = σ(s) ⊙ h + (1 − σ(s − 1)) ⊙ g",
+]
+PEEP = ["h' = tanh(W_c x + U_c h + p_c ⊙ h + b_c)"]
+#: The identity (spec_hash) of the 29 built-ins there were when equations specs took a
+#: [chrono] table, which changed janet's only (it was 0bad1d871e88). Any other change
+#: here renames that built-in's rows in every run directory: update it only on purpose.
+BUILTIN_DIGESTS = {
+    "greff_cifg": "a4beff7bb8df", "greff_fgr": "700b18c1bfe0", "greff_nfg": "e0ad8ad43314",
+    "greff_niaf": "e37abe85c4cd", "greff_nig": "98632b3ae95b", "greff_noaf": "d1c78b3de447",
+    "greff_nog": "03d3ec867cd1", "greff_vanilla": "3a55652c85c2", "gru": "b8393937e701",
+    "gru1": "1fee52a89e3c", "gru2": "4797761f19f0", "gru3": "7e668d536a8c",
+    "gru_reset_after": "b8c84f2f7ffb", "indrnn": "821b2599e028", "janet": "905f8c2bc563",
+    "ligru": "250bb37ee3c1", "lstm": "c022ecb114bb", "lstm_cifg": "a068aa830efe",
+    "mgu": "9bf2919b14f6", "mgu_flax": "34aa5eeea750", "mingru": "d23fd2aa893a",
+    "minlstm": "da04ca8c4914", "mut1": "30ba5bdbf394", "mut2": "720914788329",
+    "mut3": "5a48768c2018", "no_reset": "20b8f2765147", "rnn": "756ee6dff7f5",
+    "sru": "f6dfce3906c8", "uncoupled": "93a116844bc8",
+}
+
+
+def _chrono_spec(chrono, equations=JANET, **extra):
+    return {"name": "j", "equations": equations, "chrono": chrono, **extra}
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"name": "x", "family": "lstm", "chrono": {"keep": ["b_f"]}},
+         "key 'chrono'.* is for equations specs"),
+        (_chrono_spec({"keep": ["b_q"]}), "chrono keep 'b_q'.* is not a parameter of the"),
+        (_chrono_spec({"keep": ["b_f"], "write": ["b_i"]}),
+         "chrono write 'b_i'.* is not a parameter"),
+        (_chrono_spec({"keep": ["p_c"]}, PEEP), "chrono keep 'p_c'.*only biases"),
+        (_chrono_spec({"keep": ["W_f"]}), "chrono keep 'W_f'.*only biases"),
+        (_chrono_spec({"keep": ["b_f"], "write": ["U_c"]}), "chrono write 'U_c'.*only biases"),
+        (_chrono_spec({"keep": ["b_f", "b_f"]}), "chrono keep 'b_f'.*named twice"),
+        (_chrono_spec({"keep": ["b_f"], "write": ["b_f"]}), "chrono write 'b_f'.*named twice"),
+        (_chrono_spec({"keep": []}), "chrono 'keep'.*at least one bias"),
+        (_chrono_spec({"write": ["b_c"]}), "chrono 'keep'.*at least one bias"),
+        (_chrono_spec({}), "chrono 'keep'.*at least one bias"),
+        (_chrono_spec({"keep": ["b_f"], "forget": ["b_c"]}),
+         r"unknown key 'forget' in \[chrono\].*known keys: keep, write"),
+        (_chrono_spec(["b_f"]), "key 'chrono'.*must be a table"),
+        (_chrono_spec("b_f"), "key 'chrono'.*must be a table"),
+        (_chrono_spec({"keep": "b_f"}), "chrono 'keep'.*must be a list of bias names"),
+        (_chrono_spec({"keep": [1]}), "chrono 'keep'.*must be a list of bias names"),
+        (_chrono_spec({"keep": ["b_f"], "write": "b_c"}), "chrono 'write'.*must be a list"),
+        (_chrono_spec({"keep": [["b_f"]]}), "chrono 'keep'.*must be a list of bias names"),
+    ],
+)
+def test_chrono_tables_are_refused_naming_the_problem(spec, message):
+    with pytest.raises(SpecError, match=message) as err:
+        Variant.from_dict(spec, source="j.toml")
+    assert "\n" not in str(err.value) and "j.toml" in str(err.value)
+
+
+def test_chrono_table_is_canonical_hashable_and_round_trips(tmp_path):
+    from gruablate.cells.identity import spec_digest
+
+    a = Variant.from_dict(_chrono_spec({"keep": ["b_f", "b_c"]}))
+    b = Variant.from_dict(_chrono_spec({"keep": ["b_c", "b_f"], "write": []}))
+    assert a.chrono == b.chrono == (("b_c", "b_f"), ()) and a == b and hash(a) == hash(b)
+    assert a.to_dict()["chrono"] == {"keep": ["b_c", "b_f"]}
+    w = Variant.from_dict(_chrono_spec({"keep": ["b_f"], "write": ["b_c"]}))
+    assert w.to_dict()["chrono"] == {"keep": ["b_f"], "write": ["b_c"]}
+    for v in (a, w):
+        path = tmp_path / "j.toml"
+        path.write_text(v.to_toml(), encoding="utf-8")
+        assert Variant.from_toml(path) == v
+    plain = Variant.from_dict({"name": "j", "equations": JANET})
+    assert plain.chrono == () and "chrono" not in plain.to_dict()
+    assert "[chrono]" not in plain.to_toml()
+    assert len({spec_digest(v.to_dict()) for v in (plain, a, w)}) == 3
+
+
+def test_janet_declares_chrono_and_round_trips(tmp_path):
+    v = get_variant("janet")
+    assert v.chrono == (("b_f",), ())
+    path = tmp_path / "janet_copy.toml"
+    path.write_text(v.to_toml().replace('"janet"', '"janet_copy"', 1), encoding="utf-8")
+    back = get_variant(str(path))
+    assert back.chrono == v.chrono and back.cell_equations == v.cell_equations
+
+
+def test_builtin_identities_are_unchanged():
+    from gruablate.cells.identity import spec_digest
+
+    got = {n: spec_digest(get_variant(n).to_dict()) for n in BUILTIN_DIGESTS}
+    assert got == BUILTIN_DIGESTS  # built-ins added since are not pinned here
+    janet = {k: v for k, v in get_variant("janet").to_dict().items() if k != "chrono"}
+    assert spec_digest(janet) == "0bad1d871e88"  # only the [chrono] table was added

@@ -14,6 +14,11 @@ element ``j`` of one row at one step, as a graph of scalar operations shared by 
   generation time: per pass, straight-line expressions (shared where equal) and where
   each gradient goes (the input-product gradient ``dgx``, a group's product gradient
   ``dP``, a vector parameter's terms, the previous states, a value of an earlier pass);
+- *reductions*: ``mean(a)`` (and ``ln``, built from it) is one number per row, the
+  mean of ``a`` over the H units: ``a`` is computed in one pass, summed at its end, and
+  the mean read from the next pass on (kept per row and step beside the slots); its
+  gradient is the sum over the units of what its readers send it, formed at the end of
+  their backward pass and handed, divided by H, to every unit of ``a``;
 - *slots*: the values a training forward keeps per step for the backward pass, chosen
   from the derivation — a value the backward reads that it cannot recompute cheaply
   (a gate, a product result, a state), a product's computed operand (for the weight
@@ -28,17 +33,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import SpecError
-from .notation import FUNCTIONS, Equation, display_name, param_role, parse_equation
+from .notation import (
+    FUNCTIONS,
+    LN_EPSILON,
+    REDUCTIONS,
+    Equation,
+    display_name,
+    param_role,
+    parse_equation,
+)
 
 #: Element-wise operations of the graph, by arity (``step`` is the derivative of ReLU).
-UNARY = ("neg", "sigmoid", "tanh", "relu", "step", "copy")
+UNARY = ("neg", "sigmoid", "tanh", "relu", "sqrt", "step", "copy")
 BINARY = ("add", "sub", "mul", "div")
 #: Leaves of the forward graph, readable in every pass (``zmask``: the zoneout weight of
-#: the step's unit, an input that gets no gradient).
-LOADS = ("const", "state", "vec", "wx", "ux", "xin", "zmask")
+#: the step's unit, an input that gets no gradient; ``("mean", a)`` the row mean of node
+#: ``a``, readable from the pass after ``a``'s).
+LOADS = ("const", "state", "vec", "wx", "ux", "xin", "zmask", "mean")
 # Leaves that exist only in the backward pass: ("seed", s) the gradient arriving on s';
 # ("xadj", n) node n's gradient from a later pass; ("dop", g) the transposed product of
-# group g (its operand's gradient); ("carry", s) and ("dy",) inside a seed.
+# group g (its operand's gradient); ("carry", s) and ("dy",) inside a seed; ("radj", k)
+# the gradient reduction k hands each unit of its argument (its readers' terms summed
+# over the units, divided by H).
 
 
 @dataclass(frozen=True)
@@ -55,8 +71,9 @@ class Group:
 class Write:
     """A backward statement: ``target[name] (+)= node``."""
 
-    target: str  # "dgx" (a W block), "dP" (a U block), "dvec", "xadj", "carry"
-    name: str | int  # W/U/vector name, a node id (xadj) or a state name (carry)
+    target: str  # "dgx" (a W block), "dP" (a U block), "dvec", "xadj", "carry", "dred"
+    name: str | int  # W/U/vector name, a node id (xadj), a state name (carry), or a
+    # reduction (dred: the node is summed over the units, then divided by H)
     node: int
     accumulate: bool
 
@@ -85,6 +102,12 @@ class CellIR:
     groups: list[Group] = field(default_factory=list)
     passes: list[Pass] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)  # node per slot of acts
+    #: The argument node of each row mean, in order (``("mean", a)`` is reduction
+    #: ``reductions.index(a)``); kept per row and step after the slots.
+    reductions: list[int] = field(default_factory=list)
+    #: Display names of values the notation makes without an equation (``ln``'s mean
+    #: ``μ1`` and scale ``s1``), for :func:`explain`.
+    labels: dict[int, str] = field(default_factory=dict)
     #: Values of the parameters alone (``σ(b_u)`` of gru3): the same at every step and
     #: row, so computed once per call, never per step, and never kept.
     invariants: list[int] = field(default_factory=list)
@@ -149,6 +172,18 @@ class CellIR:
             return (n[1], n[2])
         return ()
 
+    def reduction(self, i: int) -> int:
+        """The reduction a ``("mean", a)`` node reads."""
+        return self.reductions.index(self.nodes[i][1])
+
+    def mean(self, a: int) -> int:
+        """The row mean of node ``a`` (made an operation of its own pass if a load)."""
+        if not self.is_op(a):
+            a = self.node("copy", a)
+        if a not in self.reductions:
+            self.reductions.append(a)
+        return self.node("mean", a)
+
     def is_op(self, i: int) -> bool:
         return self.nodes[i][0] in UNARY or self.nodes[i][0] in BINARY
 
@@ -158,6 +193,12 @@ class CellIR:
         """The cell's new ``h`` is zoned out: ``h' = m ⊙ h + (1 − m) ⊙ (the cell's h')``
         with ``m`` a per-step input (:func:`build`'s ``zoneout``)."""
         return ("zmask",) in self._index
+
+    @property
+    def is_scan(self) -> bool:
+        """Nothing crosses the hidden units (no recurrent product, no row mean): each
+        unit of each row can walk the sequence alone (minGRU)."""
+        return not self.groups and not self.reductions
 
     @property
     def reads_x(self) -> bool:
@@ -308,14 +349,46 @@ class _Builder:
             fn = FUNCTIONS.get(t[1])
             if fn is None:
                 raise self.fail(f"unknown function {t[1]!r}; the notation has"
-                                " σ/sigmoid, tanh, relu and identity")
-            arg = self.expr(t[2])
-            return arg if fn == "identity" else ir.node(fn, arg)
+                                " σ/sigmoid, tanh, relu, sqrt, identity, mean and ln")
+            if fn not in REDUCTIONS and len(t) != 3:
+                raise self.fail(f"{t[1]} takes one argument, not {len(t) - 2}")
+            args = [self.expr(a) for a in t[2:]]
+            if fn == "mean":
+                return self.joint_mean(args)
+            if fn == "ln":
+                return self.layer_norm(args)
+            return args[0] if fn == "identity" else ir.node(fn, args[0])
         if kind == "mat":
             return self.matrix(t[1], t[2])
         if kind == "neg":
             return ir.node("neg", self.expr(t[1]))
         return ir.node(kind, self.expr(t[1]), self.expr(t[2]))
+
+    def joint_mean(self, blocks: list[int]) -> int:
+        """The mean over the units of ``blocks`` side by side: the mean of their row
+        means (each block is H units). Canonical order, so every spelling of one set
+        of blocks is one node."""
+        ir = self.ir
+        blocks = sorted(set(blocks))
+        total = ir.mean(blocks[0])
+        for b in blocks[1:]:
+            total = ir.node("add", total, ir.mean(b))
+        return ir.node("div", total, ir.const(len(blocks)))
+
+    def layer_norm(self, args: list[int]) -> int:
+        """``ln(a, b, ...)``: ``a`` less the mean of the blocks ``a, b, ...`` side by
+        side, over the square root of their population variance plus ε (two passes
+        over the units, as haste's LayerNorm: the mean, then the squared deviations)."""
+        ir = self.ir
+        m = self.joint_mean(args)
+        dev = {a: ir.node("sub", a, m) for a in sorted(set(args))}
+        var = self.joint_mean([ir.node("mul", d, d) for d in dev.values()])
+        scale = ir.node("sqrt", ir.node("add", var, ir.const(LN_EPSILON)))
+        if scale not in ir.labels:
+            n = 1 + sum(label.startswith("μ") for label in ir.labels.values())
+            ir.labels.setdefault(m, f"μ{n}")
+            ir.labels[scale] = f"s{n}"
+        return ir.node("div", dev[args[0]], scale)
 
     def var(self, name: str, primed: bool) -> int:
         ir = self.ir
@@ -392,6 +465,8 @@ def _schedule(ir: CellIR) -> None:
         n = ir.nodes[i]
         if n[0] == "ux":
             p = visit(ir.products[n[1]]) + 1
+        elif n[0] == "mean":  # summed at the end of its argument's pass
+            p = visit(n[1]) + 1
         elif n[0] in LOADS:
             p = 0
         else:
@@ -407,7 +482,7 @@ def _schedule(ir: CellIR) -> None:
     # Then as late as the consumers allow: a value computed in the pass that reads it
     # needs no slot to travel between passes (the GRU's update gate moves to the pass
     # of h'). Product operands stay where the product needs them.
-    pinned = set(ir.products.values())
+    pinned = set(ir.products.values()) | set(ir.reductions)
     consumers: dict[int, list[int]] = {}
     for i in pass_of:
         for c in ir.children(i):
@@ -466,6 +541,8 @@ def _differentiate(ir: CellIR) -> None:
             add(("dP", n[1]), p, term)
         elif n[0] == "xin":
             add(("dxe", "x"), p, term)
+        elif n[0] == "mean":
+            add(("dred", ir.reduction(child)), p, term)
         elif ir.pass_of[child] == p:
             inpass.setdefault(child, []).append(term)
         else:
@@ -494,6 +571,8 @@ def _differentiate(ir: CellIR) -> None:
             terms = list(inpass.get(i, []))
             if ("xadj", i) in contrib:
                 terms.append(ir.node("xadj", i))
+            if i in ir.reductions and ("dred", ir.reductions.index(i)) in contrib:
+                terms.append(ir.node("radj", ir.reductions.index(i)))
             for s, node in ir.new_state.items():
                 if node == i:
                     terms.append(ir.node("seed", s))
@@ -561,6 +640,8 @@ def _propagate(ir: CellIR, i: int, adj: int, route) -> None:
         route(n[1], N("mul", adj, N("sub", ir.const(1.0), N("mul", i, i))))
     elif kind == "relu":
         route(n[1], N("mul", adj, N("step", i)))
+    elif kind == "sqrt":
+        route(n[1], N("div", N("mul", adj, ir.const(0.5)), i))
     else:  # pragma: no cover - every op kind is above
         raise AssertionError(kind)
 
@@ -619,8 +700,8 @@ def _resolve(ir: CellIR, i: int, fwd: set[int], keep: list[int], state_values: s
     if i in ir.invariants:  # computed once per call
         return
     if i in fwd:
-        if n[0] in ("const", "state", "vec", "xin", "zmask"):
-            return
+        if n[0] in ("const", "state", "vec", "xin", "zmask", "mean"):
+            return  # (a mean is kept per row and step anyway)
         if n[0] in ("wx", "ux", "sigmoid", "tanh", "relu") or i in keep or i in state_values:
             _keep(keep, i)
             return
@@ -633,7 +714,7 @@ def _resolve(ir: CellIR, i: int, fwd: set[int], keep: list[int], state_values: s
 # ---------------------------------------------------------------------- printing
 def _names(ir: CellIR) -> dict[int, str]:
     """Display names of the nodes an equation names (the last name wins for shared)."""
-    out = {}
+    out = dict(ir.labels)
     for name, i in ir.named.items():
         base = name[:-1] if name.endswith("'") else name
         out[i] = display_name(base) + ("'" if name.endswith("'") else "")
@@ -661,6 +742,11 @@ def _show(ir: CellIR, i: int, names: dict[int, str], temps: set[int], top: bool 
         return "x"
     if kind == "zmask":
         return "m"
+    if kind == "mean":
+        return f"mean({_show(ir, n[1], names, temps, top=False)})"
+    if kind == "radj":
+        arg = _show(ir, ir.reductions[n[1]], names, temps, top=False)
+        return f"∂mean({arg})↑/H"
     if kind == "ux":
         operand = ir.products[n[1]]
         return f"({n[1]} {_show(ir, operand, names, temps, top=False)})"
@@ -672,7 +758,7 @@ def _show(ir: CellIR, i: int, names: dict[int, str], temps: set[int], top: bool 
         g = ir.groups[n[1]]
         return f"(∂P{g.index} U{g.index})"
     sub = [_show(ir, c, names, temps, top=False) for c in ir.children(i)]
-    if kind in ("sigmoid", "tanh", "relu"):
+    if kind in ("sigmoid", "tanh", "relu", "sqrt"):
         return f"{'σ' if kind == 'sigmoid' else kind}({sub[0]})"
     if kind == "step":
         return f"[{sub[0]} > 0]"
@@ -723,6 +809,9 @@ def explain(ir: CellIR, backward: bool = False) -> list[str]:
                 dest = f"∂{names.get(w.name, f't{w.name}')}↑"
             elif w.target == "dxe":
                 dest = "∂x (element-wise part)"
+            elif w.target == "dred":
+                arg = _show(ir, ir.reductions[w.name], names, temps, top=False)
+                dest = f"∂mean({arg}) (summed over the units)"
             else:
                 dest = f"∂{w.name} (previous step)"
             out.append(f"  {dest} {op} {ref}")

@@ -21,10 +21,14 @@ reads
     (``h' = m ⊙ h + (1 − m) ⊙ ...``); ``("slot", k, backward)`` slot ``k`` of the step's kept
     values; ``("dy",)``; ``("carry", k)`` the gradient carried onto state ``k``'s new
     value; ``("dq", g)`` group ``g``'s transposed product (its operand's gradient);
-    ``("xadj", q)`` a value one backward pass hands an earlier one;
+    ``("xadj", q)`` a value one backward pass hands an earlier one; ``("red", k,
+    backward)`` reduction ``k``'s row mean (one number per row: the same for every
+    ``j``); ``("radj", k)`` the gradient reduction ``k`` hands each unit of its argument;
 writes
     ``("slot", k, False)``; ``("new", k)`` the new value of state ``k`` ≥ 1; ``("y",)``
     the new ``h`` (the output, and the ``h`` history the next step reads);
+    and through :meth:`CellPrinter.reduce` and :meth:`CellPrinter.reduce_adjoint`, the
+    sums over a row's units that reductions need (one per row, not per element);
     ``("dgx", k)``, ``("dP", g, q)``, ``("dbp", e)`` (a vector's gradient terms kept
     apart), ``("xadj", q)``, ``("dxe",)`` (dx's element-wise part), ``("dnext", k)``
     (the gradient on the previous value of state ``k``).
@@ -81,8 +85,19 @@ class CellPrinter:
         raise NotImplementedError
 
     def function(self, kind: str, arg: str) -> str:
-        """``sigmoid`` or ``tanh`` of ``arg``."""
+        """``sigmoid``, ``tanh`` or ``sqrt`` of ``arg``."""
         return f"{kind}({arg})"
+
+    def reduce(self, lp: Loop, k: int, value: str) -> None:
+        """Forward: add ``value`` (this unit's) to reduction ``k``'s sum over the row's
+        units, whose mean the later passes read at ``("red", k, ...)``."""
+        raise NotImplementedError
+
+    def reduce_adjoint(self, lp: Loop, k: int, value: str, accumulate: bool) -> None:
+        """Backward: add ``value`` (this unit's) to the sum over the row's units that
+        becomes, divided by H, ``("radj", k)`` in an earlier pass (assigned, or added
+        to what a later pass left there when ``accumulate``)."""
+        raise NotImplementedError
 
     def invariant_read(self, lp: Loop, i: int) -> str:
         """A parameters-only value (by default computed once per call, then read)."""
@@ -212,6 +227,10 @@ class CellPrinter:
             return self.at(lp, ("xadj", self.xadj.index(n[1])))
         if kind == "dop":
             return self.at(lp, ("dq", n[1]))
+        if kind == "mean":
+            return self.at(lp, ("red", ir.reduction(i), backward))
+        if kind == "radj":
+            return self.at(lp, ("radj", n[1]))
         return None
 
     def slot_read(self, lp: Loop, i: int, backward: bool) -> str:
@@ -257,6 +276,8 @@ class CellPrinter:
             self.statement(lp, i, ref)
             if i in kept:
                 lp.lines.append(f"{self.slot_read(lp, i, False)} = v{i}")
+            if i in ir.reductions:
+                self.reduce(lp, ir.reductions.index(i), f"v{i}")
             for s, node in ir.new_state.items():
                 if node == i:
                     k = self.state_index[s]
@@ -286,6 +307,9 @@ class CellPrinter:
         for w in ps.writes:
             value = ref(w.node)
             if w.target == "dvec" and self.vec_source[w.name][0] != "dbp":
+                continue
+            if w.target == "dred":
+                self.reduce_adjoint(lp, int(w.name), value, w.accumulate)
                 continue
             if w.target == "dgx":
                 dest = self.at(lp, ("dgx", self.plan.w_index(w.name)))

@@ -8,7 +8,8 @@ further than the tree below, whose leaves are numbers and checked names.
 
 The tree is made of tuples, which :mod:`.ir` turns into the cell's graph:
 
-``("num", value)``, ``("var", name, primed)``, ``("call", function, arg)``,
+``("num", value)``, ``("var", name, primed)``, ``("call", function, arg, ...)`` (one
+argument, or several for ``mean`` and ``ln``),
 ``("mat", matrix, operand)`` (``W_i x``, ``U_c (r ⊙ h)``), ``("neg", a)``, and
 ``("add" | "sub" | "mul" | "div", a, b)``.
 """
@@ -27,8 +28,16 @@ from ..errors import SpecError
 #: The functions of the notation, by every spelling accepted.
 FUNCTIONS = {
     "sigmoid": "sigmoid", "σ": "sigmoid", "tanh": "tanh", "relu": "relu", "ReLU": "relu",
-    "identity": "identity",
+    "identity": "identity", "sqrt": "sqrt", "mean": "mean", "ln": "ln",
 }
+#: Functions over the hidden units of a row rather than one unit: ``mean(a)`` is the mean
+#: of ``a`` over the H units (the same for every unit), ``mean(a, b, ...)`` the mean over
+#: the units of ``a``, ``b``, ... side by side; ``ln(a, b, ...)`` is ``a`` normalised by
+#: the mean and variance of that concatenation (layer normalisation, Ba et al. 2016, as
+#: haste computes it: population variance, ε = 1e-5, no gain or bias of its own).
+REDUCTIONS = ("mean", "ln")
+#: ε of ``ln``: haste's and PyTorch's LayerNorm default.
+LN_EPSILON = 1e-5
 
 # Unicode spellings replaced before parsing. Hats and tildes become suffixes, so that
 # ``ĥ`` and ``h_hat`` are one name.
@@ -53,7 +62,7 @@ target: NAME PRIME?
     | atom
 ?atom: NUMBER           -> num
     | NAME PRIME?       -> var
-    | NAME "(" sum ")"  -> call
+    | NAME "(" sum ("," sum)* ")"  -> call
     | "(" sum ")"
 MATRIX.2: /[WU]_[A-Za-z0-9]+(?![A-Za-z0-9_])/
 NAME: /[A-Za-z][A-Za-z0-9_]*/
@@ -105,7 +114,7 @@ def _tree(node: Any) -> tuple:
     if kind == "var":
         return ("var", str(ch[0]), len(ch) == 2)
     if kind == "call":
-        return ("call", str(ch[0]), _tree(ch[1]))
+        return ("call", str(ch[0]), *(_tree(c) for c in ch[1:]))
     if kind == "mat":
         return ("mat", str(ch[0]), _tree(ch[1]))
     if kind == "neg":
@@ -188,11 +197,14 @@ def render(node: tuple, prec: int = 0, latex: bool = False) -> str:
     if kind == "call":
         fn = FUNCTIONS.get(node[1], node[1])
         if latex:
-            name = {"sigmoid": r"\sigma", "tanh": r"\tanh", "relu": r"\mathrm{ReLU}"}.get(
-                fn, r"\mathrm{" + fn + "}")
-            return f"{name}\\left({render(node[2], 0, latex)}\\right)"
+            name = {"sigmoid": r"\sigma", "tanh": r"\tanh", "relu": r"\mathrm{ReLU}",
+                    "sqrt": r"\sqrt"}.get(fn, r"\mathrm{" + fn + "}")
+            args = ", ".join(render(a, 0, latex) for a in node[2:])
+            if fn == "sqrt":
+                return f"{name}{{{args}}}"
+            return f"{name}\\left({args}\\right)"
         fn = "σ" if fn == "sigmoid" else node[1]
-        return f"{fn}({render(node[2])})"
+        return f"{fn}({', '.join(render(a) for a in node[2:])})"
     if kind == "mat":
         inner = node[2]
         arg = render(inner, 0, latex)

@@ -12,7 +12,8 @@ Packed layout for hidden size ``H`` (offsets in units of ``H`` rows or elements)
   product is one contiguous matrix;
 - ``b`` (NV·H,): every vector parameter, biases ``b_k`` and diagonals ``p_k`` alike, in
   order of first use;
-- ``acts`` (T, B, NA·H): the cell's slots, one per value the backward pass reads.
+- ``acts`` (T, B, NA·H + NRD): the cell's slots, one per value the backward pass
+  reads, then one number per reduction (a row mean, :attr:`CellIR.reductions`).
 
 For every switch built-in this is the layout its stored runs were trained in (each
 named block at the same offset), and :meth:`KernelPlan.named` lists a switch spec's
@@ -57,6 +58,11 @@ class KernelPlan:
     def na(self) -> int:
         """Slots kept per step for the backward pass."""
         return len(self.ir.slots)
+
+    @property
+    def nrd(self) -> int:
+        """Reductions (row means) kept per row and step after the slots."""
+        return len(self.ir.reductions)
 
     @property
     def n_states(self) -> int:
@@ -123,7 +129,7 @@ class KernelPlan:
 
     def saved_shapes(self, seq_len: int, batch: int, hidden: int) -> tuple[int, int, int]:
         """Shape of ``acts``, what a training forward keeps for the backward pass."""
-        return seq_len, batch, max(1, self.na) * hidden
+        return seq_len, batch, max(1, self.na) * hidden + self.nrd
 
 
 @cache

@@ -199,7 +199,7 @@ def forward(
 
 
 _FUNCTIONS = {"sigmoid": sigmoid, "tanh": np.tanh, "relu": lambda v: np.maximum(v, 0.0),
-              "identity": lambda v: v}
+              "identity": lambda v: v, "sqrt": np.sqrt}
 
 
 def interpret(equations: Any, params: Mapping[str, np.ndarray], x: np.ndarray,
@@ -207,7 +207,7 @@ def interpret(equations: Any, params: Mapping[str, np.ndarray], x: np.ndarray,
     """Run a cell's equations over ``x`` (T, B, I) from ``state`` (name -> (B, H)):
     ``(y, last state)``. Each step evaluates the equations in order, an unprimed state
     name reading the previous step's value, a primed one this step's."""
-    from .notation import parse_equation
+    from .notation import FUNCTIONS, LN_EPSILON, parse_equation
 
     parsed = [parse_equation(e) for e in equations]
     P = {k: _p(params, k) for k in params}
@@ -230,7 +230,16 @@ def interpret(equations: Any, params: Mapping[str, np.ndarray], x: np.ndarray,
                     return P[name]
                 return env[name] if name in env else prev[name]
             if kind == "call":
-                return _FUNCTIONS["sigmoid" if n[1] == "σ" else n[1]](ev(n[2]))
+                fn = FUNCTIONS[n[1]]
+                args = [ev(a) for a in n[2:]]
+                if fn in ("mean", "ln"):  # over the units of the blocks side by side
+                    whole = np.concatenate(np.broadcast_arrays(*args), axis=-1)
+                    mean = whole.mean(axis=-1, keepdims=True)
+                    if fn == "mean":
+                        return mean
+                    return (args[0] - mean) / np.sqrt(whole.var(axis=-1, keepdims=True)
+                                                      + LN_EPSILON)
+                return _FUNCTIONS[fn](args[0])
             if kind == "mat":  # W_k x or U_k (operand): x_t @ W.T
                 return ev(n[2]) @ P[n[1]].T
             if kind == "neg":

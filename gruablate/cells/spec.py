@@ -125,9 +125,12 @@ class Variant:
     candidate_activation: str = "tanh"
     coupled_input_forget: bool | None = None
     forget_bias: float | None = None
-    #: An ``equations`` spec: its equations in canonical spelling, and its ``[init]``.
+    #: An ``equations`` spec: its equations in canonical spelling, its ``[init]``, and
+    #: its ``[chrono]``: the biases init "chrono" sets, ``(keep, write)``, each sorted
+    #: (``()`` when the spec has no ``[chrono]`` table).
     cell_equations: tuple[str, ...] = ()
     init: tuple[tuple[str, float], ...] = ()
+    chrono: tuple[tuple[str, ...], ...] = ()
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:  # a Variant built directly is held to the same name rule
@@ -141,6 +144,9 @@ class Variant:
         data = dict(data)
         if "equations" in data or data.get("family") == EQUATIONS:
             return cls._from_equations(data, source, where)
+        if "chrono" in data:
+            raise SpecError(f"key 'chrono'{where} is for equations specs: a switch spec's"
+                            " gates already say which bias init 'chrono' sets")
         known = {"family", *_TEXT_KEYS, *_SWITCH_KEYS}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -198,7 +204,7 @@ class Variant:
         from .ir import build
         from .notation import equation_text, parse_equation
 
-        known = {"family", "equations", "init", *_TEXT_KEYS}
+        known = {"family", "equations", "init", "chrono", *_TEXT_KEYS}
         unknown = sorted(set(data) - known)
         if unknown:
             extra = " (switches and equations do not mix)" if unknown[0] in _SWITCH_KEYS else ""
@@ -233,10 +239,11 @@ class Variant:
                 raise SpecError(f"init {name!r}{where} must be a finite number of size at"
                                 f" most {MAX_FORGET_BIAS:g}, got {value!r}")
             values.append((name, float(value)))
+        chrono = _chrono_table(data["chrono"], ir.params, where) if "chrono" in data else ()
         return cls(name=data["name"], family=EQUATIONS,
                    description=data.get("description", ""),
                    citation=data.get("citation", ""), source=source,
-                   cell_equations=canonical, init=tuple(sorted(values)))
+                   cell_equations=canonical, init=tuple(sorted(values)), chrono=chrono)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Variant:
@@ -264,6 +271,9 @@ class Variant:
             out["equations"] = list(self.cell_equations)
             if self.init:
                 out["init"] = dict(self.init)
+            if self.chrono:  # only when declared: other specs' content is unchanged
+                keep, write = self.chrono
+                out["chrono"] = {"keep": list(keep), **({"write": list(write)} if write else {})}
             return out
         for key in _FAMILY_DEFAULTS[self.family]:
             out[key] = getattr(self, key)
@@ -280,7 +290,8 @@ class Variant:
                 continue
             if isinstance(value, dict):
                 tables.append(f"\n[{key}]")
-                tables += [f"{k} = {float(v)!r}" for k, v in value.items()]
+                tables += [f"{k} = {json.dumps(v) if isinstance(v, list) else repr(float(v))}"
+                           for k, v in value.items()]
                 continue
             if isinstance(value, bool):
                 text = "true" if value else "false"
@@ -522,6 +533,49 @@ def _check_name(name: Any, where: str) -> None:
             f"variant name {name!r}{where} is not allowed: use 1-64 letters, digits,"
             " '.', '_' or '-', starting with a letter or digit"
         )
+
+
+_CHRONO_KEYS = ("keep", "write")
+
+
+def _chrono_table(table: Any, params: dict[str, str], where: str
+                  ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """An equations spec's ``[chrono]`` table, checked: ``(keep, write)``, each sorted.
+
+    ``keep`` names the biases init "chrono" sets to ``log U(1, tmax − 1)`` (a gate near
+    1 keeps memory; at least one), ``write`` those it sets to minus the same values.
+    ``params`` is the equations' parameters by role (``CellIR.params``).
+    """
+    if not isinstance(table, dict):
+        raise SpecError(f"key 'chrono'{where} must be a table: keep = [bias names],"
+                        " write = [bias names]")
+    unknown = sorted(set(table) - set(_CHRONO_KEYS))
+    if unknown:
+        raise SpecError(f"unknown key {unknown[0]!r} in [chrono]{where}; known keys:"
+                        f" {', '.join(_CHRONO_KEYS)}")
+    lists: dict[str, tuple[str, ...]] = {}
+    seen: set[str] = set()
+    for key in _CHRONO_KEYS:
+        names = table.get(key, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise SpecError(f"chrono {key!r}{where} must be a list of bias names (strings),"
+                            f" got {names!r}")
+        for name in names:
+            role = params.get(name)
+            if role is None:
+                raise SpecError(f"chrono {key} {name!r}{where} is not a parameter of the"
+                                " equations")
+            if role != "b":
+                raise SpecError(f"chrono {key} {name!r}{where}: only biases (b_k) take"
+                                " chrono's time scales")
+            if name in seen:
+                raise SpecError(f"chrono {key} {name!r}{where} is named twice in [chrono]")
+            seen.add(name)
+        lists[key] = tuple(sorted(names))
+    if not lists["keep"]:
+        raise SpecError(f"chrono 'keep'{where} must name at least one bias (the gate near 1"
+                        " that keeps memory)")
+    return lists["keep"], lists["write"]
 
 
 def _check_choice(key: str, value: Any, where: str) -> None:

@@ -46,7 +46,8 @@ Signatures (identical for every cell; the layer allocates the outputs):
     ``x`` (T,B,I), ``s0`` (S,B,H) the initial states (``h`` first), the packed
     parameters of :class:`~gruablate.cells.plan.KernelPlan` (``b`` every vector
     parameter), output ``y`` (T,B,H), last states ``sT`` (S,B,H), the slots kept for
-    the backward pass, ``acts`` (T,B,NA·H), and ``lens`` (B,) int64, each row's length:
+    the backward pass, ``acts`` (T,B,NA·H+NRD: the slots, then the row means of a cell
+    with ``mean``/``ln``), and ``lens`` (B,) int64, each row's length:
     a row runs its first ``lens[row]`` steps; past them its outputs (and kept slots)
     are zero and its states carry over unchanged, so ``sT`` holds each row's states
     after its last step; ``zm`` (T,B,H) the zoneout weights of a cell printed with
@@ -99,6 +100,7 @@ NX = {nx}  # W blocks (rows of W, in units of H)
 NU = {nu}  # U blocks (rows of U), by group
 NV = {nv}  # vector parameters (segments of b)
 NA = {na}  # slots kept per step (blocks of acts)
+NRD = {nrd}  # row means kept per step, after the slots (one number per row each)
 NE = {ne}  # vector parameters whose gradient terms are kept apart (in dbp)
 NQ = {nq}  # values one backward pass hands an earlier one
 S = {s}  # states
@@ -115,17 +117,21 @@ class _Pass:
     def __init__(self, name: str) -> None:
         self.name = name
         self.lines: list[str] = []
+        self.before: list[str] = []  # statements before the loop over the units
+        self.after: list[str] = []  # ... and after it (the sums of reductions)
         self.binds: dict[str, str] = {}  # argument -> slice expression at the call
 
-    def use(self, arg: str, expr: str) -> str:
+    def use(self, arg: str, expr: str, index: str = "j") -> str:
         self.binds.setdefault(arg, expr)
-        return f"{arg}[j]"
+        return f"{arg}[{index}]"
 
     def definition(self) -> str:
         args = ", ".join(self.binds)
         body = "\n".join("        " + line for line in self.lines)
+        head = "".join(f"    {line}\n" for line in self.before)
+        tail = "".join(f"    {line}\n" for line in self.after)
         return (f"\n\n@njit(pipeline_class=NoAliasCompiler, {OPTS})\n"
-                f"def {self.name}(H, {args}):\n    for j in range(H):\n{body}\n")
+                f"def {self.name}(H, {args}):\n{head}    for j in range(H):\n{body}\n{tail}")
 
     def call(self) -> str:
         """The loop over the block's rows, each row only within its length."""
@@ -146,10 +152,16 @@ def _indented(text: str) -> str:
     return "\n".join("    " + line for line in text.split("\n"))
 
 
-def _binding(loc: tuple) -> tuple[str, str]:
+def _binding(loc: tuple) -> tuple[str, ...]:
     """The loop argument and the row slice bound to it at the call, for a location of
-    :mod:`~gruablate.cells.irprint` (the loop indexes the slice with ``j``)."""
+    :mod:`~gruablate.cells.irprint` (the loop indexes the slice with ``j``, or with the
+    third element where there is one: a row's reduction)."""
     kind = loc[0]
+    if kind == "red":  # a row mean: one number per row, after the row's slots
+        step = "t" if loc[2] else "ta"
+        return "rd_", f"acts[{step}, row_, NA * H:NA * H + NRD]", str(loc[1])
+    if kind == "radj":
+        return "rg_", "rgb[bi_]", str(loc[1])
     if kind == "vec":
         k = loc[1]
         return f"b{k}_", f"b[{k} * H:{k + 1} * H]"
@@ -215,6 +227,22 @@ class _Printer(CellPrinter):
     def at(self, lp: _Pass, loc: tuple) -> str:  # type: ignore[override]
         return lp.use(*_binding(loc))
 
+    def function(self, kind: str, arg: str) -> str:
+        return f"np.sqrt({arg})" if kind == "sqrt" else f"{kind}({arg})"
+
+    def reduce(self, lp: _Pass, k: int, value: str) -> None:  # type: ignore[override]
+        # A local sum: the loop stays one pass over the units (LLVM vectorises it).
+        lp.before.append(f"r{k}_ = ZERO")
+        lp.lines.append(f"r{k}_ += {value}")
+        lp.after.append(f"{self.at(lp, ('red', k, False))} = r{k}_ / DT(H)")
+
+    def reduce_adjoint(self, lp: _Pass, k: int, value: str,  # type: ignore[override]
+                       accumulate: bool) -> None:
+        lp.before.append(f"g{k}_ = ZERO")
+        lp.lines.append(f"g{k}_ += {value}")
+        op = "+=" if accumulate else "="
+        lp.after.append(f"{self.at(lp, ('radj', k))} {op} g{k}_ / DT(H)")
+
     def dp_buffer(self, g: int) -> tuple[str, str, str]:
         """``(array, column offset, row stride)`` of group ``g``'s product gradient."""
         if g in self.alias:
@@ -260,7 +288,7 @@ class _Printer(CellPrinter):
         ir, plan = self.ir, self.plan
         groups = ir.groups
         fwd_slots = [("s0", "S * B * H"), ("b", "NV * H"), ("y", "T * B * H"),
-                     ("acts", "TA * B * NA * H"), ("xp", "T * B * NX * H")]
+                     ("acts", "TA * B * (NA * H + NRD)"), ("xp", "T * B * NX * H")]
         fwd_slots += [(f"pk{g.index}", f"np{g.index} * H * NR * packed") for g in groups]
         fwd_slots += [("U", "NU * H * H"), ("T", None), ("B", None), ("H", None),
                       ("keep", None), ("packed", None), ("sT", "S * B * H"), ("lens", "B")]
@@ -269,7 +297,7 @@ class _Printer(CellPrinter):
         if ir.zoneout:
             fwd_slots.append(("zm", "T * B * H"))
         FWD = ArgTable(tuple(fwd_slots))
-        bwd_slots = [("s0", "S * B * H"), ("y", "T * B * H"), ("acts", "T * B * NA * H"),
+        bwd_slots = [("s0", "S * B * H"), ("y", "T * B * H"), ("acts", "T * B * (NA * H + NRD)"),
                      ("dy", "T * B * H"), ("dsT", "S * B * H"), ("ds0", "S * B * H"),
                      ("dgx", "T * B * NX * H"), ("dbp", "T * B * NE * H"), ("b", "NV * H")]
         bwd_slots += [(f"dP{g.index}", f"T * B * {len(g.blocks)} * H") for g in groups
@@ -285,8 +313,8 @@ class _Printer(CellPrinter):
         BWD = ArgTable(tuple(bwd_slots))
         out = [_HEADER.format(
             dtype=self.dtype, tag=cpu_runtime.TAG, nx=plan.nx, nu=plan.nu, nv=plan.nv,
-            na=max(1, plan.na), ne=len(self.apart), nq=len(self.xadj), s=plan.n_states,
-            nr=cpu_runtime.panel_width(self.dtype), block_bytes=BLOCK_BYTES,
+            na=max(1, plan.na), nrd=plan.nrd, ne=len(self.apart), nq=len(self.xadj),
+            s=plan.n_states, nr=cpu_runtime.panel_width(self.dtype), block_bytes=BLOCK_BYTES,
             pack_min=PACK_MIN_ROWS)]
         out.append((ACT_FAST if self.dtype == "float32" else ACT_EXACT).format(opts=OPTS))
         fwd_passes = [self.loop(f"_fwd{p.index}", self.forward_pass, p.index)
@@ -335,7 +363,7 @@ class _Printer(CellPrinter):
         L += self._group_sizes("    ")
         L += [f"    s0 = {FWD.view('s0')}.reshape((S, B, H))", f"    b = {FWD.view('b')}",
               f"    y = {FWD.view('y')}.reshape((T, B, H))",
-              f"    actsf = {FWD.view('acts')}", "    acts = actsf.reshape((TA, B, NA * H))",
+              f"    actsf = {FWD.view('acts')}", "    acts = actsf.reshape((TA, B, NA * H + NRD))",
               f"    xp = {FWD.view('xp')}.reshape((T, B, NX * H))",
               f"    sT = {FWD.view('sT')}.reshape((S, B, H))", f"    Uf = {FWD.view('U')}",
               f"    lens = {FWD.view('lens', 'I64Z')}"]
@@ -370,7 +398,7 @@ class _Printer(CellPrinter):
               "                for j in range(H):", "                    y[t, row_, j] = ZERO",
               "                for k in range(1, S):", "                    for j in range(H):",
               "                        snext[k, bi_, j] = scur[k, bi_, j]",
-              "                if keep:", "                    for j in range(NA * H):",
+              "                if keep:", "                    for j in range(NA * H + NRD):",
               "                        acts[ta, row_, j] = ZERO",
               "    for bi_ in range(R_):  # h after each row's last step (h0 if it has none)",
               "        row_ = r0_ + bi_", "        n_ = lens[row_]", "        for j in range(H):",
@@ -402,7 +430,8 @@ class _Printer(CellPrinter):
                 src, off, lda = "sbf", f"((t % 2) * S + {self.state_index[s]}) * R_ * H", "H"
             else:
                 slot = ir.slot(g.operand)
-                src, off, lda = "actsf", f"(ta * B + r0_) * NA * H + {slot} * H", "NA * H"
+                src, off, lda = ("actsf", f"(ta * B + r0_) * (NA * H + NRD) + {slot} * H",
+                                 "NA * H + NRD")
             n, bo = len(g.blocks), f"{self.plan.group_offset(k)} * H * H"
             L += ["        if packed:",
                   f"            ccall(MMP, address({src}), {off}, {lda}, R_, address(pk{k}), H,"
@@ -418,7 +447,7 @@ class _Printer(CellPrinter):
         L += ["    nph = (H + NR - 1) // NR",
              f"    s0 = {BWD.view('s0')}.reshape((S, B, H))",
              f"    y = {BWD.view('y')}.reshape((T, B, H))",
-             f"    acts = {BWD.view('acts')}.reshape((T, B, NA * H))",
+             f"    acts = {BWD.view('acts')}.reshape((T, B, NA * H + NRD))",
              f"    dy = {BWD.view('dy')}.reshape((T, B, H))",
              f"    dsT = {BWD.view('dsT')}.reshape((S, B, H))",
              f"    ds0 = {BWD.view('ds0')}.reshape((S, B, H))",
@@ -442,6 +471,7 @@ class _Printer(CellPrinter):
         L += ["    dcar = np.zeros((2, S, R_, H), dtype=DT)  # gradient on the states, carried",
               "    for k in range(S):", "        dcar[(T - 1) % 2, k] = dsT[k, r0_:r1_]",
               "    xab = np.empty((max(1, NQ), R_, H), dtype=DT)",
+              "    rgb = np.empty((R_, max(1, NRD)), dtype=DT)  # reductions' gradients",
               *self._invariants_call(),
               "    spv_ = np.empty((S, R_, H), dtype=DT)  # previous states of the step",
               "    for t in range(T - 1, -1, -1):",
@@ -535,7 +565,7 @@ class _Printer(CellPrinter):
               "def forward_train(x, s0, W, U, b, y, sT, acts, lens, zm):",
               "    _forward(x, s0, W, U, b, y, sT, acts, 1, lens, zm)",
               "", "", f"@njit({ENTRY})", "def forward_infer(x, s0, W, U, b, y, sT, lens, zm):",
-              "    acts = np.empty((1, x.shape[1], NA * y.shape[2]), dtype=DT)",
+              "    acts = np.empty((1, x.shape[1], NA * y.shape[2] + NRD), dtype=DT)",
               "    _forward(x, s0, W, U, b, y, sT, acts, 0, lens, zm)",
               "", "", f"@njit({ENTRY})",
               "def backward(x, s0, W, U, b, y, acts, lens, zm, dy, dsT, dx, ds0, dW, dU, db):",
@@ -582,7 +612,7 @@ class _Printer(CellPrinter):
             if s is None:  # sum_t dP_t^T operand_t, the operand kept in a slot
                 slot = ir.slot(g.operand)
                 L.append(f"    ccall(gemm, address({buf}), {col}, 1, {ld}, {n} * H, T * B,"
-                         f" address(acts), {slot} * H, NA * H, 1, H, {dU}, 0)")
+                         f" address(acts), {slot} * H, NA * H + NRD, 1, H, {dU}, 0)")
                 continue
             si = self.state_index[s]
             L.append(f"    ccall(gemm, address({buf}), {col}, 1, {ld}, {n} * H, B,"
@@ -590,7 +620,7 @@ class _Printer(CellPrinter):
             if si == 0:
                 prev = "address(y), 0, H"
             else:
-                prev = f"address(acts), {ir.state_slot(s)} * H, NA * H"
+                prev = f"address(acts), {ir.state_slot(s)} * H, NA * H + NRD"
             L.append(f"    ccall(gemm, address({buf}), B * {ld} + {col}, 1, {ld}, {n} * H,"
                      f" (T - 1) * B, {prev}, 1, H, {dU}, 1)")
         keep = ", ".join(["dgx", "dbp", "args"] + [f"ut{g.index}" for g in ir.groups]

@@ -13,8 +13,13 @@ element-wise statements; a grid-wide sync separates passes, because the next rou
 products read whole rows. Backward, each step runs the passes last first; before pass
 ``p`` a tile forms the transposed products of round ``p`` (``dq = dP U``: the gradient
 on a computed operand), and before the last pass those of round 0 from the step after
-(the gradient the next step's products send back to the states). A cell without
-recurrent products is a scan: one thread per (row, unit).
+(the gradient the next step's products send back to the states). A row mean
+(``mean``, ``ln``: :attr:`~gruablate.cells.ir.CellIR.reductions`) spans tiles too: the
+pass computing its argument stores it in ``rdb``, and after that pass's grid sync one
+thread per row and mean sums the row's units in order (the same bits every run) into
+the row's ``acts``, with one more sync before the next pass reads it; backward, the
+same for the sum of its readers' terms. A cell with neither recurrent products nor row means is a
+scan: one thread per (row, unit).
 
 The statements come from :class:`~gruablate.cells.irprint.CellPrinter`, the same as the
 CPU backend's; this module says where each element lives on the device. Buffers
@@ -31,7 +36,11 @@ CPU backend's; this module says where each element lives on the device. Buffers
     outputs on the way out), its kept slots and product gradients are zero, and its
     carried gradient passes through;
 ``acts``
-    the slots of every step (training) or of the current step (inference);
+    the slots of every step (training) or of the current step (inference), each
+    row's NA·H slot values followed by its NRD row means;
+``rdb``
+    (B, NRD, H) a pass's values to be summed over the units, then (B, NRD) the
+    gradients the row means hand back (a 1-element array for a cell without);
 ``pgb``
     this step's product results, (B, NU·H); ``xp`` the input products (T, B, NX·H);
 ``dgx``, ``dP``, ``dbp``
@@ -65,9 +74,9 @@ from .source import (
 )
 
 FORWARD_ARGS = ("T", "B", "H", "keep", "xp", "b", "UT", "ss", "acts", "pgb", "x", "lens",
-                "zm")
+                "zm", "rdb")
 BACKWARD_ARGS = ("T", "B", "H", "U", "b", "ss", "acts", "x", "dy", "dgx", "dP", "dbp",
-                 "xab", "dq", "dcar", "dxe", "ds0", "lens", "zm")
+                 "xab", "dq", "dcar", "dxe", "ds0", "lens", "zm", "rdb")
 ARGS = {"forward": FORWARD_ARGS, "backward": BACKWARD_ARGS}
 CELL_KERNELS = tuple(ARGS)
 
@@ -147,6 +156,10 @@ class CudaCellPrinter(CellPrinter):
             return f"dbp[erow + {loc[1]} * H + j]"
         if kind == "dxe":
             return "dxe[hrow + j]"
+        if kind == "red":
+            return f"acts[arow + NA * H + {loc[1]}]"
+        if kind == "radj":
+            return f"rdb[B * NRD * H + bi * NRD + {loc[1]}]"
         raise AssertionError(loc)  # "inv" is computed inline (invariant_read)
 
     def function(self, kind: str, arg: str) -> str:
@@ -154,7 +167,44 @@ class CudaCellPrinter(CellPrinter):
         # for the GPU it finds, so calling one would fail compile_ptx without a GPU.
         if kind == "sigmoid":
             return f"ONE / (ONE + math.exp(-{arg}))"
-        return f"math.tanh({arg})"
+        return f"math.{kind}({arg})"
+
+    def reduce(self, lp: _Lines, k: int, value: str) -> None:  # type: ignore[override]
+        lp.lines.append(f"rdb[(bi * NRD + {k}) * H + j] = {value}")
+
+    def reduce_adjoint(self, lp: _Lines, k: int, value: str,  # type: ignore[override]
+                       accumulate: bool) -> None:
+        lp.lines.append(f"rdb[(bi * NRD + {k}) * H + j] = {value}")
+
+    def row_sums(self, index: int, backward: bool) -> list[str]:
+        """After pass ``index`` (and its grid sync): one thread per row and row mean
+        sums, over the row's units in order, what the pass stored for the mean (forward)
+        or for its gradient (backward), within the row's length; [] if there is none."""
+        ir = self.ir
+        if backward:
+            todo = [(int(w.name), w.accumulate) for w in ir.passes[index - 1].writes
+                    if w.target == "dred"]
+        else:
+            todo = [(k, False) for k, a in enumerate(ir.reductions)
+                    if ir.pass_of[a] == index]
+        if not todo:
+            return []
+        n = len(todo)
+        out = [f"for q_r in range(q_gid, B * {n}, q_gsz):", f"    bi = q_r // {n}",
+               "    arow = (t * B + bi) * NAH" if backward else
+               "    arow = (keep * t * B + bi) * NAH",
+               f"    within = t < {_LENGTH}"]
+        for q, (k, accumulate) in enumerate(todo):
+            dest = self.at(None, ("radj" if backward else "red", k, backward))
+            out += [f"    {'if' if q == 0 else 'elif'} q_r % {n} == {q}:",
+                    "        q_s = ZERO", "        if within:", "            for q_j in range(H):",
+                    f"                q_s += rdb[(bi * NRD + {k}) * H + q_j]"]
+            if backward:
+                op = "+=" if accumulate else "="
+                out.append(f"            {dest} {op} q_s / DT(H)")
+            else:
+                out.append(f"        {dest} = q_s / DT(H)")
+        return out
 
     def invariant_read(self, lp: _Lines, i: int) -> str:  # type: ignore[override]
         """Parameters-only values are computed where they are read: a few operations
@@ -244,6 +294,7 @@ def _consts(pr: CudaCellPrinter, geo: Geometry) -> list[str]:
         f"NX = {plan.nx}  # W blocks",
         f"NU = {plan.nu}  # U blocks, by group",
         f"NA = {plan.na}  # slots kept per step",
+        f"NRD = {plan.nrd}  # row means kept per step, after the slots",
         f"NE = {len(pr.apart)}  # vector parameters whose gradient terms are kept apart",
         f"S = {plan.n_states}  # states",
         # Shared and local array shapes must be literal constants for numba.
@@ -256,9 +307,11 @@ def _consts(pr: CudaCellPrinter, geo: Geometry) -> list[str]:
 
 def _prelude(c: _Code, recurrent: bool) -> None:
     c("BH = B * H", "HS = (T + 1) * BH", "TBH = T * BH", "NXH = NX * H", "NUH = NU * H",
-      "NAH = NA * H", "NEH = NE * H")
+      "NAH = NA * H + NRD", "NEH = NE * H")
     if recurrent:
         _tile_workspace(c)
+        c("q_gid = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x",
+          "q_gsz = cuda.gridDim.x * cuda.blockDim.x")
 
 
 def _rows(c: _Code, backward: bool) -> None:
@@ -299,7 +352,7 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY,
     plan = make_plan(variant, zoneout)
     pr = CudaCellPrinter(plan)
     ir = pr.ir
-    recurrent = bool(ir.groups)
+    recurrent = not ir.is_scan
     n_passes = len(ir.passes)
     c = _Code()
     c(*_header("cell", "the equations of a cell", dtype, geo,
@@ -345,6 +398,10 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY,
             c("cuda.syncthreads()  # part is reused by the next tile")
             c.dedent()
             c(f"grid.sync()  # pass {p} complete: the next products read whole rows")
+            sums = pr.row_sums(p, backward=False)
+            if sums:
+                c(*sums)
+                c(f"grid.sync()  # the row means of pass {p} are in acts")
         c.dedent()
     c.dedent()
 
@@ -417,6 +474,10 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY,
     c("cuda.syncthreads()")
     c.dedent()
     c(f"grid.sync()  # pass {n_passes} complete")
+    sums = pr.row_sums(n_passes, backward=True)
+    if sums:  # (no pass runs at t = -1)
+        c("if t >= 0:", *("    " + line for line in sums))
+        c("grid.sync()  # the row means' gradients are in rdb")
     if n_passes > 1:
         c("if t >= 0:")
         c.indent()
@@ -433,6 +494,10 @@ def cell_source(variant: Variant, dtype: str, geo: Geometry = DEFAULT_GEOMETRY,
             c("cuda.syncthreads()")
             c.dedent()
             c(f"grid.sync()  # pass {p} complete")
+            sums = pr.row_sums(p, backward=True)
+            if sums:
+                c(*sums)
+                c("grid.sync()  # the row means' gradients are in rdb")
         c.dedent()
     c.dedent()
     c.dedent()

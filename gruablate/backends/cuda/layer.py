@@ -78,7 +78,7 @@ class CudaLayer:
     @property
     def recurrent(self) -> bool:
         """Whether the kernels are persistent (a recurrent product), not a scan."""
-        return bool(self.plan.ir.groups)
+        return not self.plan.ir.is_scan
 
     def _module(self, geo: Geometry) -> Any:
         """The printed module of the layer's cell for launch geometry ``geo``."""
@@ -171,14 +171,20 @@ class CudaLayer:
             at = (T + 1) * BH + (k - 1) * kept * BH
             ss[at : at + BH].copy_to_device(s0d[k * BH : (k + 1) * BH])
         acts = self.buffers.get("acts" if keep else "acts_inf",
-                                (T if keep else 1) * B * p.na * H)
+                                (T if keep else 1) * B * (p.na * H + p.nrd))
         pgb = self.buffers.get("pgb", B * p.nu * H)
+        rdb = self._row_sums(B)
         if lensd is None:
             lensd = self._unbounded
         self._launch_cell("forward", B, (T, B, H, int(keep), xp, self.d_b, self.d_UT, ss,
                                          acts, pgb, xd if p.ir.reads_x else self._dummy,
-                                         lensd, self._dummy if zmd is None else zmd))
+                                         lensd, self._dummy if zmd is None else zmd, rdb))
         return xd, ss, acts, lensd, zmd
+
+    def _row_sums(self, B: int) -> Any:
+        """The kernels' scratch for row means (``rdb``), or the 1-element dummy."""
+        n = self.plan.nrd
+        return self.buffers.get("rdb", B * n * (self.hidden + 1)) if n else self._dummy
 
     def copy_last_state(self, saved: tuple, T: int, B: int, keep: bool, dst: Any) -> None:
         ss = saved[1]
@@ -230,7 +236,8 @@ class CudaLayer:
         self._launch_cell("backward", B, (T, B, H, self.d_U, self.d_b, ss, acts,
                                           xd if ir.reads_x else self._dummy, dyd, dgx, dP,
                                           dbp, xab, dq, dcar, dxe, ds0, lensd,
-                                          self._dummy if zmd is None else zmd))
+                                          self._dummy if zmd is None else zmd,
+                                          self._row_sums(B)))
         # Input and weight gradients: one product each over all steps.
         g = self.d_grads
         if p.nx:
@@ -247,7 +254,7 @@ class CudaLayer:
             a, col, ld = self._dp_rows(k, TB, dgx, dP)
             s = ir.group_state(group)
             if s is None:  # the operand kept in a slot of every step
-                b, b_off, ldb = acts, ir.slot(group.operand) * H, p.na * H
+                b, b_off, ldb = acts, ir.slot(group.operand) * H, p.na * H + p.nrd
             else:  # the states before each step: steps 0..T-1 of its history
                 b, b_off, ldb = ss, cell.state_index[s] * (T + 1) * BH, H
             self._matmul(n * H, H, TB, a, col, 1, ld, b, b_off, ldb, 1, g,
