@@ -21,6 +21,17 @@ around the layers) or, for a device backend, on the device.
 Losses and gradients are computed in float64 (:mod:`gruablate.losses`) and the
 gradients cast to the model's dtype, so the reported loss does not depend on the
 float32 rounding of a sum.
+
+- **Regularisation** (both off by default). ``dropout=p``: in training, each output of
+  every layer but the top one is zeroed with probability ``p`` and the rest scaled by
+  ``1/(1 − p)`` before the next layer reads it (as ``nn.GRU``'s ``dropout``).
+  ``zoneout=p`` (Krueger et al. 2016, on ``h`` as haste applies it): in training each
+  unit of every layer keeps its previous ``h`` with probability ``p`` at each step,
+  ``h' = m ⊙ h + (1 − m) ⊙ h̃`` with ``m`` a Bernoulli(``p``) draw; at evaluation
+  (:meth:`Model.predict`) ``m = p`` everywhere, the expectation, and no dropout. The
+  masks come from :attr:`Model.mask_rng`, a generator of its own seeded from the
+  model's seed (:meth:`Model.masks`), one new draw per training :meth:`Model.forward`:
+  a run stays deterministic, and the parameters a seed gives do not change.
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ from .errors import NonFiniteError
 from .init import initialise
 from .layer import RecurrentLayer
 from .losses import bernoulli_nll, log_softmax, loss_and_grad, softmax_nll
-from .vocabulary import LOSSES, READOUTS, normalise_dtype, positive_int
+from .vocabulary import LOSSES, READOUTS, normalise_dtype, positive_int, probability
 
 __all__ = ["Model", "NonFiniteError", "bernoulli_nll", "log_softmax", "loss_and_grad",
            "softmax_nll"]
@@ -65,6 +76,13 @@ class Model:
     init, tmax:
         Initialisation scheme of the recurrent layers (see :mod:`gruablate.init`) and the
         characteristic length chrono initialisation needs.
+    dropout, zoneout:
+        Rates in ``[0, 1)`` (see the module docstring): dropout between stacked layers
+        (so it needs ``layers >= 2``), zoneout on every layer's ``h``. Both run on the
+        backends whose model runner applies them
+        (:meth:`~gruablate.backends.Backend.runner_features`: the CPU's host step, not
+        yet the CUDA runner); elsewhere a non-zero rate is a ``ValueError`` before any
+        work. At 0 (the default) the model runs exactly as without them.
     """
 
     def __init__(
@@ -83,6 +101,8 @@ class Model:
         backend: str | Backend = "cpu",
         init: str = "torch",
         tmax: int | None = None,
+        dropout: float = 0.0,
+        zoneout: float = 0.0,
     ) -> None:
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
@@ -90,15 +110,27 @@ class Model:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         layers = positive_int("layers", layers)
         output_size = positive_int("output_size", output_size)
+        #: the rates of dropout between layers and of zoneout on h (0: off)
+        self.dropout: float = probability("dropout", dropout)
+        self.zoneout: float = probability("zoneout", zoneout)
+        if self.dropout and layers == 1:
+            raise ValueError("dropout acts between stacked layers; layers=1 has none")
         self.variant = get_variant(variant)
         backend_ = get_backend(backend)
+        check_regularisation(backend_, self.dropout, self.zoneout)
         #: the backend's name (``get_backend(model.backend)`` gives the backend)
         self.backend: str = backend_.name
         self.input_size, self.hidden, self.output_size = input_size, hidden, output_size
         self.tokens, self.readout, self.loss_kind = tokens, readout, loss
         self.dtype = dtype = normalise_dtype(dtype)
-        # One independent stream per layer and one for the readout, all from the seed.
-        seqs = np.random.SeedSequence(seed).spawn(layers + 1)
+        # One independent stream per layer, one for the readout and one for the dropout
+        # and zoneout masks, all from the seed (children are numbered: adding the last
+        # left the parameters' streams as they were).
+        seqs = np.random.SeedSequence(seed).spawn(layers + 2)
+        #: draws the training masks (None when neither dropout nor zoneout is on)
+        self.mask_rng: np.random.Generator | None = (
+            np.random.default_rng(seqs[layers + 1]) if self.dropout or self.zoneout
+            else None)
         self.layers: list[RecurrentLayer] = []
         for k in range(layers):
             layer_seed = int(seqs[k].generate_state(1)[0])
@@ -172,8 +204,42 @@ class Model:
             return out
         return np.ascontiguousarray(x, dtype=self.dtype)
 
+    def masks(self, steps: int, batch: int, *, training: bool
+              ) -> list[tuple[np.ndarray | None, np.ndarray | None]] | None:
+        """Each layer's ``(zoneout, dropout)`` arrays (T, B, H) in the model's dtype for a
+        run over ``steps`` × ``batch``, or None when neither rate is on.
+
+        ``zoneout``: the mask ``m`` the layer takes (1 keeps the previous ``h``): in
+        training Bernoulli(``zoneout``) draws, at evaluation ``zoneout`` everywhere.
+        ``dropout``: what multiplies the layer's output before the next layer reads it,
+        0 or ``1/(1 − dropout)``, in training and below the top layer only. A None is an
+        array not used. Training draws come from :attr:`mask_rng`, layer by layer from
+        the bottom (zoneout first), so each call draws new masks.
+        """
+        if not (self.dropout or self.zoneout):
+            return None
+        shape, dt = (steps, batch, self.hidden), np.dtype(self.dtype)
+        last = len(self.layers) - 1
+        if not training:
+            z = np.full(shape, self.zoneout, dtype=dt) if self.zoneout else None
+            return [(z, None)] * len(self.layers)
+        rng = self.mask_rng
+        assert rng is not None
+        out: list[tuple[np.ndarray | None, np.ndarray | None]] = []
+        for k in range(len(self.layers)):
+            z = d = None
+            if self.zoneout:
+                z = (rng.random(shape) < self.zoneout).astype(dt)
+            if self.dropout and k < last:
+                d = (rng.random(shape) >= self.dropout).astype(dt)
+                d *= dt.type(1.0 / (1.0 - self.dropout))
+            out.append((z, d))
+        return out
+
     def predict(self, x: np.ndarray, state: list | None = None) -> tuple[np.ndarray, list]:
-        """Outputs (logits, or values for MSE) and each layer's last state; keeps nothing."""
+        """Outputs (logits, or values for MSE) and each layer's last state; keeps nothing.
+
+        Evaluation: no dropout, and zoneout's expectation (``m = zoneout``)."""
         return self.runner.predict(x, state)
 
     def forward(self, x: np.ndarray, y: np.ndarray, state: list | None = None
@@ -183,6 +249,9 @@ class Model:
         ``state`` is a list with one initial state per layer (None for zeros); pass the
         returned list back in to carry the state over to the next batch. On a device
         backend the states stay on the device and only the loss comes back.
+
+        Training: with dropout or zoneout on, each call draws new masks
+        (:meth:`masks`), which the following :meth:`backward` goes through.
         """
         return self.runner.forward(x, y, state)
 
@@ -190,3 +259,12 @@ class Model:
         """Gradients of the last :meth:`forward`'s loss into every buffer's gradient
         (on a device backend: into the device's gradients)."""
         self.runner.backward()
+
+
+def check_regularisation(backend: Backend, dropout: float, zoneout: float) -> None:
+    """A ``ValueError`` when ``backend``'s model runner cannot apply a non-zero
+    ``dropout`` or ``zoneout`` (:meth:`~gruablate.backends.Backend.runner_features`)."""
+    wanted = [name for name, rate in (("dropout", dropout), ("zoneout", zoneout)) if rate]
+    if any(name not in backend.runner_features() for name in wanted):
+        raise ValueError(f"dropout/zoneout run on the cpu backend only (not yet on"
+                         f" {backend.name})")

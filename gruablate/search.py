@@ -8,6 +8,7 @@
     lr = "loguniform(1e-4, 3e-2)"    # a range: uniform, loguniform, int, intlog
     hidden = "intlog(16, 128)"
     clip = [0.5, 1, 5]               # or a list of choices
+    dropout = "uniform(0, 0.5)"      # rates (dropout, zoneout) within [0, 1)
 
 Random search. Trial ``k``'s value of a setting comes from a generator seeded by
 ``(seed, k, the setting's name)`` alone, so the same trial index gives the same settings
@@ -35,7 +36,10 @@ from .errors import StudyError
 
 # The settings a search may draw: the training settings of a study (dtype aside: it is
 # the arithmetic, not a hyperparameter) and the hidden size.
-SEARCHABLE = ("hidden", "steps", "batch", "lr", "init", "clip", "warmup", "decay")
+SEARCHABLE = ("hidden", "steps", "batch", "lr", "init", "clip", "warmup", "decay", "dropout",
+              "zoneout")
+# Settings that are rates: every value a search may draw must lie in [0, 1).
+RATES = ("dropout", "zoneout")
 # Ranges: the name a spec writes → (integer-valued, log scale).
 RANGES = {"uniform": (False, False), "loguniform": (False, True),
           "int": (True, False), "intlog": (True, True)}
@@ -120,6 +124,11 @@ class Search:
             if d.kind != "choice" and (not d.integer or d.low < 1):
                 raise StudyError(f"search.hidden{at} must be integers of at least 1"
                                  " (int(...), intlog(...) or a list)")
+        for key in RATES:
+            if key in space and not _rates(space[key]):
+                raise StudyError(f"search.{key}{at} must draw numbers in [0, 1) (e.g."
+                                 f" \"uniform(0, 0.5)\" or [0, 0.1, 0.3]), got"
+                                 f" {space[key].text()}")
         return cls(trials=trials, seed=seed, space=space)
 
     def draw(self, trial: int) -> dict[str, Any]:
@@ -179,6 +188,15 @@ def parse_distribution(value: Any, what: str) -> Distribution:
     if log and low <= 0:
         raise StudyError(f"{what}: {kind} needs LOW > 0, got {value!r}")
     return Distribution(kind, float(low), float(high))
+
+
+def _rates(d: Distribution) -> bool:
+    """Whether every value ``d`` draws is a number in [0, 1) (a range's high end may be
+    drawn: it must be below 1)."""
+    if d.kind == "choice":
+        return all(not isinstance(c, bool) and isinstance(c, int | float) and 0 <= c < 1
+                   for c in d.choices)
+    return d.low >= 0 and d.high < 1
 
 
 def _literal(node: ast.AST, usage: str) -> float:

@@ -51,10 +51,15 @@ from .cells.identity import spec_content, spec_digest
 from .cells.spec import SpecError, Variant
 from .errors import StudyError
 from .search import DEFAULT_SPACE, Search
-from .vocabulary import DTYPES
+from .vocabulary import DTYPES, probability
 
 # Settings every cell of a task shares; a task's table may override them.
-SETTINGS = ("steps", "batch", "lr", "dtype", "init", "clip", "warmup", "decay")
+SETTINGS = ("steps", "batch", "lr", "dtype", "init", "clip", "warmup", "decay", "dropout",
+            "zoneout")
+# Settings a cell's configuration (and so its id) holds only when they are not at this
+# value, their default: a study that leaves them off names its cells as before they
+# existed.
+OPTIONAL_SETTINGS: dict[str, Any] = {"dropout": 0.0, "zoneout": 0.0}
 AXES = ("variants", "tasks", "hidden", "layers", "seeds", "backends")
 _TOP_KEYS = ("name", "description", *AXES, "hidden_by_variant", *SETTINGS, "search")
 _INT_AXES = ("hidden", "layers", "seeds")
@@ -189,7 +194,8 @@ class Cell:
     def train_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`gruablate.train` for this cell."""
         c = self.config
-        kwargs = {k: c[k] for k in ("task", "hidden", "layers", "seed", "backend", *SETTINGS)}
+        kwargs = {k: c[k] for k in ("task", "hidden", "layers", "seed", "backend", *SETTINGS)
+                  if k in c}  # the optional settings only when on
         return {"variant": self.variant, **kwargs, **c["task_options"]}
 
 
@@ -247,7 +253,7 @@ class Study:
                 raise StudyError(
                     f"unknown backend {b!r}{at}; choose from {', '.join(backend_names())}"
                 )
-        base = {k: full[k] for k in SETTINGS}
+        base = {k: full.get(k, OPTIONAL_SETTINGS.get(k)) for k in SETTINGS}
         tasks: dict[str, dict[str, Any]] = {}
         settings: dict[str, dict[str, Any]] = {}
         built: dict[str, Any] = {}
@@ -377,6 +383,9 @@ def _drawn_settings(drawn: dict[str, Any]) -> dict[str, Any]:
     """A trial's draws as cell settings, spelled as :func:`_check_settings` spells them
     (``clip = false`` is None, a learning rate a float)."""
     out = dict(drawn)
+    for key in OPTIONAL_SETTINGS:  # kept when drawn at 0: the search's importance reads it
+        if key in out and not isinstance(out[key], bool) and isinstance(out[key], int | float):
+            out[key] = float(out[key])
     if "clip" in out:
         out["clip"] = None if out["clip"] is False or out["clip"] == 0 else float(out["clip"])
     if "lr" in out:
@@ -488,9 +497,18 @@ def _check_settings(s: dict[str, Any], where: str) -> dict[str, Any]:
             raise StudyError(
                 f"{key} for {where} must be one of {', '.join(choices)}, got {s[key]!r}"
             )
+    rates = {}
+    for key, default in OPTIONAL_SETTINGS.items():
+        try:
+            rate = probability(key, s.get(key, default))
+        except ValueError:
+            raise StudyError(f"{key} for {where} must be a number in [0, 1), got"
+                             f" {s.get(key)!r}") from None
+        if rate != default:  # absent at its default: the cell ids stay as they were
+            rates[key] = rate
     return {"steps": s["steps"], "batch": s["batch"], "lr": float(lr), "dtype": s["dtype"],
             "init": s["init"], "clip": None if clip is None else float(clip),
-            "warmup": s["warmup"], "decay": s["decay"]}
+            "warmup": s["warmup"], "decay": s["decay"], **rates}
 
 
 def _check_cells(study: Study, built: dict[str, Any], at: str) -> None:
@@ -512,7 +530,7 @@ def _check_cells(study: Study, built: dict[str, Any], at: str) -> None:
         where = f"{c['variant']} on {c['task']}{trial}{at}"
         if cell.trial is not None:  # drawn settings get the checks a study's own get
             _check_settings(c, f"task {c['task']!r}{trial}{at}")
-        settings = {k: c[k] for k in SETTINGS}
+        settings = {k: c[k] for k in SETTINGS if k in c}
         try:
             check_config(cell.variant, built[c["task"]], hidden=c["hidden"],
                          layers=c["layers"], backend=c["backend"], require_device=False,

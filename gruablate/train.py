@@ -37,11 +37,11 @@ from .envinfo import package_versions
 from .errors import NonFiniteError
 from .init import SCHEMES, check_scheme
 from .memory import check_fits, layer_bytes
-from .model import Model
+from .model import Model, check_regularisation
 from .optim import DECAYS, Adam
 from .store import atomic_write_json
 from .tasks import Batch, Task, make_task
-from .vocabulary import normalise_dtype, positive_int
+from .vocabulary import normalise_dtype, positive_int, probability
 
 TIMING_KEYS = ("train_seconds", "steps_per_second")
 
@@ -83,6 +83,8 @@ class TrainConfig:
     warmup: int
     decay: str
     blas_threads: int | None
+    dropout: float = 0.0
+    zoneout: float = 0.0
 
 
 def check_config(
@@ -103,6 +105,8 @@ def check_config(
     warmup: int = 0,
     decay: str = "none",
     blas_threads: int | None = 1,
+    dropout: float = 0.0,
+    zoneout: float = 0.0,
     require_device: bool = True,
     **task_options: Any,
 ) -> TrainConfig:
@@ -138,8 +142,12 @@ def check_config(
         raise ValueError(f"decay must be one of {', '.join(DECAYS)}, got {decay!r}")
     if init not in SCHEMES:
         raise ValueError(f"unknown init scheme {init!r}; choose one of {', '.join(SCHEMES)}")
+    dropout, zoneout = probability("dropout", dropout), probability("zoneout", zoneout)
+    if dropout and layers == 1:
+        raise ValueError("dropout acts between stacked layers; layers=1 has none")
     dtype = normalise_dtype(dtype)
     the_backend = get_backend(backend)  # a ValueError naming the registered ones
+    check_regularisation(the_backend, dropout, zoneout)  # not every runner applies them
     eval_every = max(1, steps // 10) if eval_every is None else positive_int(
         "eval_every", eval_every)
     if blas_threads is not None:
@@ -157,10 +165,12 @@ def check_config(
         raise ValueError(reason)
     spec.check_sizes(the_task.input_size, hidden)  # the first layer; the rest take H
     check_scheme(spec, init, the_task.time_scale)  # chrono: a gate to set, and a tmax
-    plan = make_plan(spec)
+    plan = make_plan(spec, zoneout=bool(zoneout))
+    masks = (1 if zoneout else 0) + (2 if dropout else 0)  # the masks, a dropped output
     for k in range(layers):
         need += layer_bytes(plan, seq_len=T, batch=B, hidden=hidden, dtype=dtype,
                             input_size=the_task.input_size if k == 0 else hidden)
+        need += masks * T * B * hidden * np.dtype(dtype).itemsize
     check_fits(need, f"training {spec.name} at hidden {hidden}, {layers} layer(s), batch"
                f" {B} over {T} steps", "use a smaller hidden size, batch, depth or sequence")
     if require_device:
@@ -169,7 +179,7 @@ def check_config(
         spec=spec, task=the_task, hidden=hidden, layers=layers, steps=steps, batch=batch,
         seed=int(seed), lr=float(lr), backend=the_backend.name, dtype=dtype, init=init,
         eval_every=eval_every, clip=None if not clip else float(clip), warmup=int(warmup),
-        decay=decay, blas_threads=blas_threads)
+        decay=decay, blas_threads=blas_threads, dropout=dropout, zoneout=zoneout)
 
 
 def train(
@@ -184,7 +194,8 @@ def train(
     ``options`` are :func:`check_config`'s, with its defaults (one home for both):
     ``hidden`` (64), ``steps`` (1000), ``seed``, ``layers`` (1), ``batch`` (32), ``lr``
     (1e-3), ``backend`` ("cpu"), ``dtype`` ("float32"), ``init`` ("torch"),
-    ``eval_every``, ``clip`` (1.0), ``warmup``, ``decay``, ``blas_threads`` (1), and the
+    ``eval_every``, ``clip`` (1.0), ``warmup``, ``decay``, ``blas_threads`` (1),
+    ``dropout`` and ``zoneout`` (0: off; see :class:`~gruablate.model.Model`), and the
     task's options, which go to the task (``seq_len``, ``delay``, ``mode``, ``permute``,
     ``path``, ...; see :func:`gruablate.list_tasks` and ``docs/TRAINING.md``). The model
     is validated every ``eval_every`` steps (default: ten times per run) and at the end,
@@ -197,9 +208,11 @@ def train(
     shows a progress bar on stderr. Every option is checked first
     (:func:`check_config`): a bad one raises ``ValueError`` before any work.
 
-    The record holds the configuration, ``status`` (``"ok"``, ``"diverged"``,
-    ``"failed"``, or ``"interrupted"`` when Ctrl-C stopped it: the exception is raised
-    again after the record is complete, and carries it as ``exc.record``),
+    The record holds the configuration (``dropout`` and ``zoneout`` only when they are
+    on, so that a record without them is what it was before they existed), ``status``
+    (``"ok"``, ``"diverged"``, ``"failed"``, or ``"interrupted"`` when Ctrl-C stopped
+    it: the exception is raised again after the record is complete, and carries it as
+    ``exc.record``),
     ``metric_name``, the test ``metric``, ``val_metric``, the trivial ``baseline``,
     ``lower_is_better``, ``params``, the learning ``curve``, ``train_seconds``,
     ``steps_per_second``, ``error`` and ``versions``. A run whose test metric ends more
@@ -212,7 +225,8 @@ def train(
         spec, input_size=the_task.input_size, hidden=c.hidden,
         output_size=the_task.output_size, layers=c.layers, tokens=the_task.tokens,
         readout=the_task.readout, loss=the_task.loss, seed=seed, dtype=c.dtype,
-        backend=c.backend, init=c.init, tmax=the_task.time_scale,
+        backend=c.backend, init=c.init, tmax=the_task.time_scale, dropout=c.dropout,
+        zoneout=c.zoneout,
     )
     # The backend's optimiser: the host Adam, or one whose moments stay on the device.
     opt: Adam = get_backend(c.backend).optimiser(model, c.lr, clip=c.clip, warmup=c.warmup,
@@ -226,7 +240,10 @@ def train(
         "layers": c.layers, "seed": seed, "backend": c.backend, "dtype": c.dtype,
         "steps": steps, "batch": c.batch, "lr": c.lr, "init": c.init, "clip": c.clip,
         "warmup": c.warmup, "decay": c.decay, "eval_every": eval_every,
-        "blas_threads": blas_threads, "task_options": the_task.config(),
+        "blas_threads": blas_threads,
+        # only when on: a record without them reads as before they existed
+        **{k: v for k, v in (("dropout", c.dropout), ("zoneout", c.zoneout)) if v},
+        "task_options": the_task.config(),
         "variant_spec": spec.to_dict(), "metric_name": the_task.metric_name,
         "metric": math.nan, "val_metric": math.nan, "baseline": float(the_task.baseline),
         "lower_is_better": the_task.lower_is_better, "params": model.param_count,

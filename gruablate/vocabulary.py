@@ -1,7 +1,7 @@
 """The names every module shares, and their validators: one home for each.
 
 The dtypes a layer can have, the losses and readouts a task can ask for, and the
-checks of a positive integer and a dtype. (The backends are a registry of their own:
+checks of a positive integer, a probability and a dtype. (The backends are a registry of their own:
 :mod:`gruablate.backends`.) A leaf module: it imports nothing of
 the project, so the kernels, the tasks and the CLI can all depend on it.
 """
@@ -23,6 +23,15 @@ def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def probability(name: str, value: Any) -> float:
+    """``value`` as a ``float`` if it is a number in ``[0, 1)`` (not a bool): a dropout
+    or zoneout rate; else a ``ValueError`` naming ``name``."""
+    if (isinstance(value, bool) or not isinstance(value, int | float | np.integer
+                                                  | np.floating) or not 0.0 <= value < 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
 
 
 def normalise_dtype(dtype: Any) -> str:

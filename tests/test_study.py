@@ -69,6 +69,18 @@ def test_cell_ids_are_deterministic_and_follow_the_configuration():
     # An option spelled out at its default is the same cell as one left out.
     d = load_study(overrides={"tasks": "copy"}, task_options={"copy": {"alphabet": 8}})
     assert {c.id for c in d.cells()} <= a
+    # Settings added later (dropout, zoneout) at their default are no part of a cell,
+    # so the ids stored runs were written under stay as they were.
+    e = load_study(overrides={"name": "x", "dropout": 0.0, "zoneout": 0.0})
+    assert {c.id for c in e.cells()} == a
+
+
+def test_cell_ids_of_the_default_study_are_pinned():
+    # The ids the quick study's cells had before dropout and zoneout became settings:
+    # a run directory of that time must still find its records.
+    ids = [c.id for c in load_study().cells()]
+    assert ids[:2] == ["gru-adding-h32-l1-s0-cpu-2b12ba5215",
+                       "gru-adding-h32-l1-s1-cpu-9fee6f07de"]
 
 
 def test_cell_id_includes_the_spec_switches(tmp_path):

@@ -13,7 +13,9 @@ the dtype, the sizes and flat buffers), never from a :class:`~gruablate.Recurren
   the host :class:`~gruablate.optim.Adam`).
 
 It also says whether this machine can run it (:meth:`Backend.unavailable` gives the
-reason when not) and, if it generates kernels, their source for a reader. Register one
+reason when not), what its model runner applies beyond the plain step
+(:meth:`Backend.runner_features`: dropout, zoneout) and, if it generates kernels, their
+source for a reader. Register one
 with :func:`gruablate.backends.register`; ``docs/ARCHITECTURE.md`` lists the steps.
 """
 
@@ -142,6 +144,18 @@ class Backend(ABC):
         from .host import HostRunner
 
         return HostRunner(model)
+
+    def runner_features(self) -> frozenset[str]:
+        """What this backend's model runner does beyond the plain step, asked before a
+        :class:`~gruablate.model.Model` builds anything: ``"dropout"`` (between stacked
+        layers) and ``"zoneout"``. A backend that keeps the default :meth:`model_runner`
+        has the host runner's (both); one that overrides it has none unless it overrides
+        this too (the CUDA runner: none yet)."""
+        from .host import HostRunner
+
+        if type(self).model_runner is Backend.model_runner:
+            return HostRunner.features
+        return frozenset()
 
     def optimiser(self, model: ModelLike, lr: float, **options: Any) -> Adam:
         """The optimiser of ``model``: by default :class:`~gruablate.optim.Adam` over its

@@ -70,6 +70,10 @@ def _with_task_options(func: Any) -> Any:
               help="linear warm-up steps")
 @click.option("--decay", default="none", show_default=True, type=click.Choice(DECAYS),
               help="learning-rate decay to zero at the last step")
+@click.option("--dropout", default=0.0, show_default=True, type=float,
+              help="dropout between stacked layers, in [0, 1) (needs --layers >= 2)")
+@click.option("--zoneout", default=0.0, show_default=True, type=float,
+              help="zoneout on h, in [0, 1): each unit keeps its h with this probability")
 @click.option("--eval-every", type=click.IntRange(min=1), default=None,
               help="validate every N steps  [default: steps/10]")
 @click.option("--blas-threads", type=click.IntRange(min=0), default=1, show_default=True,

@@ -162,7 +162,10 @@ def load(run_dirs: list[str | Path]) -> ReportData:
 
 # What makes two cells of one task incomparable when several run directories are
 # reported together: the task's options and the training settings.
-_SETTING_COLUMNS = ("steps", "batch", "lr", "init", "clip", "warmup", "decay", "dtype")
+_SETTING_COLUMNS = ("steps", "batch", "lr", "init", "clip", "warmup", "decay", "dtype",
+                    "dropout", "zoneout")
+# Settings a record holds only when they are on: absent is this value.
+_SETTING_DEFAULTS = {"dropout": 0.0, "zoneout": 0.0}
 
 
 def search_space(record_search: Any) -> dict[str, Any]:
@@ -180,7 +183,9 @@ def _distinguish_tasks(train: pd.DataFrame, curves: pd.DataFrame
     if not len(train) or "task_options" not in train:
         return train, curves
     opts = train["task_options"].map(lambda t: json.loads(t) if isinstance(t, str) else {})
-    setting = pd.DataFrame({c: train[c] for c in _SETTING_COLUMNS if c in train})
+    setting = pd.DataFrame({
+        c: pd.to_numeric(train[c], errors="coerce").fillna(_SETTING_DEFAULTS[c])
+        if c in _SETTING_DEFAULTS else train[c] for c in _SETTING_COLUMNS if c in train})
     if "search" in train:  # a search's drawn settings vary by design: not another task
         setting = setting.astype(object)
         for i, text in train["search"].items():
