@@ -43,6 +43,11 @@ from .notation import (
     parse_equation,
 )
 
+#: Operations cheap enough to compute again in a later pass (or the backward) rather
+#: than keep in a slot: a store and a load per unit cost more than a few of these.
+CHEAP = ("neg", "copy", "add", "sub", "mul", "div", "sqrt")
+#: The most operations a value computed again may take (ln's scale takes six).
+RECOMPUTE_BUDGET = 8
 #: Element-wise operations of the graph, by arity (``step`` is the derivative of ReLU).
 UNARY = ("neg", "sigmoid", "tanh", "relu", "sqrt", "step", "copy")
 BINARY = ("add", "sub", "mul", "div")
@@ -171,6 +176,23 @@ class CellIR:
         if n[0] in BINARY:
             return (n[1], n[2])
         return ()
+
+    def recomputable(self, i: int) -> bool:
+        """Whether a later pass computes operation ``i`` again from what it reads
+        rather than read it from a slot: a few cheap operations (:data:`CHEAP`) on
+        leaves readable in every pass (inputs, products, states, row means) and
+        parameters-only values, such as ``ln``'s deviations ``W_k x − μ`` and scale."""
+        seen: set[int] = set()
+        stack = [i]
+        while stack:
+            k = stack.pop()
+            if k in seen or not self.is_op(k) or k in self.invariants:
+                continue
+            if self.nodes[k][0] not in CHEAP or len(seen) >= RECOMPUTE_BUDGET:
+                return False
+            seen.add(k)
+            stack.extend(self.children(k))
+        return True
 
     def reduction(self, i: int) -> int:
         """The reduction a ``("mean", a)`` node reads."""
@@ -655,7 +677,8 @@ def _choose_slots(ir: CellIR) -> None:
     any other (sums, products of kept values) is recomputed in the backward pass from
     what it reads. Kept too: non-``h`` states (the next step's previous values),
     computed product operands (the weight gradient after the loop), and values one
-    forward pass hands a later one.
+    forward pass hands a later one, unless the later pass computes them again
+    (:meth:`CellIR.recomputable`).
     """
     keep: list[int] = []
 
@@ -670,7 +693,8 @@ def _choose_slots(ir: CellIR) -> None:
     for ps in ir.passes:
         for i in ps.forward:
             for c in ir.children(i):
-                if ir.is_op(c) and ir.pass_of[c] < ps.index and c not in ir.invariants:
+                if (ir.is_op(c) and ir.pass_of[c] < ps.index and c not in ir.invariants
+                        and not ir.recomputable(c)):
                     want(c)
     fwd = set(ir.pass_of)
     state_values = set(ir.new_state.values())

@@ -245,16 +245,40 @@ class CellPrinter:
         for ps in ir.passes:
             for i in ps.forward:
                 for c in ir.children(i):
-                    if c in ir.slots and ir.is_op(c) and ir.pass_of[c] < ps.index:
+                    if (c in ir.slots and ir.is_op(c) and ir.pass_of[c] < ps.index
+                            and not ir.recomputable(c)):
                         out.add(c)
         return out
+
+    def recomputed(self, index: int) -> list[int]:
+        """The values of earlier passes forward pass ``index`` computes again rather
+        than read from a slot (:meth:`CellIR.recomputable`), in the order they are
+        computed."""
+        ir = self.ir
+        ps = ir.passes[index - 1]
+        mine = set(ps.forward)
+        out: set[int] = set()
+
+        def need(c: int) -> None:
+            if c in mine or c in out or not ir.is_op(c) or c in ir.invariants:
+                return
+            out.add(c)
+            for g in ir.children(c):
+                need(g)
+
+        for i in ps.forward:
+            for c in ir.children(i):
+                if ir.is_op(c) and c not in mine and ir.recomputable(c):
+                    need(c)
+        return sorted(out)
 
     def forward_pass(self, lp: Loop, index: int, train: bool = True) -> None:
         """Forward pass ``index`` (from 1) into ``lp``: the new states, ``y``, and the
         slots (all of them in training, only those the step reads again if not)."""
         ir = self.ir
         ps = ir.passes[index - 1]
-        mine = set(ps.forward)
+        again = self.recomputed(index)
+        mine = set(ps.forward) | set(again)
         kept = set(ir.slots) if train else self.inference_slots()
 
         def ref(c: int) -> str:
@@ -272,6 +296,8 @@ class CellPrinter:
         for i in ir.slots:
             if i in kept and not ir.is_op(i) and max(1, ir.pass_of[i]) == index:
                 lp.lines.append(f"{self.slot_read(lp, i, False)} = {ref(i)}")
+        for i in again:  # cheaper than a slot: computed again from what they read
+            self.statement(lp, i, ref)
         for i in ps.forward:
             self.statement(lp, i, ref)
             if i in kept:
