@@ -56,9 +56,13 @@ _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 def _load_params(engine: RecurrentLayer, names: tuple[str, ...], params) -> None:
     """Put the parameters' current values into the engine's buffers, which the kernels
-    read."""
+    read: nothing to do for a parameter that is a view of its buffer (as made, and as
+    an optimiser's in-place steps keep it); a copy for one whose storage was replaced
+    (``p.data = ...``, ``load_state_dict(assign=True)``)."""
     for name, p in zip(names, params, strict=True):
-        engine.params[name][...] = p.detach().numpy()
+        mine = engine.params[name]
+        if p.data_ptr() != mine.ctypes.data:
+            mine[...] = p.detach().numpy()
 
 
 def _host_input(engine: RecurrentLayer, x: torch.Tensor) -> np.ndarray:
@@ -115,7 +119,10 @@ class _Cell(nn.Module):
         self.engine = engine
         self.names = tuple(engine.params)
         for name in self.names:
-            value = torch.from_numpy(engine.params[name].copy()).to(dtype)
+            # A view of the engine's buffer (the same dtype): the kernels read the
+            # parameters where the optimiser writes them, no copy per call.
+            value = torch.from_numpy(engine.params[name])
+            assert value.dtype == dtype
             self.register_parameter(name, nn.Parameter(value))
 
     def forward(self, x, s0, lengths: np.ndarray | None, mask: np.ndarray | None = None):

@@ -353,3 +353,31 @@ def test_without_gradients_the_inference_kernels_give_the_same_outputs():
     assert not y0.requires_grad
     for a, b in ((y0, y), (h0, h), (c0, c)):
         torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-12)
+
+
+def test_parameters_are_the_kernels_buffers_and_a_replaced_one_is_still_read():
+    """The kernels read the parameters in place (no copy per call), an optimiser's
+    step is what the next call computes with, and a parameter whose storage is
+    replaced (``p.data = ...``) is copied in rather than ignored."""
+    torch.manual_seed(6)
+    module = Recurrent("gru", 3, 4, dtype=torch.float64)
+    cell = module.cells[0]
+    for name in cell.names:
+        assert getattr(cell, name).data_ptr() == cell.engine.params[name].ctypes.data
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    optimiser = torch.optim.SGD(module.parameters(), lr=0.1)
+    module(x)[0].sum().backward()
+    optimiser.step()
+    reference = gruablate.RecurrentLayer("gru", 3, 4, dtype="float64")
+    for name in cell.names:
+        reference.params[name][...] = getattr(cell, name).detach().numpy()
+    want, _ = reference.forward(x.numpy(), keep=False)
+    torch.testing.assert_close(module(x)[0].detach(), torch.from_numpy(want))
+    cell.U_r.data = cell.U_r.data.clone() * 3  # new storage: the engine's is stale
+    reference.params["U_r"][...] = cell.U_r.detach().numpy()
+    want, _ = reference.forward(x.numpy(), keep=False)
+    with torch.no_grad():
+        got = module(x)[0]
+    torch.testing.assert_close(got, torch.from_numpy(want))
+    got = module(x)[0]  # the autograd path too
+    torch.testing.assert_close(got.detach(), torch.from_numpy(want))
