@@ -11,6 +11,16 @@ around the layers) or, for a device backend, on the device.
   matrix in front of them would be a second linear map with nothing between the two.
 - **Readout.** A dense layer ``z = V h + c`` on the top layer's output, at every step
   (``readout="every"``) or at the last step only (``"last"``).
+- **Bidirectional layers** (``bidirectional=True``, off by default), as ``nn.GRU``'s:
+  each layer is two recurrent layers with their own parameters, one running forward in
+  time and one backward (:meth:`~gruablate.RecurrentLayer.forward` with
+  ``reverse=True``) over the same input; their outputs are concatenated along the
+  features, forward first, so the next layer and the readout read ``2·hidden``. With
+  ``readout="last"`` the readout reads each direction's own last step: the forward
+  direction's output at step ``T − 1`` and the reverse direction's at step 0, where it
+  has read the whole sequence (the ``h_n`` of both directions that a bidirectional
+  ``nn.GRU`` classifier reads); with ``"every"`` the concatenated output at each step,
+  which has seen the steps after it.
 - **Loss**, averaged over the predicted positions:
 
   ``"ce"``  softmax cross-entropy, targets are class indices (T, B) or (B,);
@@ -31,7 +41,9 @@ float32 rounding of a sum.
   (:meth:`Model.predict`) ``m = p`` everywhere, the expectation, and no dropout. The
   masks come from :attr:`Model.mask_rng`, a generator of its own seeded from the
   model's seed (:meth:`Model.masks`), one new draw per training :meth:`Model.forward`:
-  a run stays deterministic, and the parameters a seed gives do not change.
+  a run stays deterministic, and the parameters a seed gives do not change. In a
+  bidirectional model each direction has its own zoneout mask, and dropout acts on the
+  concatenated output (each direction's half drawn on its own).
 """
 
 from __future__ import annotations
@@ -47,7 +59,7 @@ from .errors import NonFiniteError
 from .init import initialise
 from .layer import RecurrentLayer
 from .losses import bernoulli_nll, log_softmax, loss_and_grad, softmax_nll
-from .vocabulary import LOSSES, READOUTS, normalise_dtype, positive_int, probability
+from .vocabulary import LOSSES, READOUTS, flag, normalise_dtype, positive_int, probability
 
 __all__ = ["Model", "NonFiniteError", "bernoulli_nll", "log_softmax", "loss_and_grad",
            "softmax_nll"]
@@ -83,6 +95,25 @@ class Model:
         (:meth:`~gruablate.backends.Backend.runner_features`: the CPU's host step, not
         yet the CUDA runner); elsewhere a non-zero rate is a ``ValueError`` before any
         work. At 0 (the default) the model runs exactly as without them.
+    bidirectional:
+        Each layer runs both ways in time (see the module docstring); ``False`` (the
+        default) is the model exactly as before it existed. Like the rates, it runs
+        where the model runner has it (``"bidirectional"`` in ``runner_features``: the
+        host step, not the CUDA runner); elsewhere ``True`` is a ``ValueError`` before
+        any work.
+
+    Attributes
+    ----------
+    layers:
+        Every :class:`~gruablate.RecurrentLayer`, bottom first, and within a layer the
+        forward direction first: ``layers[k * directions + d]`` is layer ``k``'s
+        direction ``d`` (0 forward, 1 reverse). The initial and last states of
+        :meth:`forward` and :meth:`predict` are lists in this order, and so are
+        :attr:`buffers` (the readout last).
+    depth, directions, width:
+        The number of stacked layers, 2 for a bidirectional model (else 1), and the
+        features of a layer's output (``directions · hidden``: what the next layer and
+        the readout read).
     """
 
     def __init__(
@@ -103,6 +134,7 @@ class Model:
         tmax: int | None = None,
         dropout: float = 0.0,
         zoneout: float = 0.0,
+        bidirectional: bool = False,
     ) -> None:
         if readout not in READOUTS:
             raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {readout!r}")
@@ -115,39 +147,50 @@ class Model:
         self.zoneout: float = probability("zoneout", zoneout)
         if self.dropout and layers == 1:
             raise ValueError("dropout acts between stacked layers; layers=1 has none")
+        #: whether each layer also runs backwards in time (a second layer per depth)
+        self.bidirectional: bool = flag("bidirectional", bidirectional)
         self.variant = get_variant(variant)
         backend_ = get_backend(backend)
         check_regularisation(backend_, self.dropout, self.zoneout)
+        check_bidirectional(backend_, self.bidirectional)
         #: the backend's name (``get_backend(model.backend)`` gives the backend)
         self.backend: str = backend_.name
         self.input_size, self.hidden, self.output_size = input_size, hidden, output_size
         self.tokens, self.readout, self.loss_kind = tokens, readout, loss
         self.dtype = dtype = normalise_dtype(dtype)
+        self.depth: int = layers
+        self.directions: int = 2 if self.bidirectional else 1
+        self.width: int = self.directions * hidden
         # One independent stream per layer, one for the readout and one for the dropout
-        # and zoneout masks, all from the seed (children are numbered: adding the last
-        # left the parameters' streams as they were).
-        seqs = np.random.SeedSequence(seed).spawn(layers + 2)
+        # and zoneout masks, all from the seed; then one per reverse-direction layer
+        # (children are numbered: adding one after the others leaves their streams, and
+        # so the parameters and masks of a seed, as they were).
+        seqs = np.random.SeedSequence(seed).spawn(layers + 2 + (
+            layers if self.bidirectional else 0))
         #: draws the training masks (None when neither dropout nor zoneout is on)
         self.mask_rng: np.random.Generator | None = (
             np.random.default_rng(seqs[layers + 1]) if self.dropout or self.zoneout
             else None)
         self.layers: list[RecurrentLayer] = []
         for k in range(layers):
-            layer_seed = int(seqs[k].generate_state(1)[0])
-            layer = RecurrentLayer(
-                self.variant, input_size if k == 0 else hidden, hidden,
-                seed=layer_seed, dtype=dtype, backend=backend_,
-            )
-            initialise(layer, init, seed=layer_seed, tmax=tmax)
-            self.layers.append(layer)
-        # The readout, PyTorch's nn.Linear default: U(-1/sqrt(H), 1/sqrt(H)).
-        O, H = output_size, hidden
+            for d in range(self.directions):
+                seq = seqs[k] if d == 0 else seqs[layers + 2 + k]
+                layer_seed = int(seq.generate_state(1)[0])
+                layer = RecurrentLayer(
+                    self.variant, input_size if k == 0 else self.width, hidden,
+                    seed=layer_seed, dtype=dtype, backend=backend_,
+                )
+                initialise(layer, init, seed=layer_seed, tmax=tmax)
+                self.layers.append(layer)
+        # The readout, PyTorch's nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+        O, H = output_size, self.width
         self.readout_params = np.zeros(O * H + O, dtype=dtype)
         self.readout_grads = np.zeros_like(self.readout_params)
         bound = 1.0 / math.sqrt(H)
         rng = np.random.default_rng(seqs[layers])
         self.readout_params[:] = rng.uniform(-bound, bound, self.readout_params.size)
-        #: the readout ``z = V h + c`` and its gradients, views of the flat buffers
+        #: the readout ``z = V h + c`` (``V`` is O × width) and its gradients, views of
+        #: the flat buffers
         self.V = self.readout_params[: O * H].reshape(O, H)
         self.c = self.readout_params[O * H :]
         self.V_grad = self.readout_grads[: O * H].reshape(O, H)
@@ -207,19 +250,22 @@ class Model:
     def masks(self, steps: int, batch: int, *, training: bool
               ) -> list[tuple[np.ndarray | None, np.ndarray | None]] | None:
         """Each layer's ``(zoneout, dropout)`` arrays (T, B, H) in the model's dtype for a
-        run over ``steps`` × ``batch``, or None when neither rate is on.
+        run over ``steps`` × ``batch``, or None when neither rate is on; one pair per
+        entry of :attr:`layers` (so per layer and direction).
 
         ``zoneout``: the mask ``m`` the layer takes (1 keeps the previous ``h``): in
         training Bernoulli(``zoneout``) draws, at evaluation ``zoneout`` everywhere.
         ``dropout``: what multiplies the layer's output before the next layer reads it,
-        0 or ``1/(1 − dropout)``, in training and below the top layer only. A None is an
-        array not used. Training draws come from :attr:`mask_rng`, layer by layer from
-        the bottom (zoneout first), so each call draws new masks.
+        0 or ``1/(1 − dropout)``, in training and below the top layer only (in a
+        bidirectional model: that direction's half of the concatenated output). A None
+        is an array not used. Training draws come from :attr:`mask_rng`, layer by layer
+        from the bottom (forward direction first, zoneout before dropout), so each call
+        draws new masks.
         """
         if not (self.dropout or self.zoneout):
             return None
         shape, dt = (steps, batch, self.hidden), np.dtype(self.dtype)
-        last = len(self.layers) - 1
+        below_top = (self.depth - 1) * self.directions  # the layers dropout follows
         if not training:
             z = np.full(shape, self.zoneout, dtype=dt) if self.zoneout else None
             return [(z, None)] * len(self.layers)
@@ -230,7 +276,7 @@ class Model:
             z = d = None
             if self.zoneout:
                 z = (rng.random(shape) < self.zoneout).astype(dt)
-            if self.dropout and k < last:
+            if self.dropout and k < below_top:
                 d = (rng.random(shape) >= self.dropout).astype(dt)
                 d *= dt.type(1.0 / (1.0 - self.dropout))
             out.append((z, d))
@@ -246,8 +292,9 @@ class Model:
                 ) -> tuple[float, list]:
         """Mean loss on a batch, keeping what :meth:`backward` needs; and the last states.
 
-        ``state`` is a list with one initial state per layer (None for zeros); pass the
-        returned list back in to carry the state over to the next batch. On a device
+        ``state`` is a list with one initial state per layer (per layer and direction,
+        in the order of :attr:`layers`; None for zeros); pass the returned list back in
+        to carry the state over to the next batch. On a device
         backend the states stay on the device and only the loss comes back.
 
         Training: with dropout or zoneout on, each call draws new masks
@@ -267,4 +314,12 @@ def check_regularisation(backend: Backend, dropout: float, zoneout: float) -> No
     wanted = [name for name, rate in (("dropout", dropout), ("zoneout", zoneout)) if rate]
     if any(name not in backend.runner_features() for name in wanted):
         raise ValueError(f"dropout/zoneout run on the cpu backend only (not yet on"
+                         f" {backend.name})")
+
+
+def check_bidirectional(backend: Backend, bidirectional: bool) -> None:
+    """A ``ValueError`` when ``bidirectional`` is on and ``backend``'s model runner cannot
+    run layers backwards (:meth:`~gruablate.backends.Backend.runner_features`)."""
+    if bidirectional and "bidirectional" not in backend.runner_features():
+        raise ValueError(f"bidirectional layers run on the cpu backend only (not yet on"
                          f" {backend.name})")

@@ -9,6 +9,7 @@
     hidden = "intlog(16, 128)"
     clip = [0.5, 1, 5]               # or a list of choices
     dropout = "uniform(0, 0.5)"      # rates (dropout, zoneout) within [0, 1)
+    bidirectional = [true, false]    # a switch: a list of true and/or false
 
 Random search. Trial ``k``'s value of a setting comes from a generator seeded by
 ``(seed, k, the setting's name)`` alone, so the same trial index gives the same settings
@@ -37,9 +38,11 @@ from .errors import StudyError
 # The settings a search may draw: the training settings of a study (dtype aside: it is
 # the arithmetic, not a hyperparameter) and the hidden size.
 SEARCHABLE = ("hidden", "steps", "batch", "lr", "init", "clip", "warmup", "decay", "dropout",
-              "zoneout")
+              "zoneout", "bidirectional")
 # Settings that are rates: every value a search may draw must lie in [0, 1).
 RATES = ("dropout", "zoneout")
+# Settings that are switches: a search draws them from a list of true and/or false.
+SWITCHES = ("bidirectional",)
 # Ranges: the name a spec writes → (integer-valued, log scale).
 RANGES = {"uniform": (False, False), "loguniform": (False, True),
           "int": (True, False), "intlog": (True, True)}
@@ -129,6 +132,12 @@ class Search:
                 raise StudyError(f"search.{key}{at} must draw numbers in [0, 1) (e.g."
                                  f" \"uniform(0, 0.5)\" or [0, 0.1, 0.3]), got"
                                  f" {space[key].text()}")
+        for key in SWITCHES:
+            d = space.get(key)
+            if d is not None and not (d.kind == "choice" and all(
+                    isinstance(c, bool) for c in d.choices)):
+                raise StudyError(f"search.{key}{at} must be a list of true and/or false"
+                                 f" (e.g. [true, false]), got {d.text()}")
         return cls(trials=trials, seed=seed, space=space)
 
     def draw(self, trial: int) -> dict[str, Any]:
@@ -224,7 +233,7 @@ def _number_text(x: float) -> str:
 def choice_text(c: Any) -> str:
     """A choice as TOML writes it (``false``, ``1``, ``0.5``, ``'cosine'``): the key two
     equal choices share (``1`` and ``1.0`` are one choice)."""
-    if isinstance(c, bool):
+    if isinstance(c, bool | np.bool_):
         return "true" if c else "false"
     return repr(c) if isinstance(c, str) else _number_text(c) if isinstance(c, int | float) \
         else str(c)

@@ -37,11 +37,11 @@ from .envinfo import package_versions
 from .errors import NonFiniteError
 from .init import SCHEMES, check_scheme
 from .memory import check_fits, layer_bytes
-from .model import Model, check_regularisation
+from .model import Model, check_bidirectional, check_regularisation
 from .optim import DECAYS, Adam
 from .store import atomic_write_json
 from .tasks import Batch, Task, make_task
-from .vocabulary import normalise_dtype, positive_int, probability
+from .vocabulary import flag, normalise_dtype, positive_int, probability
 
 TIMING_KEYS = ("train_seconds", "steps_per_second")
 
@@ -85,6 +85,7 @@ class TrainConfig:
     blas_threads: int | None
     dropout: float = 0.0
     zoneout: float = 0.0
+    bidirectional: bool = False
 
 
 def check_config(
@@ -107,6 +108,7 @@ def check_config(
     blas_threads: int | None = 1,
     dropout: float = 0.0,
     zoneout: float = 0.0,
+    bidirectional: bool = False,
     require_device: bool = True,
     **task_options: Any,
 ) -> TrainConfig:
@@ -145,9 +147,11 @@ def check_config(
     dropout, zoneout = probability("dropout", dropout), probability("zoneout", zoneout)
     if dropout and layers == 1:
         raise ValueError("dropout acts between stacked layers; layers=1 has none")
+    bidirectional = flag("bidirectional", bidirectional)
     dtype = normalise_dtype(dtype)
     the_backend = get_backend(backend)  # a ValueError naming the registered ones
     check_regularisation(the_backend, dropout, zoneout)  # not every runner applies them
+    check_bidirectional(the_backend, bidirectional)
     eval_every = max(1, steps // 10) if eval_every is None else positive_int(
         "eval_every", eval_every)
     if blas_threads is not None:
@@ -158,6 +162,11 @@ def check_config(
         the_task = task
     else:
         the_task = make_task(task, **task_options)
+    if bidirectional and the_task.readout != "last":
+        # the reverse direction reads the steps after each prediction: the answer itself
+        raise ValueError(f"bidirectional layers see later steps: task {the_task.name}"
+                         " predicts at every step (only a task read out at its last step"
+                         " may use them)")
     T, B = the_task.time_scale, batch
     need = the_task.output_size * T * B * 3 * np.dtype(dtype).itemsize  # logits, dz, dy
     reason = the_backend.unsupported(spec)
@@ -167,10 +176,12 @@ def check_config(
     check_scheme(spec, init, the_task.time_scale)  # chrono: a gate to set, and a tmax
     plan = make_plan(spec, zoneout=bool(zoneout))
     masks = (1 if zoneout else 0) + (2 if dropout else 0)  # the masks, a dropped output
-    for k in range(layers):
+    D = 2 if bidirectional else 1  # a bidirectional layer is two, reading D·H features
+    for k in range(layers * D):
         need += layer_bytes(plan, seq_len=T, batch=B, hidden=hidden, dtype=dtype,
-                            input_size=the_task.input_size if k == 0 else hidden)
+                            input_size=the_task.input_size if k < D else D * hidden)
         need += masks * T * B * hidden * np.dtype(dtype).itemsize
+    need += (D - 1) * layers * T * B * D * hidden * np.dtype(dtype).itemsize  # the joins
     check_fits(need, f"training {spec.name} at hidden {hidden}, {layers} layer(s), batch"
                f" {B} over {T} steps", "use a smaller hidden size, batch, depth or sequence")
     if require_device:
@@ -179,7 +190,8 @@ def check_config(
         spec=spec, task=the_task, hidden=hidden, layers=layers, steps=steps, batch=batch,
         seed=int(seed), lr=float(lr), backend=the_backend.name, dtype=dtype, init=init,
         eval_every=eval_every, clip=None if not clip else float(clip), warmup=int(warmup),
-        decay=decay, blas_threads=blas_threads, dropout=dropout, zoneout=zoneout)
+        decay=decay, blas_threads=blas_threads, dropout=dropout, zoneout=zoneout,
+        bidirectional=bidirectional)
 
 
 def train(
@@ -195,7 +207,8 @@ def train(
     ``hidden`` (64), ``steps`` (1000), ``seed``, ``layers`` (1), ``batch`` (32), ``lr``
     (1e-3), ``backend`` ("cpu"), ``dtype`` ("float32"), ``init`` ("torch"),
     ``eval_every``, ``clip`` (1.0), ``warmup``, ``decay``, ``blas_threads`` (1),
-    ``dropout`` and ``zoneout`` (0: off; see :class:`~gruablate.model.Model`), and the
+    ``dropout`` and ``zoneout`` (0: off), ``bidirectional`` (False; only for a task read
+    out at its last step; see :class:`~gruablate.model.Model`), and the
     task's options, which go to the task (``seq_len``, ``delay``, ``mode``, ``permute``,
     ``path``, ...; see :func:`gruablate.list_tasks` and ``docs/TRAINING.md``). The model
     is validated every ``eval_every`` steps (default: ten times per run) and at the end,
@@ -208,8 +221,9 @@ def train(
     shows a progress bar on stderr. Every option is checked first
     (:func:`check_config`): a bad one raises ``ValueError`` before any work.
 
-    The record holds the configuration (``dropout`` and ``zoneout`` only when they are
-    on, so that a record without them is what it was before they existed), ``status``
+    The record holds the configuration (``dropout``, ``zoneout`` and ``bidirectional``
+    only when they are on, so that a record without them is what it was before they
+    existed), ``status``
     (``"ok"``, ``"diverged"``, ``"failed"``, or ``"interrupted"`` when Ctrl-C stopped
     it: the exception is raised again after the record is complete, and carries it as
     ``exc.record``),
@@ -226,7 +240,7 @@ def train(
         output_size=the_task.output_size, layers=c.layers, tokens=the_task.tokens,
         readout=the_task.readout, loss=the_task.loss, seed=seed, dtype=c.dtype,
         backend=c.backend, init=c.init, tmax=the_task.time_scale, dropout=c.dropout,
-        zoneout=c.zoneout,
+        zoneout=c.zoneout, bidirectional=c.bidirectional,
     )
     # The backend's optimiser: the host Adam, or one whose moments stay on the device.
     opt: Adam = get_backend(c.backend).optimiser(model, c.lr, clip=c.clip, warmup=c.warmup,
@@ -242,7 +256,8 @@ def train(
         "warmup": c.warmup, "decay": c.decay, "eval_every": eval_every,
         "blas_threads": blas_threads,
         # only when on: a record without them reads as before they existed
-        **{k: v for k, v in (("dropout", c.dropout), ("zoneout", c.zoneout)) if v},
+        **{k: v for k, v in (("dropout", c.dropout), ("zoneout", c.zoneout),
+                             ("bidirectional", c.bidirectional)) if v},
         "task_options": the_task.config(),
         "variant_spec": spec.to_dict(), "metric_name": the_task.metric_name,
         "metric": math.nan, "val_metric": math.nan, "baseline": float(the_task.baseline),

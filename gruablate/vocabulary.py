@@ -1,9 +1,10 @@
 """The names every module shares, and their validators: one home for each.
 
 The dtypes a layer can have, the losses and readouts a task can ask for, and the
-checks of a positive integer, a probability and a dtype. (The backends are a registry of their own:
-:mod:`gruablate.backends`.) A leaf module: it imports nothing of
-the project, so the kernels, the tasks and the CLI can all depend on it.
+checks of a positive integer, a probability, a boolean switch and a dtype. (The
+backends are a registry of their own: :mod:`gruablate.backends`.) A leaf module: it
+imports nothing of the project, so the kernels, the tasks and the CLI can all depend
+on it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ def probability(name: str, value: Any) -> float:
                                                   | np.floating) or not 0.0 <= value < 1.0):
         raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
     return float(value)
+
+
+def flag(name: str, value: Any) -> bool:
+    """``value`` if it is a boolean (``True``/``False``, or NumPy's): a switch such as
+    ``bidirectional``; else a ``ValueError`` naming ``name`` (``1`` and ``"yes"`` are
+    refused, not read as true)."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
 
 
 def normalise_dtype(dtype: Any) -> str:

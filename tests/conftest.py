@@ -45,6 +45,19 @@ def as_tuple(state):
     return state if isinstance(state, tuple) else (state,)
 
 
+def assert_model_gradients_match_finite_differences(model, loss, nonzero: bool = False
+                                                    ) -> None:
+    """Every buffer's gradient a float64 ``Model`` holds (after ``loss()`` then
+    ``model.backward()``) against central differences of ``loss()``, which must draw
+    the same masks on every call; ``nonzero``: every buffer gets some gradient."""
+    for params, grads in model.buffers:
+        analytic = grads.copy()
+        if nonzero:
+            assert np.abs(analytic).max() > 0
+        np.testing.assert_allclose(analytic, central_differences(loss, params),
+                                   rtol=1e-5, atol=1e-8)
+
+
 def assert_gradients_match_finite_differences(layer, x, s0, dy, dsT, **forward):
     """A float64 layer's ``dx``, initial-state and parameter gradients of
     ``sum(y·dy) + sum(last·dsT)`` against central differences of its own forward pass

@@ -17,6 +17,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import assert_model_gradients_match_finite_differences
 
 import gruablate
 from gruablate.backends import get_backend
@@ -142,19 +143,7 @@ def test_gradients_through_dropout_and_zoneout_match_central_differences(
     assert any((d == 0).any() for _, d in masks if d is not None)  # dropout acts
     assert all(0 < z.mean() < 1 for z, _ in masks)  # zoneout acts
     model.backward()
-    eps = 1e-6
-    for params, grads in model.buffers:
-        analytic = grads.copy()
-        numeric = np.empty_like(params)
-        for i in range(params.size):
-            old = params[i]
-            params[i] = old + eps
-            up = forward()
-            params[i] = old - eps
-            down = forward()
-            params[i] = old
-            numeric[i] = (up - down) / (2 * eps)
-        np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-8)
+    assert_model_gradients_match_finite_differences(model, forward)
 
 
 def test_rates_of_zero_are_the_plain_model():
@@ -190,7 +179,7 @@ def test_dropout_needs_stacked_layers():
 
 def test_the_cuda_runner_is_refused_before_any_work():
     # No GPU is needed: the refusal comes before a layer (or the device) is made.
-    assert get_backend("cpu").runner_features() == {"dropout", "zoneout"}
+    assert get_backend("cpu").runner_features() == {"dropout", "zoneout", "bidirectional"}
     assert get_backend("cuda").runner_features() == frozenset()
     for rates in ({"zoneout": 0.1}, {"dropout": 0.1}):
         with pytest.raises(ValueError, match=r"^dropout/zoneout run on the cpu backend only"

@@ -14,9 +14,9 @@ the dtype, the sizes and flat buffers), never from a :class:`~gruablate.Recurren
 
 It also says whether this machine can run it (:meth:`Backend.unavailable` gives the
 reason when not), what its model runner applies beyond the plain step
-(:meth:`Backend.runner_features`: dropout, zoneout) and, if it generates kernels, their
-source for a reader. Register one
-with :func:`gruablate.backends.register`; ``docs/ARCHITECTURE.md`` lists the steps.
+(:meth:`Backend.runner_features`: dropout, zoneout, bidirectional layers) and, if it
+generates kernels, their source for a reader. Register one with
+:func:`gruablate.backends.register`; ``docs/ARCHITECTURE.md`` lists the steps.
 """
 
 from __future__ import annotations
@@ -148,9 +148,10 @@ class Backend(ABC):
     def runner_features(self) -> frozenset[str]:
         """What this backend's model runner does beyond the plain step, asked before a
         :class:`~gruablate.model.Model` builds anything: ``"dropout"`` (between stacked
-        layers) and ``"zoneout"``. A backend that keeps the default :meth:`model_runner`
-        has the host runner's (both); one that overrides it has none unless it overrides
-        this too (the CUDA runner: none yet)."""
+        layers), ``"zoneout"`` and ``"bidirectional"`` (layers run both ways in time). A
+        backend that keeps the default :meth:`model_runner` has the host runner's (all
+        three); one that overrides it has none unless it overrides this too (the CUDA
+        runner: none yet)."""
         from .host import HostRunner
 
         if type(self).model_runner is Backend.model_runner:

@@ -6,7 +6,10 @@ the loss and its gradient in float64 (:mod:`gruablate.losses`), then back throug
 readout and the layers. It applies the model's dropout and zoneout (the masks of
 ``Model.masks``): each layer's zoneout mask goes to its forward (and so through its
 backward); a dropout mask multiplies a layer's output on the way up and the gradient
-on the way down.
+on the way down. A bidirectional model's layer is two: both read the same input, the
+second with ``reverse=True``, and their outputs are concatenated (forward first); on
+the way down the gradient is split into the two halves and the two input gradients
+summed.
 """
 
 from __future__ import annotations
@@ -27,13 +30,13 @@ class HostRunner:
     imports the backends)."""
 
     #: what this runner applies beyond the plain step (see Backend.runner_features)
-    features: frozenset[str] = frozenset({"dropout", "zoneout"})
+    features: frozenset[str] = frozenset({"dropout", "zoneout", "bidirectional"})
 
     def __init__(self, model: Any) -> None:
         self.model = model
         self._saved: tuple | None = None
-        #: the masks of the last training forward, per layer ``(zoneout, dropout)``
-        #: (``Model.masks``); None without dropout and zoneout
+        #: the masks of the last training forward, per layer (and direction)
+        #: ``(zoneout, dropout)`` (``Model.masks``); None without dropout and zoneout
         self.masks: list | None = None
 
     def params_changed(self) -> None:
@@ -53,17 +56,27 @@ class HostRunner:
         # Training draws new dropout and zoneout masks; evaluation takes zoneout's
         # expectation. None when both are off: the plain step, nothing drawn.
         masks = M.masks(h.shape[0], h.shape[1], training=keep)
-        last = []
-        for k, (layer, s) in enumerate(zip(M.layers, states, strict=True)):
-            zoneout, dropout = (None, None) if masks is None else masks[k]
-            # The runner owns every array between layers: no defensive copies needed.
-            h, s_last = layer.forward(h, s, zoneout=zoneout, keep=keep, copy=False)
-            if not np.isfinite(h).all():
-                raise NonFiniteError(f"layer {k} produced a non-finite activation")
-            if dropout is not None:
-                h = h * dropout  # a new array: the layer keeps its own output
-            last.append(s_last)
-        top = h if M.readout == "every" else h[-1]
+        if len(states) != len(M.layers):
+            raise ValueError(f"state must hold one initial state per layer and direction"
+                             f" ({len(M.layers)}), got {len(states)}")
+        D, last = M.directions, []
+        for k in range(M.depth):
+            outs = []
+            for d in range(D):  # both directions read the same input h
+                i = k * D + d
+                zoneout, dropout = (None, None) if masks is None else masks[i]
+                # The runner owns every array between layers: no defensive copies needed.
+                y, s_last = M.layers[i].forward(h, states[i], reverse=d == 1,
+                                                zoneout=zoneout, keep=keep, copy=False)
+                if not np.isfinite(y).all():
+                    which = " (reverse direction)" if d else ""
+                    raise NonFiniteError(f"layer {k}{which} produced a non-finite activation")
+                if dropout is not None:
+                    y = y * dropout  # a new array: the layer keeps its own output
+                outs.append(y)
+                last.append(s_last)
+            h = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+        top = h if M.readout == "every" else _last_steps(h, M.hidden, D)
         z = top @ M.V.T + M.c
         return (top, z, h.shape[:2]), last, masks
 
@@ -85,11 +98,11 @@ class HostRunner:
             raise ValueError("backward needs a preceding forward")
         M = self.model
         top, dz, (T, B), masks = self._saved
-        H = M.hidden
+        H, W, D = M.hidden, M.width, M.directions
         dz2 = dz.reshape(-1, M.output_size)
         # A contiguous copy of dz^T first: OpenBLAS took ~30x longer on the transposed
         # view of this tall, narrow matrix (measured: 5 ms against 0.16 ms).
-        M.V_grad[...] = np.ascontiguousarray(dz2.T) @ top.reshape(-1, H)
+        M.V_grad[...] = np.ascontiguousarray(dz2.T) @ top.reshape(-1, W)
         M.c_grad[:] = dz2.sum(axis=0)
         dtop = dz @ M.V
         if not np.isfinite(dtop).all():  # finite loss, overflowing gradient: diverged too
@@ -97,10 +110,27 @@ class HostRunner:
         if M.readout == "every":
             dy = np.ascontiguousarray(dtop)
         else:
-            dy = np.zeros((T, B, H), dtype=M.dtype)
-            dy[-1] = dtop
-        for k in reversed(range(len(M.layers))):
-            if masks is not None and masks[k][1] is not None:
-                dy = dy * masks[k][1]  # through the dropout above layer k
-            dy, _, _ = M.layers[k].backward(dy)
+            dy = np.zeros((T, B, W), dtype=M.dtype)
+            dy[-1, :, :H] = dtop[:, :H]  # the forward direction's last step
+            if D == 2:
+                dy[0, :, H:] = dtop[:, H:]  # the reverse direction's last step: step 0
+        for k in reversed(range(M.depth)):
+            dx = None
+            for d in range(D):
+                i = k * D + d
+                g = dy if D == 1 else np.ascontiguousarray(dy[:, :, d * H:(d + 1) * H])
+                if masks is not None and masks[i][1] is not None:
+                    g = g * masks[i][1]  # through the dropout above layer k
+                g, _, _ = M.layers[i].backward(g)
+                dx = g if dx is None else dx + g  # both directions read the same input
+            dy = dx
         self._saved = None
+
+
+def _last_steps(h: np.ndarray, H: int, D: int) -> np.ndarray:
+    """What a last-step readout reads of the top layer's (T, B, D·H) output: each
+    direction's own last step, the forward one's at step T − 1 and the reverse one's at
+    step 0 (where it has read the whole sequence)."""
+    if D == 1:
+        return h[-1]
+    return np.concatenate([h[-1, :, :H], h[0, :, H:]], axis=1)

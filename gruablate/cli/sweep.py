@@ -154,6 +154,8 @@ class _Display:
 @click.option("--dropout", type=float,
               help="Dropout between stacked layers, in [0, 1) (0: off; needs layers >= 2).")
 @click.option("--zoneout", type=float, help="Zoneout on h, in [0, 1) (0: off).")
+@click.option("--bidirectional/--no-bidirectional", default=None,
+              help="Layers run both ways in time (tasks read out at the last step only).")
 @click.option("--trials", type=int,
               help="Search trials per variant and task: the study's [search], or"
                    " lr ~ loguniform(1e-4, 3e-2) when it has none.")
@@ -178,7 +180,8 @@ def sweep(
     tasks: str | None, hidden: str | None, layers: str | None, seeds: str | None,
     backends: str | None, steps: int | None, batch: int | None, lr: float | None,
     dtype: str | None, init: str | None, clip: float | None, warmup: int | None,
-    decay: str | None, dropout: float | None, zoneout: float | None, trials: int | None,
+    decay: str | None, dropout: float | None, zoneout: float | None,
+    bidirectional: bool | None, trials: int | None,
     task_option: tuple[str, ...], out: str | None,
     jobs: int | None,
     executor: str, scheduler: str | None, scheduler_file: str | None, rerun_failed: bool,
@@ -193,7 +196,8 @@ def sweep(
     overrides = dict(name=name, variants=variants, tasks=tasks, hidden=hidden, layers=layers,
                      seeds=seeds, backends=backends, steps=steps, batch=batch, lr=lr,
                      dtype=dtype, init=init, clip=clip, warmup=warmup, decay=decay,
-                     dropout=dropout, zoneout=zoneout, trials=trials)
+                     dropout=dropout, zoneout=zoneout, bidirectional=bidirectional,
+                     trials=trials)
     try:
         study = load_study(config, overrides=overrides, task_options=_task_options(task_option))
         for note in study.notes:

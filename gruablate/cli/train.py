@@ -74,6 +74,9 @@ def _with_task_options(func: Any) -> Any:
               help="dropout between stacked layers, in [0, 1) (needs --layers >= 2)")
 @click.option("--zoneout", default=0.0, show_default=True, type=float,
               help="zoneout on h, in [0, 1): each unit keeps its h with this probability")
+@click.option("--bidirectional", is_flag=True, default=False,
+              help="each layer also runs backwards in time (tasks read out at the last"
+                   " step only)")
 @click.option("--eval-every", type=click.IntRange(min=1), default=None,
               help="validate every N steps  [default: steps/10]")
 @click.option("--blas-threads", type=click.IntRange(min=0), default=1, show_default=True,

@@ -163,9 +163,9 @@ def load(run_dirs: list[str | Path]) -> ReportData:
 # What makes two cells of one task incomparable when several run directories are
 # reported together: the task's options and the training settings.
 _SETTING_COLUMNS = ("steps", "batch", "lr", "init", "clip", "warmup", "decay", "dtype",
-                    "dropout", "zoneout")
+                    "dropout", "zoneout", "bidirectional")
 # Settings a record holds only when they are on: absent is this value.
-_SETTING_DEFAULTS = {"dropout": 0.0, "zoneout": 0.0}
+_SETTING_DEFAULTS = {"dropout": 0.0, "zoneout": 0.0, "bidirectional": False}
 
 
 def search_space(record_search: Any) -> dict[str, Any]:
@@ -176,6 +176,17 @@ def search_space(record_search: Any) -> dict[str, Any]:
     return {}
 
 
+def _with_default(column: pd.Series, name: str) -> pd.Series:
+    """A setting's column with a record that lacks it read as the setting's default
+    (:data:`_SETTING_DEFAULTS`): a rate as 0.0, a switch as False."""
+    if name not in _SETTING_DEFAULTS:
+        return column
+    default = _SETTING_DEFAULTS[name]
+    if isinstance(default, bool):
+        return column.eq(True)  # True stays True; absent (NaN) and False are False
+    return pd.to_numeric(column, errors="coerce").fillna(default)
+
+
 def _distinguish_tasks(train: pd.DataFrame, curves: pd.DataFrame
                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Relabel a task run under different options or settings, e.g. ``copy (delay=100)``
@@ -183,9 +194,8 @@ def _distinguish_tasks(train: pd.DataFrame, curves: pd.DataFrame
     if not len(train) or "task_options" not in train:
         return train, curves
     opts = train["task_options"].map(lambda t: json.loads(t) if isinstance(t, str) else {})
-    setting = pd.DataFrame({
-        c: pd.to_numeric(train[c], errors="coerce").fillna(_SETTING_DEFAULTS[c])
-        if c in _SETTING_DEFAULTS else train[c] for c in _SETTING_COLUMNS if c in train})
+    setting = pd.DataFrame({c: _with_default(train[c], c) for c in _SETTING_COLUMNS
+                            if c in train})
     if "search" in train:  # a search's drawn settings vary by design: not another task
         setting = setting.astype(object)
         for i, text in train["search"].items():
