@@ -49,6 +49,7 @@ float32 rounding of a sum.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -142,17 +143,12 @@ class Model:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         layers = positive_int("layers", layers)
         output_size = positive_int("output_size", output_size)
-        #: the rates of dropout between layers and of zoneout on h (0: off)
-        self.dropout: float = probability("dropout", dropout)
-        self.zoneout: float = probability("zoneout", zoneout)
-        if self.dropout and layers == 1:
-            raise ValueError("dropout acts between stacked layers; layers=1 has none")
-        #: whether each layer also runs backwards in time (a second layer per depth)
-        self.bidirectional: bool = flag("bidirectional", bidirectional)
         self.variant = get_variant(variant)
         backend_ = get_backend(backend)
-        check_regularisation(backend_, self.dropout, self.zoneout)
-        check_bidirectional(backend_, self.bidirectional)
+        #: the rates of dropout between layers and of zoneout on h (0: off), and whether
+        #: each layer also runs backwards in time (a second layer per depth)
+        self.dropout, self.zoneout, self.bidirectional = check_model_options(
+            backend_, layers, dropout, zoneout, bidirectional)
         #: the backend's name (``get_backend(model.backend)`` gives the backend)
         self.backend: str = backend_.name
         self.input_size, self.hidden, self.output_size = input_size, hidden, output_size
@@ -308,18 +304,21 @@ class Model:
         self.runner.backward()
 
 
-def check_regularisation(backend: Backend, dropout: float, zoneout: float) -> None:
-    """A ``ValueError`` when ``backend``'s model runner cannot apply a non-zero
-    ``dropout`` or ``zoneout`` (:meth:`~gruablate.backends.Backend.runner_features`)."""
-    wanted = [name for name, rate in (("dropout", dropout), ("zoneout", zoneout)) if rate]
-    if any(name not in backend.runner_features() for name in wanted):
+def check_model_options(backend: Backend, layers: int, dropout: Any, zoneout: Any,
+                        bidirectional: Any) -> tuple[float, float, bool]:
+    """``(dropout, zoneout, bidirectional)`` checked for a model of ``layers`` layers on
+    ``backend``, or a ``ValueError`` naming the first bad one: rates in [0, 1), dropout
+    only between stacked layers, a bool switch, and only what the backend's model
+    runner applies (:meth:`~gruablate.backends.Backend.runner_features`)."""
+    dropout, zoneout = probability("dropout", dropout), probability("zoneout", zoneout)
+    if dropout and layers == 1:
+        raise ValueError("dropout acts between stacked layers; layers=1 has none")
+    bidirectional = flag("bidirectional", bidirectional)
+    features = backend.runner_features()
+    if (dropout and "dropout" not in features) or (zoneout and "zoneout" not in features):
         raise ValueError(f"dropout/zoneout run on the cpu backend only (not yet on"
                          f" {backend.name})")
-
-
-def check_bidirectional(backend: Backend, bidirectional: bool) -> None:
-    """A ``ValueError`` when ``bidirectional`` is on and ``backend``'s model runner cannot
-    run layers backwards (:meth:`~gruablate.backends.Backend.runner_features`)."""
-    if bidirectional and "bidirectional" not in backend.runner_features():
+    if bidirectional and "bidirectional" not in features:
         raise ValueError(f"bidirectional layers run on the cpu backend only (not yet on"
                          f" {backend.name})")
+    return dropout, zoneout, bidirectional

@@ -34,15 +34,16 @@ from typing import Any
 import numpy as np
 
 from .errors import StudyError
+from .vocabulary import OPTIONAL_SETTINGS, is_switch
 
 # The settings a search may draw: the training settings of a study (dtype aside: it is
 # the arithmetic, not a hyperparameter) and the hidden size.
 SEARCHABLE = ("hidden", "steps", "batch", "lr", "init", "clip", "warmup", "decay", "dropout",
               "zoneout", "bidirectional")
-# Settings that are rates: every value a search may draw must lie in [0, 1).
-RATES = ("dropout", "zoneout")
-# Settings that are switches: a search draws them from a list of true and/or false.
-SWITCHES = ("bidirectional",)
+# The optional settings (vocabulary.OPTIONAL_SETTINGS): a rate's every draw must lie in
+# [0, 1); a switch is drawn from a list of true and/or false.
+RATES = tuple(k for k in OPTIONAL_SETTINGS if not is_switch(k))
+SWITCHES = tuple(k for k in OPTIONAL_SETTINGS if is_switch(k))
 # Ranges: the name a spec writes → (integer-valued, log scale).
 RANGES = {"uniform": (False, False), "loguniform": (False, True),
           "int": (True, False), "intlog": (True, True)}

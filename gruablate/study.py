@@ -51,17 +51,14 @@ from .cells.identity import spec_content, spec_digest
 from .cells.spec import SpecError, Variant
 from .errors import StudyError
 from .search import DEFAULT_SPACE, Search
-from .vocabulary import DTYPES, flag, probability
+from .vocabulary import DTYPES, OPTIONAL_SETTINGS, is_switch, optional_setting
 
 # Settings every cell of a task shares; a task's table may override them.
 SETTINGS = ("steps", "batch", "lr", "dtype", "init", "clip", "warmup", "decay", "dropout",
             "zoneout", "bidirectional")
-# Settings a cell's configuration (and so its id) holds only when they are not at this
-# value, their default: a study that leaves them off names its cells as before they
+# A cell's configuration (and so its id) holds the OPTIONAL_SETTINGS only when they are
+# not at their default: a study that leaves them off names its cells as before they
 # existed.
-OPTIONAL_SETTINGS: dict[str, Any] = {"dropout": 0.0, "zoneout": 0.0, "bidirectional": False}
-# The optional settings that are switches (true or false); the others are rates.
-_SWITCHES = ("bidirectional",)
 AXES = ("variants", "tasks", "hidden", "layers", "seeds", "backends")
 _TOP_KEYS = ("name", "description", *AXES, "hidden_by_variant", *SETTINGS, "search")
 _INT_AXES = ("hidden", "layers", "seeds")
@@ -501,11 +498,10 @@ def _check_settings(s: dict[str, Any], where: str) -> dict[str, Any]:
             )
     rates = {}
     for key, default in OPTIONAL_SETTINGS.items():
-        switch = key in _SWITCHES
         try:
-            rate = (flag if switch else probability)(key, s.get(key, default))
+            rate = optional_setting(key, s.get(key, default))
         except ValueError:
-            what = "true or false" if switch else "a number in [0, 1)"
+            what = "true or false" if is_switch(key) else "a number in [0, 1)"
             raise StudyError(f"{key} for {where} must be {what}, got"
                              f" {s.get(key)!r}") from None
         if rate != default:  # absent at its default: the cell ids stay as they were

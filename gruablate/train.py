@@ -37,11 +37,11 @@ from .envinfo import package_versions
 from .errors import NonFiniteError
 from .init import SCHEMES, check_scheme
 from .memory import check_fits, layer_bytes
-from .model import Model, check_bidirectional, check_regularisation
+from .model import Model, check_model_options
 from .optim import DECAYS, Adam
 from .store import atomic_write_json
 from .tasks import Batch, Task, make_task
-from .vocabulary import flag, normalise_dtype, positive_int, probability
+from .vocabulary import OPTIONAL_SETTINGS, normalise_dtype, positive_int
 
 TIMING_KEYS = ("train_seconds", "steps_per_second")
 
@@ -144,14 +144,11 @@ def check_config(
         raise ValueError(f"decay must be one of {', '.join(DECAYS)}, got {decay!r}")
     if init not in SCHEMES:
         raise ValueError(f"unknown init scheme {init!r}; choose one of {', '.join(SCHEMES)}")
-    dropout, zoneout = probability("dropout", dropout), probability("zoneout", zoneout)
-    if dropout and layers == 1:
-        raise ValueError("dropout acts between stacked layers; layers=1 has none")
-    bidirectional = flag("bidirectional", bidirectional)
     dtype = normalise_dtype(dtype)
     the_backend = get_backend(backend)  # a ValueError naming the registered ones
-    check_regularisation(the_backend, dropout, zoneout)  # not every runner applies them
-    check_bidirectional(the_backend, bidirectional)
+    # rates, a switch, and only what the backend's model runner applies
+    dropout, zoneout, bidirectional = check_model_options(
+        the_backend, layers, dropout, zoneout, bidirectional)
     eval_every = max(1, steps // 10) if eval_every is None else positive_int(
         "eval_every", eval_every)
     if blas_threads is not None:
@@ -256,8 +253,8 @@ def train(
         "warmup": c.warmup, "decay": c.decay, "eval_every": eval_every,
         "blas_threads": blas_threads,
         # only when on: a record without them reads as before they existed
-        **{k: v for k, v in (("dropout", c.dropout), ("zoneout", c.zoneout),
-                             ("bidirectional", c.bidirectional)) if v},
+        **{k: getattr(c, k) for k, off in OPTIONAL_SETTINGS.items()
+           if getattr(c, k) != off},
         "task_options": the_task.config(),
         "variant_spec": spec.to_dict(), "metric_name": the_task.metric_name,
         "metric": math.nan, "val_metric": math.nan, "baseline": float(the_task.baseline),

@@ -26,6 +26,25 @@ def positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
+#: The model settings a record, a cell's configuration and its id hold only when they
+#: are not at this value, their default (off), so that what was written before they
+#: existed reads the same: the rates of dropout and zoneout (floats) and the switch of
+#: bidirectional layers (a bool).
+OPTIONAL_SETTINGS: dict[str, float | bool] = {"dropout": 0.0, "zoneout": 0.0,
+                                              "bidirectional": False}
+
+
+def is_switch(name: str) -> bool:
+    """Whether optional setting ``name`` is a switch (true or false), not a rate."""
+    return isinstance(OPTIONAL_SETTINGS[name], bool)
+
+
+def optional_setting(name: str, value: Any) -> float | bool:
+    """``value`` checked as optional setting ``name``: :func:`flag` for a switch,
+    :func:`probability` for a rate."""
+    return flag(name, value) if is_switch(name) else probability(name, value)
+
+
 def probability(name: str, value: Any) -> float:
     """``value`` as a ``float`` if it is a number in ``[0, 1)`` (not a bool): a dropout
     or zoneout rate; else a ``ValueError`` naming ``name``."""

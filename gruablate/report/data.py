@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..store import attach, load_curves, load_results
 from ..tasks import metric_bounds
+from ..vocabulary import OPTIONAL_SETTINGS
 
 # The columns that make two bench measurements comparable (everything but the impl).
 BENCH_KEYS = ("variant", "backend", "mode", "hidden", "batch", "seq_len", "input_size",
@@ -165,7 +166,7 @@ def load(run_dirs: list[str | Path]) -> ReportData:
 _SETTING_COLUMNS = ("steps", "batch", "lr", "init", "clip", "warmup", "decay", "dtype",
                     "dropout", "zoneout", "bidirectional")
 # Settings a record holds only when they are on: absent is this value.
-_SETTING_DEFAULTS = {"dropout": 0.0, "zoneout": 0.0, "bidirectional": False}
+_SETTING_DEFAULTS = OPTIONAL_SETTINGS
 
 
 def search_space(record_search: Any) -> dict[str, Any]:
