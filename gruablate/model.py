@@ -21,6 +21,16 @@ around the layers) or, for a device backend, on the device.
   has read the whole sequence (the ``h_n`` of both directions that a bidirectional
   ``nn.GRU`` classifier reads); with ``"every"`` the concatenated output at each step,
   which has seen the steps after it.
+- **Sequence lengths** (``lengths=``, optional): a padded batch whose row ``b`` has
+  ``lengths[b]`` real steps (from 1 to ``T``), as ``nn.GRU`` reads a packed sequence.
+  Every layer stops updating a row's state after its last step and outputs zeros
+  there (:meth:`~gruablate.RecurrentLayer.forward` with ``lengths``); a reverse
+  direction reads each row's real steps last to first. The loss counts only the real
+  steps (``readout="every"``: the padding's targets are ignored), and a last-step
+  readout reads each row's own last step: the forward direction's output at step
+  ``lengths[b] − 1``, the reverse direction's at step 0. They run where the model
+  runner has them (``"lengths"`` in ``runner_features``: the host step and the CUDA
+  runner); elsewhere lengths are a ``ValueError`` before any work.
 - **Loss**, averaged over the predicted positions:
 
   ``"ce"``  softmax cross-entropy, targets are class indices (T, B) or (B,);
@@ -54,6 +64,7 @@ from typing import Any
 import numpy as np
 
 from .backends import Backend, get_backend
+from .backends.state import check_lengths
 from .cells.catalogue import get_variant
 from .cells.spec import Variant
 from .errors import NonFiniteError
@@ -93,14 +104,14 @@ class Model:
         Rates in ``[0, 1)`` (see the module docstring): dropout between stacked layers
         (so it needs ``layers >= 2``), zoneout on every layer's ``h``. Both run on the
         backends whose model runner applies them
-        (:meth:`~gruablate.backends.Backend.runner_features`: the CPU's host step, not
-        yet the CUDA runner); elsewhere a non-zero rate is a ``ValueError`` before any
+        (:meth:`~gruablate.backends.Backend.runner_features`: the CPU's host step and
+        the CUDA runner); elsewhere a non-zero rate is a ``ValueError`` before any
         work. At 0 (the default) the model runs exactly as without them.
     bidirectional:
         Each layer runs both ways in time (see the module docstring); ``False`` (the
         default) is the model exactly as before it existed. Like the rates, it runs
         where the model runner has it (``"bidirectional"`` in ``runner_features``: the
-        host step, not the CUDA runner); elsewhere ``True`` is a ``ValueError`` before
+        host step and the CUDA runner); elsewhere ``True`` is a ``ValueError`` before
         any work.
 
     Attributes
@@ -278,14 +289,20 @@ class Model:
             out.append((z, d))
         return out
 
-    def predict(self, x: np.ndarray, state: list | None = None) -> tuple[np.ndarray, list]:
+    def predict(self, x: np.ndarray, state: list | None = None, lengths: Any = None
+                ) -> tuple[np.ndarray, list]:
         """Outputs (logits, or values for MSE) and each layer's last state; keeps nothing.
 
-        Evaluation: no dropout, and zoneout's expectation (``m = zoneout``)."""
-        return self.runner.predict(x, state)
+        Evaluation: no dropout, and zoneout's expectation (``m = zoneout``). ``lengths``
+        as for :meth:`forward`; the outputs past a row's length are the readout of zeros
+        (a last-step readout reads each row's own last step)."""
+        lens = self.check_lengths(x, lengths)
+        if lens is None:
+            return self.runner.predict(x, state)
+        return self.runner.predict(x, state, lengths=lens)
 
-    def forward(self, x: np.ndarray, y: np.ndarray, state: list | None = None
-                ) -> tuple[float, list]:
+    def forward(self, x: np.ndarray, y: np.ndarray, state: list | None = None,
+                lengths: Any = None) -> tuple[float, list]:
         """Mean loss on a batch, keeping what :meth:`backward` needs; and the last states.
 
         ``state`` is a list with one initial state per layer (per layer and direction,
@@ -293,10 +310,34 @@ class Model:
         to carry the state over to the next batch. On a device
         backend the states stay on the device and only the loss comes back.
 
+        ``lengths`` (B integers in ``[1, T]``, or None: every row has ``T`` steps) is
+        each row's number of real steps in a padded batch (see the module docstring);
+        the loss is the mean over the real steps' predictions only, and the last states
+        are each row's after its own last step.
+
         Training: with dropout or zoneout on, each call draws new masks
         (:meth:`masks`), which the following :meth:`backward` goes through.
         """
-        return self.runner.forward(x, y, state)
+        lens = self.check_lengths(x, lengths)
+        if lens is None:
+            return self.runner.forward(x, y, state)
+        return self.runner.forward(x, y, state, lengths=lens)
+
+    def check_lengths(self, x: np.ndarray, lengths: Any) -> np.ndarray | None:
+        """``lengths`` for a batch ``x`` as int64 (B,) in ``[1, T]``, None for None, or a
+        ``ValueError`` naming the problem (also when this model's runner lacks them:
+        ``"lengths"`` in :meth:`~gruablate.backends.Backend.runner_features`)."""
+        if lengths is None:
+            return None
+        require_feature(get_backend(self.backend), "lengths")
+        shape = np.shape(x)
+        if len(shape) < 2:
+            raise ValueError(f"inputs must be (T, B, ...) to go with lengths, got {shape}")
+        lens = check_lengths(lengths, shape[0], shape[1])
+        if len(lens) and lens.min() < 1:
+            raise ValueError("lengths must be at least 1: every row needs a real step"
+                             " (as for nn.utils.rnn.pack_padded_sequence)")
+        return lens
 
     def backward(self) -> None:
         """Gradients of the last :meth:`forward`'s loss into every buffer's gradient
@@ -314,11 +355,24 @@ def check_model_options(backend: Backend, layers: int, dropout: Any, zoneout: An
     if dropout and layers == 1:
         raise ValueError("dropout acts between stacked layers; layers=1 has none")
     bidirectional = flag("bidirectional", bidirectional)
-    features = backend.runner_features()
-    if (dropout and "dropout" not in features) or (zoneout and "zoneout" not in features):
-        raise ValueError(f"dropout/zoneout run on the cpu backend only (not yet on"
-                         f" {backend.name})")
-    if bidirectional and "bidirectional" not in features:
-        raise ValueError(f"bidirectional layers run on the cpu backend only (not yet on"
-                         f" {backend.name})")
+    if dropout:
+        require_feature(backend, "dropout")
+    if zoneout:
+        require_feature(backend, "zoneout")
+    if bidirectional:
+        require_feature(backend, "bidirectional")
     return dropout, zoneout, bidirectional
+
+
+#: How a refusal names each feature of :meth:`~gruablate.backends.Backend.runner_features`.
+FEATURE_NAMES = {"dropout": "dropout", "zoneout": "zoneout",
+                 "bidirectional": "bidirectional layers", "lengths": "sequence lengths"}
+
+
+def require_feature(backend: Backend, feature: str) -> None:
+    """A one-line ``ValueError`` unless ``backend``'s model runner applies ``feature``
+    (one of :data:`FEATURE_NAMES`)."""
+    if feature not in backend.runner_features():
+        raise ValueError(f"{FEATURE_NAMES[feature]}: the model runner of backend"
+                         f" {backend.name} does not apply it (the cpu and cuda backends'"
+                         f" do)")

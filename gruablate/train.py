@@ -37,7 +37,7 @@ from .envinfo import package_versions
 from .errors import NonFiniteError
 from .init import SCHEMES, check_scheme
 from .memory import check_fits, layer_bytes
-from .model import Model, check_model_options
+from .model import Model, check_model_options, require_feature
 from .optim import DECAYS, Adam
 from .store import atomic_write_json
 from .tasks import Batch, Task, make_task
@@ -164,6 +164,8 @@ def check_config(
         raise ValueError(f"bidirectional layers see later steps: task {the_task.name}"
                          " predicts at every step (only a task read out at its last step"
                          " may use them)")
+    if the_task.variable_length:  # its batches carry lengths
+        require_feature(the_backend, "lengths")
     T, B = the_task.time_scale, batch
     need = the_task.output_size * T * B * 3 * np.dtype(dtype).itemsize  # logits, dz, dy
     reason = the_backend.unsupported(spec)
@@ -320,7 +322,7 @@ def _fit(record: dict[str, Any], task: Task, model: Model, opt: Adam,
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
         b = next(batches)
-        loss, state = model.forward(b.x, b.y, state if b.carry else None)
+        loss, state = model.forward(b.x, b.y, state if b.carry else None, b.lengths)
         model.backward()
         norm = opt.step()
         if not math.isfinite(norm):

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import assert_model_gradients_match_finite_differences
+from test_regularise import PlainRunner  # tests/ is on sys.path
 
 import gruablate
 from gruablate import RecurrentLayer
-from gruablate.backends import get_backend
+from gruablate.backends import get_backend, register, unregister
 from gruablate.cli import main
 from gruablate.errors import StudyError
 from gruablate.init import initialise
@@ -273,15 +274,25 @@ def test_a_task_read_out_at_every_step_is_refused(task):
     check_config("gru", task, bidirectional=False)
 
 
-def test_the_cuda_runner_is_refused_before_any_work():
-    # No GPU is needed: the refusal comes before a layer (or the device) is made.
+@pytest.fixture
+def plain():
+    """A registered backend whose model runner applies no feature (never built here)."""
+    backend = register(PlainRunner())
+    yield backend
+    unregister(backend.name)
+
+
+def test_a_runner_without_them_is_refused_before_any_work(plain):
+    # No work is needed: the refusal comes before a layer (or a device) is made.
     assert "bidirectional" in get_backend("cpu").runner_features()
-    assert "bidirectional" not in get_backend("cuda").runner_features()
-    message = r"^bidirectional layers run on the cpu backend only \(not yet on cuda\)$"
+    assert "bidirectional" in get_backend("cuda").runner_features()  # its device runner
+    assert "bidirectional" not in plain.runner_features()
+    message = (r"^bidirectional layers: the model runner of backend plain_runner does not"
+               r" apply it \(the cpu and cuda backends' do\)$")
     with pytest.raises(ValueError, match=message):
-        _model(backend="cuda")
+        _model(backend=plain.name)
     with pytest.raises(ValueError, match=message):
-        check_config("gru", "adding", backend="cuda", bidirectional=True)
+        check_config("gru", "adding", backend=plain.name, bidirectional=True)
 
 
 @pytest.mark.parametrize("value", [1, 0, "true", None, 1.0, [True]])
@@ -313,12 +324,24 @@ def test_run_train_takes_the_flag_and_records_it(tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["--task", "copy"], "bidirectional layers see later steps: task copy predicts at"
                          " every step"),
-    (["--backend", "cuda"], "not yet on cuda"),
 ])
 def test_run_train_refuses_with_a_usage_error(tmp_path, args, words):
     result = CliRunner().invoke(main, ["run", "train", "--bidirectional", "--out",
                                        str(tmp_path), *args])
     assert result.exit_code == 2 and words in " ".join(result.output.split())
+    assert not any(tmp_path.iterdir())
+
+
+def test_run_train_refuses_a_runner_without_them_with_a_usage_error(tmp_path,
+                                                                     monkeypatch):
+    # The CLI offers the built-in backends only, and both run bidirectional layers: a
+    # CUDA runner without them stands in for a backend that lacks them.
+    monkeypatch.setattr(type(get_backend("cuda")), "runner_features",
+                        lambda self: frozenset())
+    result = CliRunner().invoke(main, ["run", "train", "--bidirectional", "--out",
+                                       str(tmp_path), "--backend", "cuda"])
+    assert result.exit_code == 2 and "backend cuda does not apply it" in " ".join(
+        result.output.split())
     assert not any(tmp_path.iterdir())
 
 
@@ -359,7 +382,6 @@ def test_a_study_setting_is_in_its_cells_and_false_changes_no_id():
     ({"bidirectional": "yes"}, "bidirectional for task 'adding' must be true or false"),
     ({"bidirectional": True, "tasks": {"copy": {}}},
      "bidirectional layers see later steps: task copy predicts at every step"),
-    ({"bidirectional": True, "backends": ["cuda"]}, "not yet on cuda"),
     ({"search": {"trials": 2, "bidirectional": [1, 0]}},
      "search.bidirectional must be a list of true and/or false"),
     ({"search": {"trials": 2, "bidirectional": "uniform(0, 1)"}},
@@ -369,6 +391,12 @@ def test_a_bad_setting_stops_the_study_before_any_cell(extra, words):
     with pytest.raises(StudyError) as info:
         _study(**extra)
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_runner_without_them_stops_the_study_before_any_cell(plain):
+    with pytest.raises(StudyError) as info:
+        _study(bidirectional=True, backends=[plain.name])
+    assert "plain_runner does not apply it" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_a_search_draws_it_and_the_records_carry_it(tmp_path):

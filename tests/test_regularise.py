@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from conftest import assert_model_gradients_match_finite_differences
 
 import gruablate
-from gruablate.backends import get_backend
+from gruablate.backends import get_backend, register, unregister
 from gruablate.backends.base import Backend
 from gruablate.cli import main
 from gruablate.errors import StudyError
@@ -177,16 +177,38 @@ def test_dropout_needs_stacked_layers():
     _model(layers=1, zoneout=0.2)  # zoneout acts on every layer
 
 
-def test_the_cuda_runner_is_refused_before_any_work():
-    # No GPU is needed: the refusal comes before a layer (or the device) is made.
-    assert get_backend("cpu").runner_features() == {"dropout", "zoneout", "bidirectional"}
-    assert get_backend("cuda").runner_features() == frozenset()
+class PlainRunner(Backend):
+    """A backend whose model runner applies none of the features (never built here)."""
+
+    name = "plain_runner"
+
+    def layer(self, *args):  # pragma: no cover - never built
+        raise AssertionError
+
+    def model_runner(self, model):  # pragma: no cover - never built
+        raise AssertionError
+
+
+@pytest.fixture
+def plain():
+    backend = register(PlainRunner())
+    yield backend
+    unregister(backend.name)
+
+
+def test_a_runner_without_the_features_is_refused_before_any_work(plain):
+    # No work is needed: the refusal comes before a layer (or a device) is made.
+    every = {"dropout", "zoneout", "bidirectional"}
+    assert every <= get_backend("cpu").runner_features()
+    assert every <= get_backend("cuda").runner_features()  # its device runner has them
+    assert plain.runner_features() == frozenset()
     for rates in ({"zoneout": 0.1}, {"dropout": 0.1}):
-        with pytest.raises(ValueError, match=r"^dropout/zoneout run on the cpu backend only"
-                                             r" \(not yet on cuda\)$"):
-            _model(backend="cuda", **rates)
-        with pytest.raises(ValueError, match="not yet on cuda"):
-            check_config("gru", "adding", layers=2, backend="cuda", **rates)
+        with pytest.raises(ValueError, match=r"^(dropout|zoneout): the model runner of backend"
+                                             r" plain_runner does not apply it \(the cpu"
+                                             r" and cuda backends' do\)$"):
+            _model(backend=plain.name, **rates)
+        with pytest.raises(ValueError, match="backend plain_runner does not apply it"):
+            check_config("gru", "adding", layers=2, backend=plain.name, **rates)
 
 
 def test_a_backend_with_a_runner_of_its_own_has_no_features_unless_it_says_so():
@@ -246,11 +268,23 @@ def test_run_train_takes_zoneout_and_records_it(tmp_path):
     (["--dropout", "-0.5", "--layers", "2"], "dropout must be a number in [0, 1)"),
     (["--dropout", "0.2"], "dropout acts between stacked layers"),
     (["--dropout", "x"], "'x' is not a valid float"),
-    (["--zoneout", "0.1", "--backend", "cuda"], "not yet on cuda"),
 ])
 def test_run_train_refuses_a_bad_rate_with_a_usage_error(tmp_path, args, words):
     result = CliRunner().invoke(main, ["run", "train", "--out", str(tmp_path), *args])
     assert result.exit_code == 2 and words in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_run_train_refuses_a_rate_the_runner_lacks_with_a_usage_error(tmp_path,
+                                                                       monkeypatch):
+    # The CLI offers the built-in backends only, and both apply the rates: a CUDA
+    # runner without them stands in for a backend that lacks them.
+    monkeypatch.setattr(type(get_backend("cuda")), "runner_features",
+                        lambda self: frozenset())
+    result = CliRunner().invoke(main, ["run", "train", "--out", str(tmp_path), "--zoneout",
+                                       "0.1", "--backend", "cuda"])
+    assert result.exit_code == 2 and "backend cuda does not apply it" in " ".join(
+        result.output.split())
     assert not any(tmp_path.iterdir())
 
 
@@ -312,7 +346,6 @@ def test_a_search_draws_the_rates(tmp_path):
     ({"zoneout": 1}, "zoneout for task 'adding' must be a number in [0, 1), got 1"),
     ({"dropout": "a lot"}, "dropout for task 'adding' must be a number in [0, 1)"),
     ({"dropout": 0.2, "layers": [1, 2]}, "dropout acts between stacked layers"),
-    ({"zoneout": 0.1, "backends": ["cuda"]}, "not yet on cuda"),
     ({"search": {"trials": 2, "dropout": "uniform(0, 1)"}}, "search.dropout must draw"),
     ({"search": {"trials": 2, "zoneout": [0, 1.5]}}, "search.zoneout must draw"),
     ({"search": {"trials": 2, "zoneout": ["high"]}}, "search.zoneout must draw"),
@@ -321,6 +354,12 @@ def test_a_bad_rate_stops_the_study_before_any_cell(extra, words):
     with pytest.raises(StudyError, match=None) as info:
         _study(**extra)
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_rate_the_runner_lacks_stops_the_study_before_any_cell(plain):
+    with pytest.raises(StudyError) as info:
+        _study(zoneout=0.1, backends=[plain.name])
+    assert "plain_runner does not apply it" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_run_sweep_takes_the_rates(tmp_path):

@@ -14,8 +14,8 @@ the dtype, the sizes and flat buffers), never from a :class:`~gruablate.Recurren
 
 It also says whether this machine can run it (:meth:`Backend.unavailable` gives the
 reason when not), what its model runner applies beyond the plain step
-(:meth:`Backend.runner_features`: dropout, zoneout, bidirectional layers) and, if it
-generates kernels, their source for a reader. Register one with
+(:meth:`Backend.runner_features`: dropout, zoneout, bidirectional layers, sequence
+lengths) and, if it generates kernels, their source for a reader. Register one with
 :func:`gruablate.backends.register`; ``docs/ARCHITECTURE.md`` lists the steps.
 """
 
@@ -148,10 +148,11 @@ class Backend(ABC):
     def runner_features(self) -> frozenset[str]:
         """What this backend's model runner does beyond the plain step, asked before a
         :class:`~gruablate.model.Model` builds anything: ``"dropout"`` (between stacked
-        layers), ``"zoneout"`` and ``"bidirectional"`` (layers run both ways in time). A
-        backend that keeps the default :meth:`model_runner` has the host runner's (all
-        three); one that overrides it has none unless it overrides this too (the CUDA
-        runner: none yet)."""
+        layers), ``"zoneout"``, ``"bidirectional"`` (layers run both ways in time) and
+        ``"lengths"`` (padded batches with per-row sequence lengths). A backend that
+        keeps the default :meth:`model_runner` has the host runner's (all four); one
+        that overrides it has none unless it overrides this too (the CUDA backend does:
+        its device runner has all four)."""
         from .host import HostRunner
 
         if type(self).model_runner is Backend.model_runner:

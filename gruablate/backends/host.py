@@ -9,7 +9,9 @@ backward); a dropout mask multiplies a layer's output on the way up and the grad
 on the way down. A bidirectional model's layer is two: both read the same input, the
 second with ``reverse=True``, and their outputs are concatenated (forward first); on
 the way down the gradient is split into the two halves and the two input gradients
-summed.
+summed. Sequence lengths go to every layer (which stops a row after its last step and
+outputs zeros past it); the loss reads the real steps only, and a last-step readout
+each row's own last step.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class HostRunner:
     imports the backends)."""
 
     #: what this runner applies beyond the plain step (see Backend.runner_features)
-    features: frozenset[str] = frozenset({"dropout", "zoneout", "bidirectional"})
+    features: frozenset[str] = frozenset({"dropout", "zoneout", "bidirectional", "lengths"})
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -46,8 +48,8 @@ class HostRunner:
     def sync_to_host(self) -> None:  # the host buffers are the parameters
         pass
 
-    def _run(self, x: np.ndarray, state: list | None, keep: bool
-             ) -> tuple[tuple, list, list | None]:
+    def _run(self, x: np.ndarray, state: list | None, keep: bool,
+             lengths: np.ndarray | None = None) -> tuple[tuple, list, list | None]:
         M = self.model
         h = M.encode(x)
         if keep and np.may_share_memory(h, x):
@@ -66,8 +68,9 @@ class HostRunner:
                 i = k * D + d
                 zoneout, dropout = (None, None) if masks is None else masks[i]
                 # The runner owns every array between layers: no defensive copies needed.
-                y, s_last = M.layers[i].forward(h, states[i], reverse=d == 1,
-                                                zoneout=zoneout, keep=keep, copy=False)
+                y, s_last = M.layers[i].forward(h, states[i], lengths=lengths,
+                                                reverse=d == 1, zoneout=zoneout, keep=keep,
+                                                copy=False)
                 if not np.isfinite(y).all():
                     which = " (reverse direction)" if d else ""
                     raise NonFiniteError(f"layer {k}{which} produced a non-finite activation")
@@ -76,28 +79,41 @@ class HostRunner:
                 outs.append(y)
                 last.append(s_last)
             h = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-        top = h if M.readout == "every" else _last_steps(h, M.hidden, D)
+        top = h if M.readout == "every" else _last_steps(h, M.hidden, D, lengths)
         z = top @ M.V.T + M.c
         return (top, z, h.shape[:2]), last, masks
 
-    def predict(self, x: np.ndarray, state: list | None) -> tuple[np.ndarray, list]:
-        (_, z, _), last, _ = self._run(x, state, keep=False)
+    def predict(self, x: np.ndarray, state: list | None,
+                lengths: np.ndarray | None = None) -> tuple[np.ndarray, list]:
+        (_, z, _), last, _ = self._run(x, state, keep=False, lengths=lengths)
         return z, last
 
-    def forward(self, x: np.ndarray, y: np.ndarray, state: list | None) -> tuple[float, list]:
-        (top, z, steps), last, masks = self._run(x, state, keep=True)
+    def forward(self, x: np.ndarray, y: np.ndarray, state: list | None,
+                lengths: np.ndarray | None = None) -> tuple[float, list]:
+        (top, z, steps), last, masks = self._run(x, state, keep=True, lengths=lengths)
         self.masks = masks
-        loss, dz = loss_and_grad(self.model.loss_kind, z, y)
+        kind = self.model.loss_kind
+        if lengths is None or self.model.readout == "last":
+            loss, dz = loss_and_grad(kind, z, y)
+        else:  # the real steps' predictions only: the padding's targets are not read
+            real = np.arange(steps[0])[:, None] < lengths[None, :]  # (T, B)
+            y = np.asarray(y)
+            if y.shape[:2] != real.shape:
+                raise ValueError(f"targets of shape {y.shape} do not fit {real.shape[0]}"
+                                 f" steps × {real.shape[1]} rows")
+            loss, dz_real = loss_and_grad(kind, z[real], y[real])
+            dz = np.zeros(z.shape, dtype=np.float64)
+            dz[real] = dz_real
         if not math.isfinite(loss):
             raise NonFiniteError(f"the loss is {loss}")
-        self._saved = (top, dz.astype(self.model.dtype), steps, masks)
+        self._saved = (top, dz.astype(self.model.dtype), steps, masks, lengths)
         return loss, last
 
     def backward(self) -> None:
         if self._saved is None:
             raise ValueError("backward needs a preceding forward")
         M = self.model
-        top, dz, (T, B), masks = self._saved
+        top, dz, (T, B), masks, lengths = self._saved
         H, W, D = M.hidden, M.width, M.directions
         dz2 = dz.reshape(-1, M.output_size)
         # A contiguous copy of dz^T first: OpenBLAS took ~30x longer on the transposed
@@ -111,7 +127,8 @@ class HostRunner:
             dy = np.ascontiguousarray(dtop)
         else:
             dy = np.zeros((T, B, W), dtype=M.dtype)
-            dy[-1, :, :H] = dtop[:, :H]  # the forward direction's last step
+            # the forward direction's last step (each row's own, with lengths)
+            dy[_last_index(T, lengths), np.arange(B), :H] = dtop[:, :H]
             if D == 2:
                 dy[0, :, H:] = dtop[:, H:]  # the reverse direction's last step: step 0
         for k in reversed(range(M.depth)):
@@ -127,10 +144,19 @@ class HostRunner:
         self._saved = None
 
 
-def _last_steps(h: np.ndarray, H: int, D: int) -> np.ndarray:
+def _last_index(T: int, lengths: np.ndarray | None) -> np.ndarray | int:
+    """Each row's last real step: ``T − 1``, or ``lengths − 1``."""
+    return T - 1 if lengths is None else lengths - 1
+
+
+def _last_steps(h: np.ndarray, H: int, D: int, lengths: np.ndarray | None = None
+                ) -> np.ndarray:
     """What a last-step readout reads of the top layer's (T, B, D·H) output: each
-    direction's own last step, the forward one's at step T − 1 and the reverse one's at
-    step 0 (where it has read the whole sequence)."""
+    direction's own last step, the forward one's at step T − 1 (with lengths: each
+    row's last real step) and the reverse one's at step 0 (where it has read the whole
+    sequence)."""
+    T, B = h.shape[:2]
+    forward = h[_last_index(T, lengths), np.arange(B), :H]
     if D == 1:
-        return h[-1]
-    return np.concatenate([h[-1, :, :H], h[0, :, H:]], axis=1)
+        return forward
+    return np.concatenate([forward, h[0, :, H:]], axis=1)

@@ -7,8 +7,9 @@ stream of training batches, which :meth:`Task.train_batches` draws from a genera
 trainer passes in.
 
 The model is handed to a task only as a ``predict`` callable,
-``predict(x, state) -> (outputs, last_state)``, so tasks know nothing of layers or
-kernels; they turn raw outputs (logits or values) into metrics.
+``predict(x, state) -> (outputs, last_state)`` (a task of padded sequences calls
+``predict(x, state, lengths)``), so tasks know nothing of layers or kernels; they turn
+raw outputs (logits or values) into metrics.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-Predict = Callable[[np.ndarray, Any], tuple[np.ndarray, Any]]
+Predict = Callable[..., tuple[np.ndarray, Any]]  # (x, state[, lengths]) -> (z, last)
 
 SPLITS = ("val", "test")
 #: The longest sequence a task builds. The fixed evaluation splits are made when the
@@ -37,22 +38,29 @@ class Batch(NamedTuple):
     holds the targets in the shape the model's loss expects (see :mod:`gruablate.model`).
     ``carry`` says the batch continues the sequences of the previous one, so the
     recurrent state is carried over (truncated backpropagation through time).
+    ``lengths`` (B,) int64, for a task of padded sequences, is each row's number of real
+    steps (see :class:`~gruablate.model.Model`); None: every row has all ``T``.
     """
 
     x: np.ndarray
     y: np.ndarray
     carry: bool = False
+    lengths: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class Option:
-    """A task option: its name, type, default and a one-line help (also the CLI's)."""
+    """A task option: its name, type, default and a one-line help (also the CLI's).
+
+    ``optional``: left out of :meth:`Task.config` (and so of records) at its default,
+    so an option added later leaves the records of runs without it as they were."""
 
     name: str
     type: type
     default: Any
     help: str
     choices: tuple[str, ...] | None = None
+    optional: bool = False
 
 
 class Task(ABC):
@@ -78,10 +86,15 @@ class Task(ABC):
     output_size: int
     time_scale: int
     baseline: float
+    #: its batches carry per-row sequence lengths (padded sequences): the model runner
+    #: must have them (``"lengths"`` in ``Backend.runner_features``)
+    variable_length: bool = False
 
     def config(self) -> dict[str, Any]:
-        """The task's options, resolved (defaults filled in): the record's task_options."""
-        return {opt.name: getattr(self, opt.name) for opt in self.options}
+        """The task's options, resolved (defaults filled in; an ``optional`` one only
+        when it is not at its default): the record's task_options."""
+        return {opt.name: getattr(self, opt.name) for opt in self.options
+                if not (opt.optional and getattr(self, opt.name) == opt.default)}
 
     @abstractmethod
     def train_batches(self, rng: np.random.Generator, batch: int) -> Iterator[Batch]:

@@ -58,6 +58,11 @@ class CudaBackend(Backend):
 
         return DeviceModel(model)
 
+    def runner_features(self) -> frozenset[str]:
+        """The device runner applies dropout, zoneout, bidirectional layers and
+        sequence lengths as the host runner does."""
+        return frozenset({"dropout", "zoneout", "bidirectional", "lengths"})
+
     def optimiser(self, model: ModelLike, lr: float, **options: Any) -> Adam:
         from .optim import DeviceAdam
 

@@ -15,10 +15,27 @@ and ``colsum`` of the common module.
     one thread per predicted position: its (unscaled) loss in float64 and the gradient
     on the logits, computed in float64 and stored in the model's dtype, as the host
     model does.
+``clear_padding``
+    with sequence lengths and a readout at every step: zeroes the per-position loss
+    and the logit gradient of each position past its row's length, after the loss
+    kernel (which the host gave harmless targets there), so that the mean runs over
+    the real positions only.
 ``sum_partial``, ``sumsq_partial``, ``sum_final``
     float64 reductions without atomics: each block sums a grid-stride slice through a
     shared-memory tree into one partial; one single-block launch adds the partials.
     The order is fixed by the sizes and the geometry, so a run is deterministic.
+``copy_steps``
+    ``dst`` = ``src`` step by step between two flat (T, B, ·) layouts, each step read
+    and written at its own offset and row stride, either side optionally in reverse
+    time (each row's first ``lens[b]`` steps backwards, the rest in place:
+    ``backends.state.reverse_index``; all ``T`` steps without lengths), with lengths
+    reading a row's steps past its length as zero (a layer's output there), optionally
+    times a (T, B, W) mask indexed by the step of the loop (dropout) and optionally
+    added to what ``dst`` holds. The CUDA model runner's glue between layers: a
+    reverse direction's input and output, the two directions' outputs side by side
+    in one (T, B, 2H) array, dropout on the way up and down, the sum of the two
+    directions' input gradients, the zeros a layer outputs past each row's length, and
+    (one step, with lengths) the gradient placed at each row's own last step.
 ``adam``
     the Adam update of :mod:`gruablate.optim`, element-wise, with the scalars the host
     derives from the gradient norm and the schedule passed as arguments.
@@ -39,14 +56,17 @@ TRAIN_KERNELS = (
     "loss_ce",
     "loss_mse",
     "loss_bernoulli",
+    "clear_padding",
     "sum_partial",
     "sumsq_partial",
     "sum_final",
+    "copy_steps",
     "adam",
 )
 
 # Argument kinds: i = int64 scalar, f = float64 scalar, a = array of the model's dtype,
-# d = float64 array (losses, partial sums, float targets), l = int64 array (symbols).
+# d = float64 array (losses, partial sums, float targets), l = int64 array (symbols,
+# lengths).
 _ARGS: dict[str, tuple[tuple[str, str], ...]] = {
     "encode_tokens": (("n", "i"), ("I", "i"), ("tok", "l"), ("out", "a")),
     "add_bias": (("R", "i"), ("N", "i"), ("z", "a"), ("src", "a"), ("s_off", "i")),
@@ -62,9 +82,29 @@ _ARGS: dict[str, tuple[tuple[str, str], ...]] = {
         )
         for name, tkind in (("loss_ce", "l"), ("loss_mse", "d"), ("loss_bernoulli", "d"))
     },
+    "clear_padding": (("R", "i"), ("B", "i"), ("O", "i"), ("lens", "l"), ("dz", "a"),
+                      ("lrow", "d")),
     "sum_partial": (("n", "i"), ("src", "d"), ("part", "d"), ("p_off", "i")),
     "sumsq_partial": (("n", "i"), ("src", "a"), ("part", "d"), ("p_off", "i")),
     "sum_final": (("n", "i"), ("part", "d"), ("out", "d"), ("o_off", "i")),
+    "copy_steps": (
+        ("T", "i"),
+        ("B", "i"),
+        ("W", "i"),
+        ("src", "a"),
+        ("s_off", "i"),
+        ("s_ld", "i"),
+        ("s_rev", "i"),
+        ("dst", "a"),
+        ("d_off", "i"),
+        ("d_ld", "i"),
+        ("d_rev", "i"),
+        ("lens", "l"),
+        ("has_lens", "i"),
+        ("mask", "a"),
+        ("masked", "i"),
+        ("add", "i"),
+    ),
     "adam": (
         ("n", "i"),
         ("p", "a"),
@@ -205,6 +245,19 @@ def train_source(dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
         "            sig = 0.5 * (1.0 + math.tanh(0.5 * zz))  # no overflow in exp",
         "            dz[r * O + o] = (sig - t) / n",
         "        lrow[r] = acc",
+        "",
+        "",
+        "@cuda.jit(cache=True)",
+        _def("clear_padding"),
+        '    """Position r = t B + b of the R = T B predicted positions, past its row\'s',
+        '    length (t >= lens[b]): lrow[r] = 0 and dz[r O : (r + 1) O] = 0, after a loss',
+        '    kernel, so the padding neither counts in the loss nor gets a gradient."""',
+        "    r = cuda.grid(1)",
+        "    if r < R:",
+        "        if r // B >= lens[r % B]:",
+        "            lrow[r] = 0.0",
+        "            for o in range(O):",
+        "                dz[r * O + o] = ZERO",
     ]
     for name, term, what in (
         ("sum_partial", "src[i]", "sum"),
@@ -242,6 +295,35 @@ def train_source(dtype: str, geo: Geometry = DEFAULT_GEOMETRY) -> str:
         *tree,
         "    if tid == 0:",
         "        out[o_off] = red[0]",
+        "",
+        "",
+        "@cuda.jit(cache=True)",
+        _def("copy_steps"),
+        '    """dst[d_off + (td B + b) d_ld + j] = src[s_off + (ts B + b) s_ld + j] for every',
+        '    step t < T, row b < B and column j < W, where ts (td) is t, or with s_rev',
+        '    (d_rev) the step that reverses row b: L - 1 - t for t < L = lens[b] (T when',
+        '    has_lens is 0), t past it, where src reads as zero (a layer\'s output is zero',
+        '    past a row\'s length). With masked: times mask[(t B + b) W + j]; with add: plus',
+        '    what dst holds there. The host never asks for src and dst to overlap."""',
+        "    i = cuda.grid(1)",
+        "    if i < T * B * W:",
+        "        t = i // (B * W)",
+        "        b = (i // W) % B",
+        "        j = i % W",
+        "        L = lens[b] if has_lens else T",
+        "        back = L - 1 - t if t < L else t",
+        "        ts = back if s_rev else t",
+        "        td = back if d_rev else t",
+        "        if t < L:",
+        "            v = src[s_off + (ts * B + b) * s_ld + j]",
+        "        else:  # past the row's length: padding, read as zero",
+        "            v = ZERO",
+        "        if masked:",
+        "            v *= mask[i]",
+        "        at = d_off + (td * B + b) * d_ld + j",
+        "        if add:",
+        "            v += dst[at]",
+        "        dst[at] = v",
         "",
         "",
         "@cuda.jit(cache=True)",
