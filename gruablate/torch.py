@@ -54,14 +54,13 @@ __all__ = ["Recurrent"]
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
-def _load_params(engine: RecurrentLayer, names: tuple[str, ...], params) -> None:
+def _load_params(cell: _Cell, params) -> None:
     """Put the parameters' current values into the engine's buffers, which the kernels
     read: nothing to do for a parameter that is a view of its buffer (as made, and as
     an optimiser's in-place steps keep it); a copy for one whose storage was replaced
     (``p.data = ...``, ``load_state_dict(assign=True)``)."""
-    for name, p in zip(names, params, strict=True):
-        mine = engine.params[name]
-        if p.data_ptr() != mine.ctypes.data:
+    for mine, address, p in zip(cell.views, cell.addresses, params, strict=True):
+        if p.data_ptr() != address:
             mine[...] = p.detach().numpy()
 
 
@@ -74,15 +73,16 @@ class _LayerFunction(torch.autograd.Function):
     """One layer over a whole sequence: the CPU kernels' forward and backward."""
 
     @staticmethod
-    def forward(ctx, engine: RecurrentLayer, names: tuple[str, ...],
-                lengths: np.ndarray | None, mask: np.ndarray | None, x, s0, *params):
-        _load_params(engine, names, params)
+    def forward(ctx, cell: _Cell, lengths: np.ndarray | None, mask: np.ndarray | None,
+                x, s0, *params):
+        engine = cell.engine
+        _load_params(cell, params)
         x_np = _host_input(engine, x)
         s0_np = s0.detach().numpy()
         impl, more = _kernels(engine, mask)
         y, sT, saved = impl.forward(x_np, s0_np, True, lengths, *more)
         y_t, sT_t = torch.from_numpy(y), torch.from_numpy(sT)
-        ctx.engine, ctx.names, ctx.impl = engine, names, impl
+        ctx.cell, ctx.impl = cell, impl
         ctx.kernel_saved = (x_np, s0_np, y, *saved)
         # Saved through autograd so that an in-place change to the input, the output
         # or a parameter before backward() is an error, not a wrong gradient.
@@ -92,17 +92,20 @@ class _LayerFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dsT):
         ctx.saved_tensors  # noqa: B018 - raises if a saved tensor was changed in place
-        engine = ctx.engine
+        cell = ctx.cell
         dy_np = (np.zeros_like(ctx.kernel_saved[2]) if dy is None
                  else np.ascontiguousarray(dy.detach().numpy()))
         dsT_np = (np.zeros_like(ctx.kernel_saved[1]) if dsT is None
                   else np.ascontiguousarray(dsT.detach().numpy()))
         # The kernels read the parameters from the engine's buffers: put this call's
         # values back (another forward may have run in between).
-        _load_params(engine, ctx.names, ctx.saved_tensors[2:])
+        _load_params(cell, ctx.saved_tensors[2:])
         dx, ds0 = ctx.impl.backward(ctx.kernel_saved, dy_np, dsT_np)
-        grads = [torch.from_numpy(engine.grads[name].copy()) for name in ctx.names]
-        return (None, None, None, None, torch.from_numpy(dx), torch.from_numpy(ds0), *grads)
+        # One copy of the whole gradient buffer (the next backward overwrites it), handed
+        # out as views: autograd may keep them as the parameters' .grad.
+        flat = torch.from_numpy(cell.engine.flat_grads.copy())
+        grads = [flat[a:b].view(shape) for a, b, shape in cell.grad_slices]
+        return (None, None, None, torch.from_numpy(dx), torch.from_numpy(ds0), *grads)
 
 
 def _kernels(engine: RecurrentLayer, mask: np.ndarray | None):
@@ -118,6 +121,16 @@ class _Cell(nn.Module):
         super().__init__()
         self.engine = engine
         self.names = tuple(engine.params)
+        #: the engine's parameter views (what the kernels read) and their addresses, and
+        #: where each parameter's gradient lies in the flat gradient buffer
+        self.views = tuple(engine.params[n] for n in self.names)
+        self.addresses = tuple(v.ctypes.data for v in self.views)
+        base, size = engine.flat_grads.ctypes.data, engine.flat_grads.itemsize
+        self.grad_slices = []
+        for n in self.names:
+            g = engine.grads[n]
+            start = (g.ctypes.data - base) // size
+            self.grad_slices.append((start, start + g.size, g.shape))
         for name in self.names:
             # A view of the engine's buffer (the same dtype): the kernels read the
             # parameters where the optimiser writes them, no copy per call.
@@ -129,11 +142,10 @@ class _Cell(nn.Module):
         params = [getattr(self, n) for n in self.names]
         if torch.is_grad_enabled() and (x.requires_grad or s0.requires_grad
                                         or any(p.requires_grad for p in params)):
-            return _LayerFunction.apply(self.engine, self.names, lengths, mask, x, s0,
-                                        *params)
+            return _LayerFunction.apply(self, lengths, mask, x, s0, *params)
         # Nothing to differentiate (torch.no_grad(), inference_mode, frozen weights):
         # the inference kernels, which keep no activations.
-        _load_params(self.engine, self.names, params)
+        _load_params(self, params)
         impl, more = _kernels(self.engine, mask)
         y, sT, _ = impl.forward(_host_input(self.engine, x), s0.detach().numpy(), False,
                                 lengths, *more)
