@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=()
 if [ -n "${1:-}" ]; then jobs=(--jobs "$1"); fi
-studies=(memory reset_gate coupling gate_inputs_row gate_inputs_pixel fewer_gates forget_bias chrono)
+studies=(memory reset_gate coupling gate_inputs_row gate_inputs_pixel fewer_gates_adding fewer_gates_digits forget_bias chrono)
 grep -m1 "model name" /proc/cpuinfo | tee -a runs/findings-times.txt || true
 for s in "${studies[@]}"; do
     start=$(date +%s)
