@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def gpu_present() -> bool:
@@ -51,3 +56,14 @@ def lock_simulator_shared_arrays() -> None:
         return res
 
     FakeCUDAShared.array = array
+
+
+def simulate(script: str, *args: str, timeout: int = 900) -> dict:
+    """A test file's own entry point run under the simulator (``NUMBA_ENABLE_CUDASIM=1``)
+    in a subprocess with the project on its path: the JSON report of its last line."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, script, *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -77,6 +79,15 @@ def assert_gradients_match_finite_differences(layer, x, s0, dy, dsT, **forward):
     for k, g in grads.items():
         np.testing.assert_allclose(g, central_differences(loss, layer.params[k]),
                                    rtol=1e-6, atol=1e-8, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def real_cuda():
+    """numba.cuda in its real (not simulated) mode, with its compiler libraries (PTX needs
+    no GPU); skipped in a simulator process or without numba-cuda."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        pytest.skip("this process runs numba's CUDA simulator; PTX needs the real compiler")
+    return pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
 
 
 @pytest.fixture(params=BUILTINS)

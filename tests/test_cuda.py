@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _cudasim import gpu_present  # tests/ is on sys.path
+from _cudasim import gpu_present, simulate  # tests/ is on sys.path
 from test_equations import CELLS as EQUATION_CELLS
 from test_equations_fuzz import random_cell
 from test_layernorm import OWN_CELL as LN_CELL
@@ -180,15 +180,6 @@ def _assert_sm90(ptx: dict[str, str], expect: tuple[str, ...], threads: int = 0)
             assert f".maxntid {threads}," in text, f"{name} has no launch bounds of {threads}"
 
 
-@pytest.fixture(scope="module")
-def real_cuda():
-    """numba.cuda in its real (not simulated) mode, with its compiler libraries."""
-    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
-        pytest.skip("this process runs numba's CUDA simulator; PTX needs the real compiler")
-    cuda = pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
-    return cuda
-
-
 def test_tiles_shrink_to_small_batches():
     from gruablate.backends.cuda.source import DEFAULT_GEOMETRY as geo
     from gruablate.backends.cuda.source import Geometry
@@ -281,24 +272,10 @@ SIM_CHUNKS = [BUILTINS[i::3] for i in range(3)] + [sorted(USER_SPECS)]
 SIM_CHUNKS += [sorted(EQUATION_SPECS)[i::3] for i in range(3)]
 
 
-def _sim_env() -> dict[str, str]:
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-def _simulate(*args: str) -> dict:
-    """This file's entry point in the simulator, in a subprocess: its JSON report."""
-    proc = subprocess.run([sys.executable, __file__, *args], env=_sim_env(),
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize("names", SIM_CHUNKS, ids=lambda names: "+".join(names))
 def test_simulator_matches_cpu(names):
     """Forward, inference and backward of each variant in the simulator, both dtypes."""
-    report = _simulate("--compare", *names)
+    report = simulate(__file__, "--compare", *names)
     assert sorted(report["ran"]) == sorted(f"{n} {d}" for n in names for d in TOL)
     assert not report["bad"], "\n".join(report["bad"])
 
@@ -309,7 +286,7 @@ def test_simulator_matches_cpu_with_gpu_geometry():
     variant with both forward phases (reset before the product, two gates in the main
     product), and the same cell and MUT3 (three groups in two rounds) printed from
     their equations."""
-    report = _simulate("--gpu-geometry", "--compare", "gru", "mut3")
+    report = simulate(__file__, "--gpu-geometry", "--compare", "gru", "mut3")
     assert report["ran"] == ["gru float64", "mut3 float64"]
     assert not report["bad"], "\n".join(report["bad"])
 
@@ -318,7 +295,7 @@ def test_simulator_matches_cpu_with_zoneout():
     """The kernels printed with zoneout on ``h`` (the reset-before GRU's two passes, the
     LSTM's second state, MUT3's three groups in two rounds), both dtypes, rows of
     every kind of length, against the CPU's zoneout kernels."""
-    report = _simulate("--zoneout", "--compare", "gru", "lstm", "mut3")
+    report = simulate(__file__, "--zoneout", "--compare", "gru", "lstm", "mut3")
     assert sorted(report["ran"]) == sorted(f"{n} {d}" for n in ("gru", "lstm", "mut3")
                                            for d in TOL)
     assert not report["bad"], "\n".join(report["bad"])

@@ -32,21 +32,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from _cudasim import gpu_present  # tests/ is on sys.path
+from _cudasim import gpu_present, simulate  # tests/ is on sys.path
 
 from gruablate.backends import get_backend
 from gruablate.model import check_model_options
 from gruablate.train import check_config
 
-ROOT = Path(__file__).resolve().parent.parent
 # float64: only the summation order differs; float32: its rounding on top.
 RTOL = {"float64": 1e-10, "float32": 1e-4}
 ATOMIC = re.compile(r"^\s*(@!?%p\d+\s+)?(atom|red)\.", re.M)
@@ -78,12 +74,6 @@ LENGTH_CASES = (
 
 
 # --------------------------------------------------------------- 1. real compiler
-@pytest.fixture(scope="module")
-def real_cuda():
-    """numba.cuda in its real (not simulated) mode, with its compiler libraries."""
-    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
-        pytest.skip("this process runs numba's CUDA simulator; PTX needs the real compiler")
-    return pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -119,26 +109,17 @@ def test_the_cuda_runner_takes_sequence_lengths():
 
 
 # ------------------------------------------------------------------- 2. simulator
-def _sim(*args: str) -> dict:
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True,
-                          text=True, timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_simulated_runner_matches_the_host_runner(dtype):
-    report = _sim("--compare", dtype)
+    report = simulate(__file__, "--compare", dtype, timeout=1500)
     assert report["ran"] == [c[0] for c in CASES]
     assert not report["bad"], "\n".join(report["bad"])
 
 
 @pytest.mark.slow
 def test_simulated_training_with_every_feature_matches_cpu():
-    report = _sim("--train")
+    report = simulate(__file__, "--train", timeout=1500)
     assert report["ran"] == ["train"]
     assert not report["bad"], "\n".join(report["bad"])
 
@@ -146,14 +127,14 @@ def test_simulated_training_with_every_feature_matches_cpu():
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_simulated_runner_with_lengths_matches_the_host_runner(dtype):
-    report = _sim("--lengths", dtype)
+    report = simulate(__file__, "--lengths", dtype, timeout=1500)
     assert report["ran"] == [c[0] for c in LENGTH_CASES]
     assert not report["bad"], "\n".join(report["bad"])
 
 
 @pytest.mark.slow
 def test_simulated_training_with_lengths_matches_cpu():
-    report = _sim("--train-lengths")
+    report = simulate(__file__, "--train-lengths", timeout=1500)
     assert report["ran"] == ["train with lengths"]
     assert not report["bad"], "\n".join(report["bad"])
 

@@ -26,17 +26,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from _cudasim import gpu_present  # tests/ is on sys.path
+from _cudasim import gpu_present, simulate  # tests/ is on sys.path
 
 import gruablate
 from gruablate.model import Model
@@ -45,7 +42,6 @@ from gruablate.model import Model
 # the quick subset.
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 RTOL = 1e-8  # float64 CPU vs device: only the summation order differs
 # A PTX atomic instruction (``atom.*``, or ``red.*`` when the result is unused),
 # predicated or not.
@@ -82,12 +78,6 @@ def _variant(name: str) -> str | gruablate.Variant:
 
 
 # --------------------------------------------------------------- 1. real compiler
-@pytest.fixture(scope="module")
-def real_cuda():
-    """numba.cuda in its real (not simulated) mode, with its compiler libraries."""
-    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
-        pytest.skip("this process runs numba's CUDA simulator; PTX needs the real compiler")
-    return pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -108,24 +98,15 @@ def test_training_kernels_compile_to_ptx(real_cuda, dtype):
 
 
 # ------------------------------------------------------------------- 2. simulator
-def _sim(*args: str) -> dict:
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_simulated_training_matches_cpu(task):
-    report = _sim("--train", task)
+    report = simulate(__file__, "--train", task)
     assert report["ran"] == [f"{v} {task}" for v in VARIANTS]
     assert not report["bad"], "\n".join(report["bad"])
 
 
 def test_simulated_steps_stay_on_the_device():
-    report = _sim("--steps")
+    report = simulate(__file__, "--steps")
     assert report["ran"] == [c[0] for c in STEP_CASES]
     assert not report["bad"], "\n".join(report["bad"])
 
