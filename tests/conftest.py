@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,33 @@ import gruablate
 #: test_cpu_tiles.py sets it: the tile changes the products, which a few cells cover).
 BUILTINS = [v for v in gruablate.list_variants()
             if v in os.environ.get("GRUABLATE_TEST_VARIANTS", v).split(",")]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Before the workers of a whole-suite ``pytest -n N`` start: the built-in cells'
+    CPU kernels, compiled once into the kernel cache by N processes side by side
+    (``_warm_kernels.py``); the workers then load them. Skipped for a run of chosen
+    files or tests, without xdist, and when the cache has them all already."""
+    config = session.config
+    workers = getattr(config.option, "numprocesses", None) or 0
+    if (hasattr(config, "workerinput") or not isinstance(workers, int) or workers < 2
+            or config.args_source != pytest.Config.ArgsSource.TESTPATHS):
+        return
+    from gruablate.backends.cpu.kernels import kernels_compiled
+
+    if all(kernels_compiled(gruablate.get_variant(n), dt) for n in BUILTINS
+           for dt in ("float64", "float32")):
+        return
+    here = Path(__file__).resolve().parent
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"compiling the {len(BUILTINS)} built-in cells' CPU kernels"
+                            f" into the kernel cache, {workers} processes")
+    procs = [subprocess.Popen([sys.executable, str(here / "_warm_kernels.py"), str(k),
+                               str(workers)], cwd=here) for k in range(workers)]
+    codes = [p.wait() for p in procs]
+    if any(codes) and reporter is not None:  # the tests will show what fails to compile
+        reporter.write_line(f"warming the kernel cache failed (exit codes {codes})")
 
 
 def input_size(variant, I: int, H: int) -> int:

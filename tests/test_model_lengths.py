@@ -150,6 +150,15 @@ def test_bad_lengths_are_one_line_errors(lengths, words):
         assert "\n" not in str(info.value)
 
 
+def test_every_step_targets_that_do_not_fit_the_padded_batch_are_one_line_errors():
+    model = _model(readout="every")
+    x, y = _data("every")
+    with pytest.raises(ValueError, match=r"targets of shape \(4, 6, 2\) do not fit 6 steps"
+                       r" × 4 rows") as info:
+        model.forward(x, y.transpose(1, 0, 2), None, LENGTHS)
+    assert "\n" not in str(info.value)
+
+
 @pytest.fixture
 def plain():
     """A registered backend whose model runner applies no feature (never built here)."""

@@ -75,13 +75,17 @@ class LayerImpl(Protocol):
 class ModelRunner(Protocol):
     """Runs a model's training step and inference (see :class:`~gruablate.model.Model`)."""
 
-    def forward(self, x: np.ndarray, y: np.ndarray, state: list | None) -> tuple[float, list]:
+    def forward(self, x: np.ndarray, y: np.ndarray, state: list | None,
+                lengths: np.ndarray | None = None) -> tuple[float, list]:
+        """The mean loss on a batch (each row's real steps only when ``lengths``, (B,)
+        int64, is given) and each layer's last state; keeps what :meth:`backward` needs."""
         ...
 
     def backward(self) -> None:
         ...
 
-    def predict(self, x: np.ndarray, state: list | None) -> tuple[np.ndarray, list]:
+    def predict(self, x: np.ndarray, state: list | None,
+                lengths: np.ndarray | None = None) -> tuple[np.ndarray, list]:
         ...
 
     def params_changed(self) -> None:

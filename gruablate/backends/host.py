@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import NonFiniteError
 from ..losses import loss_and_grad
+from .state import real_steps
 
 
 class HostRunner:
@@ -96,11 +97,8 @@ class HostRunner:
         if lengths is None or self.model.readout == "last":
             loss, dz = loss_and_grad(kind, z, y)
         else:  # the real steps' predictions only: the padding's targets are not read
-            real = np.arange(steps[0])[:, None] < lengths[None, :]  # (T, B)
             y = np.asarray(y)
-            if y.shape[:2] != real.shape:
-                raise ValueError(f"targets of shape {y.shape} do not fit {real.shape[0]}"
-                                 f" steps × {real.shape[1]} rows")
+            real = real_steps(y, steps[0], lengths)
             loss, dz_real = loss_and_grad(kind, z[real], y[real])
             dz = np.zeros(z.shape, dtype=np.float64)
             dz[real] = dz_real

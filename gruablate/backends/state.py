@@ -46,6 +46,17 @@ def check_lengths(lengths: Any, seq_len: int, batch: int) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
+def real_steps(y: Any, seq_len: int, lengths: np.ndarray) -> np.ndarray:
+    """The (T, B) mask of each row's real steps, for an every-step readout's targets
+    ``y`` of a padded batch, whose first two axes must be (T, B): the loss reads only
+    these positions (the padding's targets are never read)."""
+    real = np.arange(seq_len)[:, None] < lengths[None, :]
+    if np.shape(y)[:2] != real.shape:
+        raise ValueError(f"targets of shape {np.shape(y)} do not fit {real.shape[0]}"
+                         f" steps × {real.shape[1]} rows")
+    return real
+
+
 def check_zoneout(plan: Any, zoneout: np.ndarray | None) -> None:
     """A ``ValueError`` unless a zoneout mask comes exactly with a zoneout cell's plan."""
     if plan.zoneout != (zoneout is not None):

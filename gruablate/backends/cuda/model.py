@@ -49,7 +49,7 @@ import numpy as np
 
 from ...errors import NonFiniteError
 from ..base import ModelLike
-from ..state import pack_state, reverse_index, unpack_state
+from ..state import pack_state, real_steps, reverse_index, unpack_state
 from .buffers import DeviceBuffers
 from .device import geometry, require_cuda
 from .kernels import blocks, common_kernels, launch_matmul
@@ -311,10 +311,7 @@ class DeviceModel:
         # with lengths, an every-step readout's loss reads the real steps only
         padded = lengths if M.readout == "every" else None
         if padded is not None:  # the padding's targets are not read
-            real = np.arange(T)[:, None] < padded[None, :]  # (T, B)
-            if y.shape[:2] != real.shape:
-                raise ValueError(f"targets of shape {y.shape} do not fit {T} steps × {B}"
-                                 f" rows")
+            real = real_steps(y, T, padded)
             # harmless targets at the padding (the loss kernel's values there are cleared)
             y = np.where(real.reshape(real.shape + (1,) * (y.ndim - 2)), y, 0)
         if M.loss_kind == "ce":
