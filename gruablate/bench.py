@@ -251,6 +251,15 @@ class Case:
     samples: list[float] = field(default_factory=list)
 
 
+#: Seconds of rest before each case's calls in :func:`time_cases`. Idle threads of one
+#: library spin before they sleep (GNU OpenMP 300 000 polls, PyTorch's own OpenMP copy
+#: included; OpenBLAS about 2^28 cycles), and spinning on the second of two cores they
+#: slowed the next case: gruablate's ``lstm`` at H = 32 timed right after ``nn.LSTM``
+#: ran 2.2x slower than timed alone (1.3x at H = 64, none from H = 256; 2026-12-08, a
+#: 2-core AMD EPYC). The rest outlasts every such spin.
+SETTLE_SECONDS = 0.15
+
+
 def time_cases(cases: Sequence[Case], *, warmup: int, rounds: int, repeats: int) -> float:
     """Fill every case's ``samples`` (seconds), interleaving the cases round by round.
 
@@ -265,7 +274,10 @@ def time_cases(cases: Sequence[Case], *, warmup: int, rounds: int, repeats: int)
         # Rotate the order so no case always follows the same one.
         order = list(cases[r % len(cases):]) + list(cases[: r % len(cases)])
         for case in order:
-            case.fn()  # untimed: lets the previous library's threads settle
+            # The previous case's library may still have threads spinning on the cores
+            # (OpenMP's idle wait, OpenBLAS's): let them go to sleep first.
+            time.sleep(SETTLE_SECONDS)
+            case.fn()  # untimed: caches and the thread pool warm for this case
             case.sync()
             for _ in range(repeats):
                 t0 = time.perf_counter()

@@ -161,3 +161,20 @@ def test_cli_refuses_a_foreign_output_folder(tmp_path):
                                        "--out", str(tmp_path), "--no-peak"])
     assert result.exit_code == 2
     assert "not a gruablate run directory" in result.output
+
+
+def test_each_case_is_timed_after_a_rest_for_the_other_librarys_threads(monkeypatch):
+    """Another library's idle threads spin on the cores for a while; every case's calls
+    start after a rest of SETTLE_SECONDS, in every round."""
+    import gruablate.bench as bench
+
+    events = []
+    monkeypatch.setattr(bench.time, "sleep", lambda s: events.append(("rest", s)))
+    cases = [bench.Case({"impl": name}, lambda name=name: events.append(name))
+             for name in ("ours", "peer")]
+    bench.time_cases(cases, warmup=0, rounds=2, repeats=1)
+    rests = [i for i, e in enumerate(events) if isinstance(e, tuple)]
+    assert len(rests) == 4 and all(events[i] == ("rest", bench.SETTLE_SECONDS) for i in rests)
+    # each rest is followed by one case's untimed and timed calls, never split
+    for i in rests:
+        assert events[i + 1] == events[i + 2] and not isinstance(events[i + 1], tuple)
