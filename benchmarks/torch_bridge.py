@@ -12,13 +12,15 @@ TorchScript step in a scripted loop with autograd's backward (*TorchScript*, pri
 from the cell's equations by ``benchmarks/torchscript_cells.py``, the peer a PyTorch
 user writes by hand). Before timing, each case checks that the TorchScript cell gives
 the bridge's outputs (in float64, :func:`check_same_cell`). Medians over rounds of the
-median of five calls; the ratios are bridge / direct and TorchScript / bridge.
+median of five calls, each block after a rest (``run bench``'s ``SETTLE_SECONDS``); the
+ratios are bridge / direct and TorchScript / bridge.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ from _timing import median_ms  # benchmarks/ is sys.path[0] when run
 from torchscript_cells import script_cell
 
 import gruablate
+from gruablate.bench import SETTLE_SECONDS
 from gruablate.envinfo import cpu_model, vector_extensions
 from gruablate.torch import Recurrent
 
@@ -89,9 +92,11 @@ def main() -> None:
 
             times: dict[str, list[float]] = {"d": [], "b": [], "s": []}
             for _ in range(args.rounds):  # interleaved: the same machine load for all
-                times["d"].append(median_ms(direct, 5))
-                times["b"].append(median_ms(bridge, 5))
-                times["s"].append(median_ms(script, 5))
+                for key, fn in (("d", direct), ("b", bridge), ("s", script)):
+                    # after a rest: the previous way's idle threads (PyTorch's OpenMP
+                    # copy, Numba's) stop spinning on the cores first
+                    time.sleep(SETTLE_SECONDS)
+                    times[key].append(median_ms(fn, 5))
             d, b, s = (statistics.median(times[k]) for k in "dbs")
             print(f"| `{name}` | {H} | {d:.2f} | {b:.2f} | {b / d:.3f} | {s:.2f} |"
                   f" {s / b:.2f} |", flush=True)

@@ -17,9 +17,9 @@ so it is what a user gets. How a time is taken, and why:
 
 - each callable runs ``warmup`` times first (compilation and caches excluded);
 - then ``rounds`` rounds, each timing every callable of a shape in turn, ``repeats``
-  timed calls after one untimed call: gruablate and its PyTorch peer are measured
-  interleaved, under the same machine load, and the untimed call absorbs the other
-  library's spinning threads going quiet;
+  timed calls after a rest (:data:`SETTLE_SECONDS`, while the other library's idle
+  threads stop spinning) and one untimed call: gruablate and its PyTorch peer are
+  measured interleaved, under the same machine load;
 - a record holds the median and the spread (quartiles, min, max) of all timed calls,
   and the 1-minute load average seen while measuring, because on a shared machine a
   number means little without it.
