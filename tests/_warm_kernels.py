@@ -18,12 +18,13 @@ import numpy as np
 from conftest import BUILTINS, input_size  # tests/ is sys.path[0] when run
 
 import gruablate
+from gruablate.vocabulary import DTYPES
 
 
 def warm(names: list[str]) -> None:
     """One tiny training step and inference of each cell in each dtype."""
     for name in names:
-        for dtype in ("float64", "float32"):
+        for dtype in DTYPES:
             H = 3
             layer = gruablate.RecurrentLayer(name, input_size(name, 2, H), H, seed=0,
                                              dtype=dtype)

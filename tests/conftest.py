@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import gruablate
+from gruablate.vocabulary import DTYPES
 
 #: The built-in variants the per-variant tests run: all of them, or the comma-separated
 #: subset named by GRUABLATE_TEST_VARIANTS (the other register tile's rerun in
@@ -32,7 +33,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     from gruablate.backends.cpu.kernels import kernels_compiled
 
     if all(kernels_compiled(gruablate.get_variant(n), dt) for n in BUILTINS
-           for dt in ("float64", "float32")):
+           for dt in DTYPES):
         return
     here = Path(__file__).resolve().parent
     reporter = config.pluginmanager.get_plugin("terminalreporter")

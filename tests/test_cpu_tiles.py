@@ -98,8 +98,8 @@ def test_the_other_tile_passes_the_kernel_tests():
     # other tile: products of 2H and then H (gru: its gates, then the candidate on the
     # reset state), 4H with two states (lstm), none per step (mingru), and row means
     # beside them (gru_ln), at every size those tests take (in place, packed, parallel,
-    # one row). Every built-in on the other tile took 13 minutes of a
-    # core, past CI's budget on a 2-core VM; this host's tile runs all of them.
+    # one row). Every built-in on the other tile took 13 minutes of a core, past CI's
+    # budget on a 2-core VM; this host's tile runs all of them.
     assert set(OTHER_TILE_VARIANTS) <= set(list_variants())  # a renamed one runs nothing
     env = dict(os.environ, GRUABLATE_CPU_TILE=other,
                GRUABLATE_TEST_VARIANTS=",".join(OTHER_TILE_VARIANTS))

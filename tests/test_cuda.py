@@ -4,8 +4,8 @@ Three kinds of evidence, each meaningful on a machine with no GPU:
 
 1. **Real compiler.** Every kernel of every built-in variant compiled by NVVM to PTX
    for ``sm_90`` (``numba.cuda.compile_ptx`` needs no GPU): in float32 at the default
-   tiles, and a few cells of each kind also in float64 and at the other tiles. A kernel only
-   the simulator accepts fails here. The PTX must use no local memory: the
+   tiles, and a few cells of each kind also in float64 and at the other tiles. A kernel
+   only the simulator accepts fails here. The PTX must use no local memory: the
    per-thread accumulators are meant to live in registers.
 2. **Simulator.** ``NUMBA_ENABLE_CUDASIM=1`` runs the kernels in Python; it must be set
    before ``numba.cuda`` is first imported, so it runs in subprocesses (this file is

@@ -12,9 +12,8 @@ Checked without a GPU, like ``tests/test_cuda_training.py``:
    script). A ``backend="cuda"`` model and a CPU model built with the same arguments
    and seed, for dropout (two layers), zoneout and bidirectional layers, each with
    ``readout="every"`` / cross-entropy, and all three together with that and with
-   ``"last"`` / MSE, in
-   float64 (float32: the cases with all three features, :data:`SIMULATED_FLOAT32`):
-   the same loss, last states and gradients of every buffer over
+   ``"last"`` / MSE, in float64 (float32: the cases with all three features,
+   :data:`SIMULATED_FLOAT32`): the same loss, last states and gradients of every buffer over
    two forward/backward steps (new masks each), and the same predictions and last
    states at evaluation. Both runners draw the same masks: each calls ``Model.masks``
    once per forward or predict, so the two mask generators end in the same state.
